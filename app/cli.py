@@ -1,0 +1,117 @@
+"""The `kb` command: parse arguments, call one KnowledgeBase method, render. Exit 0 ok, 1 files failed, 2 usage/config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from kb.errors import ConfigError, KBError, LockedError, NotFoundError
+from kb.settings import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kb", description="Enterprise knowledge base: index folders, ask questions.")
+    p.add_argument("--home", help="data home (env KB_HOME, default indexes/)")
+    p.add_argument("--collection", help="collection name (default: 'default')")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("reindex", help="make the index match folders: add new, update changed, remove deleted")
+    r.add_argument("paths", nargs="*", help="files or folders (default: sample_docs/)")
+    r.add_argument("--full", action="store_true", help="rebuild everything (after changing model or chunking)")
+    r.add_argument("--json", action="store_true")
+
+    i = sub.add_parser("ingest", help="add or update files/folders without removing others")
+    i.add_argument("paths", nargs="+")
+    i.add_argument("--json", action="store_true")
+
+    rm = sub.add_parser("remove", help="remove a document (id, path or file name)")
+    rm.add_argument("doc")
+
+    st = sub.add_parser("status", help="documents, chunks, failures, model, index")
+    st.add_argument("--json", action="store_true")
+    return p
+
+
+def _print_report(report, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
+        return
+    c = report.counts()
+    print(
+        f"added {c['added']} · updated {c['updated']} · removed {c['removed']} · unchanged {c['unchanged']} · "
+        f"failed {c['failed']}  |  chunks +{c['chunks_added']} -{c['chunks_removed']} · "
+        f"embedded {c['embedded']} · reused {c['reused_embeddings']} · {report.seconds:.1f}s"
+    )
+    for label, paths in (("added", report.added), ("updated", report.updated), ("removed", report.removed)):
+        for p in paths:
+            print(f"  {label:8} {p}")
+    for p, reason in report.failed:
+        print(f"  FAILED   {p}: {reason}")
+    if report.skipped:
+        print(f"  skipped {len(report.skipped)} unsupported file(s), e.g. {report.skipped[0][0]}")
+    if any(report.repaired.values()):
+        print(f"  repaired after an interrupted run: {report.repaired}")
+
+
+def _print_status(st: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(st, ensure_ascii=False, indent=2))
+        return
+    print(f"home        {st['home']}  (collection {st['collection']!r}; all: {', '.join(st['collections']) or '-'})")
+    print(f"documents   {st['documents']} ({st['indexed']} indexed, {st['failed']} failed)   chunks {st['chunks']}")
+    print(f"index       {st['index_type']}, {st['index_vectors']} vectors, {st['index_bytes'] / 1e6:.1f} MB, "
+          f"{'consistent' if st['consistent'] else 'INCONSISTENT (next reindex repairs it)'}")
+    print(f"embedding   {st['embedding_model']} (dim {st['dimension']}) on {st['device']['torch']}; "
+          f"chunks of {st['chunking']['chunk_tokens']} tokens")
+    for f in st["failures"]:
+        print(f"  FAILED {f['path']}: {f['error']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except Exception as exc:  # noqa: BLE001 - invalid env/toml values
+        print(f"kb: configuration error: {exc}", file=sys.stderr)
+        return 2
+    from kb.knowledge_base import KnowledgeBase
+
+    kb = KnowledgeBase(home=args.home, settings=settings, collection=args.collection)
+    wait = lambda msg: print(f"kb: {msg}", file=sys.stderr)  # noqa: E731
+    progress = sys.stderr.isatty()
+    try:
+        if args.command in ("reindex", "ingest"):
+            paths = args.paths or ([] if args.command == "ingest" else ["sample_docs"])
+            missing = [p for p in paths if not Path(p).exists()]
+            if missing:
+                print(f"kb: no such file or folder: {', '.join(missing)}", file=sys.stderr)
+                return 2
+            if args.command == "reindex":
+                report = kb.sync(paths, full=args.full, progress=progress, on_wait=wait)
+            else:
+                report = kb.ingest(paths, progress=progress, on_wait=wait)
+            _print_report(report, args.json)
+            return 1 if report.failed else 0
+        if args.command == "remove":
+            removed = kb.remove(args.doc, on_wait=wait)
+            print(f"removed {removed[0]}")
+            return 0
+        if args.command == "status":
+            _print_status(kb.status(), args.json)
+            return 0
+    except NotFoundError as exc:
+        print(f"kb: {exc}", file=sys.stderr)
+        return 2
+    except (ConfigError, LockedError) as exc:
+        print(f"kb: {exc}", file=sys.stderr)
+        return 2
+    except KBError as exc:
+        print(f"kb: error: {exc}", file=sys.stderr)
+        return 1
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

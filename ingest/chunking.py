@@ -1,0 +1,82 @@
+"""Chunking: sections (same page, same heading) split into pieces sized in the embedder's own tokens.
+
+A chunk never crosses a page (its citation keeps one page) and, with its heading line, never exceeds
+the model window (text past it would be silently dropped). Separators know Chinese sentence ends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import groupby
+
+from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+from ingest.extract import Extracted
+from kb.embeddings import Embedder
+from kb.settings import ChunkingSettings
+
+# Paragraphs, lines, then sentence ends (Chinese full-width and English), then clauses, words, chars.
+SEPARATORS = ["\n\n", "\n", "。", "！", "？", "；", ". ", "! ", "? ", "; ", "，", "、", ", ", " ", ""]
+HEADING_SHARE = 4  # a heading may take at most 1/4 of the window
+SAFETY_TOKENS = 4  # joining heading and text can tokenise a little differently
+
+
+@dataclass
+class ChunkDraft:
+    text: str
+    page: int | None
+    heading: str | None
+    char_start: int  # offsets in the document text: sections joined by "\n\n"
+    char_end: int
+    token_count: int  # tokens of embed_text, the exact text given to the model
+
+    @property
+    def embed_text(self) -> str:
+        return f"{self.heading}\n{self.text}" if self.heading else self.text
+
+
+def chunker_identity(cfg: ChunkingSettings) -> dict:
+    """What the manifest records about chunking: changing it invalidates the index."""
+    return {"chunk_tokens": cfg.chunk_tokens, "overlap_tokens": cfg.overlap_tokens, "separators": "zh-en-v1"}
+
+
+def _fit_heading(heading: str | None, embedder: Embedder) -> str | None:
+    if not heading:
+        return None
+    limit = embedder.max_tokens // HEADING_SHARE
+    while embedder.count_tokens(heading) > limit and " > " in heading:
+        heading = heading.split(" > ", 1)[1]  # keep the most specific levels
+    while embedder.count_tokens(heading) > limit:
+        heading = heading[: int(len(heading) * 0.8)]
+    return heading
+
+
+def chunk_document(doc: Extracted, embedder: Embedder, cfg: ChunkingSettings) -> list[ChunkDraft]:
+    chunks: list[ChunkDraft] = []
+    offset = 0
+    splitters: dict[int, RecursiveCharacterTextSplitter] = {}
+    for (page, heading), group in groupby(doc.blocks, key=lambda b: (b.page, b.heading)):
+        section = "\n".join(b.text for b in group)
+        fitted = _fit_heading(heading, embedder)
+        heading_tokens = embedder.count_tokens(fitted) + 1 if fitted else 0
+        budget = max(16, min(cfg.chunk_tokens, embedder.max_tokens - heading_tokens - SAFETY_TOKENS))
+        if budget not in splitters:
+            splitters[budget] = RecursiveCharacterTextSplitter(
+                separators=SEPARATORS,
+                keep_separator="end",  # a sentence keeps its own full stop
+                chunk_size=budget,
+                chunk_overlap=min(cfg.overlap_tokens, budget // 4),
+                length_function=embedder.count_tokens,
+                strip_whitespace=True,
+            )
+        cursor = 0
+        for piece in splitters[budget].split_text(section):
+            start = section.find(piece, cursor)
+            if start < 0:  # cannot happen with strip-only splitting; keep offsets sane anyway
+                start = cursor
+            cursor = start + 1
+            draft = ChunkDraft(piece, page, fitted, offset + start, offset + start + len(piece), 0)
+            draft.token_count = embedder.count_tokens(draft.embed_text)
+            chunks.append(draft)
+        offset += len(section) + 2
+    return chunks

@@ -1,0 +1,260 @@
+"""Extraction: a file becomes text blocks that keep their provenance (page, heading path).
+
+PDF through pypdf (pages, outline, encryption); DOCX, PPTX, XLSX, HTML, Markdown and text through
+unstructured, offline. Every failure is an ExtractionError with a short reason a person can act on.
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kb.errors import ExtractionError
+
+ENCRYPTED = "encrypted"
+CORRUPT = "corrupt"
+EMPTY = "empty file"
+NO_TEXT = "no extractable text"
+UNSUPPORTED = "unsupported file type"
+TOO_LARGE = "too large"
+
+
+@dataclass
+class Block:
+    text: str
+    page: int | None = None  # 1-based page (PDF, DOCX page breaks), slide (PPTX) or sheet (XLSX)
+    heading: str | None = None  # "Chapter > Section"
+
+
+@dataclass
+class Extracted:
+    blocks: list[Block]
+    mime: str
+    pages: int | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+# -- PDF -----------------------------------------------------------------------------------------
+
+_GLUED = re.compile(r"[A-Za-z’'\-,.()]{25,}")
+
+
+def _looks_glued(text: str) -> bool:
+    """pypdf drops inter-word spaces on many LaTeX PDFs ("Thisdocumentgives..."): detect that."""
+    letters = sum(c.isascii() and c.isalpha() for c in text)
+    if letters < 200:
+        return False
+    glued = sum(len(m) for m in _GLUED.findall(text))
+    return glued > 0.2 * letters
+
+
+def _pdfium_pages(path: Path, password: str | None) -> list[str] | None:
+    try:
+        import pypdfium2 as pdfium
+    except ImportError:
+        return None
+    doc = pdfium.PdfDocument(str(path), password=password)
+    try:
+        out = []
+        for page in doc:
+            text = page.get_textpage().get_text_range()
+            out.append(text.replace("\ufffe\r\n", "").replace("\ufffe", "").replace("\r\n", "\n").replace("\r", "\n"))
+        return out
+    finally:
+        doc.close()
+
+
+def _outline_headings(reader, n_pages: int) -> list[str | None]:
+    """Heading path in force at the start of each page, from the PDF outline (bookmarks)."""
+    marks: list[tuple[int, int, str]] = []
+
+    def walk(items, depth: int) -> None:
+        for item in items:
+            if isinstance(item, list):
+                walk(item, depth + 1)
+                continue
+            try:
+                page = reader.get_destination_page_number(item)
+            except Exception:  # noqa: BLE001 - a broken bookmark only loses a heading
+                continue
+            if page is not None and page >= 0:
+                marks.append((page, depth, str(item.title).strip()))
+
+    try:
+        walk(reader.outline, 0)
+    except Exception:  # noqa: BLE001
+        return [None] * n_pages
+    marks.sort(key=lambda m: m[0])  # stable: keeps outline order within a page
+    headings: list[str | None] = []
+    stack: list[str] = []
+    i = 0
+    for page in range(n_pages):
+        at_start = list(stack)  # the section still running when the page begins
+        while i < len(marks) and marks[i][0] <= page:
+            _, depth, title = marks[i]
+            stack = stack[:depth] + [title]
+            if not at_start:
+                at_start = list(stack)  # nothing ran before: the page opens with this section
+            i += 1
+        headings.append(" > ".join(at_start) or None)
+    return headings
+
+
+def extract_pdf(path: Path, password: str | None = None) -> Extracted:
+    import pypdf
+    from pypdf.errors import PdfReadError
+
+    try:
+        reader = pypdf.PdfReader(str(path))
+        used_password = None
+        if reader.is_encrypted:
+            for candidate in ("", password):
+                if candidate is not None and reader.decrypt(candidate) != pypdf.PasswordType.NOT_DECRYPTED:
+                    used_password = candidate
+                    break
+            else:
+                detail = "wrong password" if password else "set KB_INGEST__PDF_PASSWORD to open it"
+                raise ExtractionError(ENCRYPTED, detail)
+        n_pages = len(reader.pages)
+        texts = []
+        for page in reader.pages:
+            try:
+                texts.append(page.extract_text() or "")
+            except Exception:  # noqa: BLE001 - one unreadable page must not lose the others
+                texts.append("")
+    except ExtractionError:
+        raise
+    except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, OSError, RecursionError) as exc:
+        raise ExtractionError(CORRUPT, f"not a readable PDF ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - pypdf raises many types on hostile input
+        if "crypt" in type(exc).__name__.lower() or "AES" in str(exc):
+            raise ExtractionError(ENCRYPTED, str(exc)) from exc
+        raise ExtractionError(CORRUPT, f"not a readable PDF ({type(exc).__name__}: {exc})") from exc
+    warnings = []
+    if any(_looks_glued(t) for t in texts):
+        better = _pdfium_pages(path, used_password or None)
+        if better and len(better) == n_pages:
+            texts = better
+            warnings.append("pypdf lost word spacing; text taken from pdfium")
+    headings = _outline_headings(reader, n_pages)
+    blocks = [Block(t.strip(), i + 1, headings[i]) for i, t in enumerate(texts) if t.strip()]
+    return Extracted(blocks, "application/pdf", n_pages, warnings)
+
+
+# -- formats handled by unstructured -------------------------------------------------------------
+
+def _partition(kind: str) -> Callable:
+    from ingest.unstructured_offline import prepare_unstructured
+
+    prepare_unstructured()
+    if kind == "docx":
+        from unstructured.partition.docx import partition_docx as fn
+    elif kind == "pptx":
+        from unstructured.partition.pptx import partition_pptx as fn
+    elif kind == "xlsx":
+        from unstructured.partition.xlsx import partition_xlsx as fn
+    elif kind == "html":
+        from unstructured.partition.html import partition_html as fn
+    elif kind == "md":
+        from unstructured.partition.md import partition_md as fn
+    else:
+        from unstructured.partition.text import partition_text as fn
+    return fn
+
+
+def _elements_to_blocks(elements, kind: str) -> tuple[list[Block], int | None]:
+    blocks: list[Block] = []
+    stack: list[tuple[int, str]] = []
+    max_page = None
+    for el in elements:
+        text = (el.text or "").strip()
+        if not text:
+            continue
+        md = el.metadata
+        page = getattr(md, "page_number", None)
+        if page is not None:
+            max_page = max(max_page or 0, page)
+        if el.category == "Title":
+            depth = md.category_depth or 0
+            stack = [(d, t) for d, t in stack if d < depth] + [(depth, text)]
+            continue
+        heading_parts = [t for _, t in stack]
+        if kind == "xlsx" and getattr(md, "page_name", None):
+            heading_parts = [md.page_name] + heading_parts
+        if kind == "xlsx" and getattr(md, "text_as_html", None) is None:
+            pass
+        blocks.append(Block(text, page, " > ".join(heading_parts) or None))
+    return blocks, max_page
+
+
+MIME = {
+    ".pdf": "application/pdf",
+    ".docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    ".pptx": "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+    ".xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    ".html": "text/html",
+    ".htm": "text/html",
+    ".md": "text/markdown",
+    ".markdown": "text/markdown",
+    ".txt": "text/plain",
+}
+_KIND = {".docx": "docx", ".pptx": "pptx", ".xlsx": "xlsx", ".html": "html", ".htm": "html",
+         ".md": "md", ".markdown": "md", ".txt": "text"}
+_OOXML_PART = {"docx": "word/document.xml", "pptx": "ppt/presentation.xml", "xlsx": "xl/workbook.xml"}
+
+
+def supported_suffixes() -> list[str]:
+    return sorted(MIME)
+
+
+def _check_content(path: Path, suffix: str) -> None:
+    """The bytes must be what the extension claims: a renamed or truncated file is 'corrupt'."""
+    head = path.read_bytes()[:1024] if path.stat().st_size < 1024 else open(path, "rb").read(1024)
+    if suffix == ".pdf":
+        if b"%PDF-" not in head:
+            raise ExtractionError(CORRUPT, "not a PDF (no %PDF header)")
+    elif _KIND.get(suffix) in _OOXML_PART:
+        kind = _KIND[suffix]
+        if not zipfile.is_zipfile(path):
+            if head.startswith(b"\xd0\xcf\x11\xe0"):
+                raise ExtractionError(ENCRYPTED, "password-protected Office file (or legacy .doc format)")
+            raise ExtractionError(CORRUPT, f"not a {kind.upper()} file (not a ZIP container)")
+        with zipfile.ZipFile(path) as z:
+            if _OOXML_PART[kind] not in z.namelist():
+                raise ExtractionError(CORRUPT, f"not a {kind.upper()} file (no {_OOXML_PART[kind]})")
+    elif b"\x00" in head and not head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ExtractionError(CORRUPT, "binary content in a text file")
+
+
+def extract(path: Path, pdf_password: str | None = None, max_bytes: int | None = None) -> Extracted:
+    """Extract one file or raise ExtractionError(reason, detail)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in MIME:
+        raise ExtractionError(UNSUPPORTED, f"{suffix or 'no extension'} (supported: {', '.join(supported_suffixes())})")
+    size = path.stat().st_size
+    if size == 0:
+        raise ExtractionError(EMPTY, "0 bytes")
+    if max_bytes is not None and size > max_bytes:
+        raise ExtractionError(TOO_LARGE, f"{size / 1e6:.1f} MB > limit {max_bytes / 1e6:.1f} MB")
+    _check_content(path, suffix)
+    if suffix == ".pdf":
+        result = extract_pdf(path, pdf_password)
+    else:
+        kind = _KIND[suffix]
+        try:
+            elements = _partition(kind)(filename=str(path))
+        except ExtractionError:
+            raise
+        except (zipfile.BadZipFile, KeyError, ValueError, UnicodeDecodeError, OSError) as exc:
+            raise ExtractionError(CORRUPT, f"{type(exc).__name__}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - parsers raise many types on hostile input
+            raise ExtractionError(CORRUPT, f"{type(exc).__name__}: {exc}") from exc
+        blocks, pages = _elements_to_blocks(elements, kind)
+        result = Extracted(blocks, MIME[suffix], pages)
+    if not result.blocks:
+        raise ExtractionError(NO_TEXT, "no text found (a scanned PDF needs OCR)" if suffix == ".pdf" else "no text found")
+    return result

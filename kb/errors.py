@@ -1,0 +1,42 @@
+"""The KBError hierarchy: one root, one subclass per subsystem; only `app/` turns them into messages."""
+
+
+class KBError(Exception):
+    """Root of every error kb raises on purpose."""
+
+
+class ConfigError(KBError):
+    """Settings are invalid or disagree with what is on disk."""
+
+
+class IndexMismatchError(ConfigError):
+    """The index on disk was built with other settings (model, chunker, index type)."""
+
+
+class MissingDependencyError(ConfigError):
+    """An optional package is not installed; the message names the extra to install."""
+
+
+class ExtractionError(KBError):
+    """A file could not be turned into text (corrupt, encrypted, empty, unsupported)."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class EmbeddingError(KBError):
+    """The embedding model could not be loaded or failed on input."""
+
+
+class VectorIndexError(KBError):
+    """The vector index is unreadable or inconsistent beyond repair."""
+
+
+class LockedError(KBError):
+    """Another writer holds the knowledge base lock."""
+
+
+class NotFoundError(KBError):
+    """A document or collection does not exist."""

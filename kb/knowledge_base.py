@@ -1,0 +1,162 @@
+"""KnowledgeBase: the facade the CLI, the UI and Python users call (open a home, sync, search, status).
+
+The single documented exception to `kb` importing nothing above it: this module wires `ingest`
+and `retrieval` together; nothing in `kb/` imports it back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cached_property
+from pathlib import Path
+
+from sqlalchemy import select
+
+from ingest.chunking import chunker_identity
+from ingest.pipeline import Event, IndexWriter, SyncReport
+from kb.catalogue import Catalogue, Collection, Document, IngestRun
+from kb.device import faiss_gpu_count, torch_device
+from kb.embeddings import Embedder, make_embedder
+from kb.errors import NotFoundError
+from kb.locking import writer_lock
+from kb.settings import Settings
+from kb.vector_index import FaissIndex
+
+
+class KnowledgeBase:
+    def __init__(self, home: str | Path | None = None, settings: Settings | None = None,
+                 collection: str | None = None):
+        settings = settings or Settings()
+        if home is not None:
+            settings = settings.model_copy(update={"home": Path(home)})
+        self.settings = settings
+        self.home = Path(settings.home)
+        self.collection = collection or settings.collection
+
+    @cached_property
+    def catalogue(self) -> Catalogue:
+        self.home.mkdir(parents=True, exist_ok=True)
+        return Catalogue(self.settings.catalogue_url)
+
+    @cached_property
+    def embedder(self) -> Embedder:
+        return make_embedder(self.settings.embedding)
+
+    def index_identity(self) -> dict:
+        return {
+            "embedding_model": self.embedder.name,
+            "dimension": self.embedder.dimension,
+            "normalized": True,
+            "chunking": chunker_identity(self.settings.chunking),
+            "index_type": self.settings.index.type,
+        }
+
+    def index_dir(self, collection: str | None = None) -> Path:
+        return self.home / "collections" / (collection or self.collection)
+
+    def open_index(self, collection: str | None = None) -> FaissIndex:
+        cfg = self.settings.index
+        return FaissIndex(self.index_dir(collection), self.index_identity(), cfg.hnsw_m, cfg.hnsw_ef_search)
+
+    # -- writes (under the writer lock) ----------------------------------------------------
+    def _writer(self, on_event: Event | None, full: bool = False) -> IndexWriter:
+        if full:  # the old index may have been built with other settings: drop it unread
+            for name in ("index.faiss", "manifest.json"):
+                (self.index_dir() / name).unlink(missing_ok=True)
+        return IndexWriter(self.settings, self.catalogue, self.open_index(), self.embedder,
+                           self.collection, on_event)
+
+    def sync(self, paths: list[str | Path], full: bool = False, progress: bool = False,
+             on_event: Event | None = None, on_wait: Callable[[str], None] | None = None) -> SyncReport:
+        """Make the collection match these files/folders: add new, update changed, remove deleted."""
+        with writer_lock(self.home, self.settings.ingest.lock_timeout_s, on_wait):
+            if full:
+                self._clear_catalogue()
+            writer = self._writer(on_event, full)
+            return writer.sync([Path(p) for p in paths], delete_missing=True, progress=progress,
+                               command="reindex --full" if full else "reindex")
+
+    def ingest(self, paths: list[str | Path], progress: bool = False, on_event: Event | None = None,
+               on_wait: Callable[[str], None] | None = None) -> SyncReport:
+        """Add or update files/folders without removing anything else."""
+        with writer_lock(self.home, self.settings.ingest.lock_timeout_s, on_wait):
+            return self._writer(on_event).sync([Path(p) for p in paths], delete_missing=False,
+                                                progress=progress, command="ingest")
+
+    def remove(self, doc: str, on_wait: Callable[[str], None] | None = None) -> list[str]:
+        """Remove documents by id, exact path, or a path suffix that names exactly one."""
+        with writer_lock(self.home, self.settings.ingest.lock_timeout_s, on_wait):
+            paths = self._resolve_documents(doc)
+            self._writer(None).remove(paths)
+            return paths
+
+    def _clear_catalogue(self) -> None:
+        with self.catalogue.session() as s:
+            col = self.catalogue.collection(s, self.collection)
+            for d in s.scalars(select(Document).where(Document.collection_id == col.id)):
+                s.delete(d)
+
+    def _resolve_documents(self, ref: str) -> list[str]:
+        with self.catalogue.session() as s:
+            col = self.catalogue.collection(s, self.collection, create=False)
+            docs = list(s.scalars(select(Document).where(Document.collection_id == col.id))) if col else []
+        if ref.isdigit():
+            hits = [d.path for d in docs if d.id == int(ref)]
+        else:
+            full = str(Path(ref).resolve())
+            hits = [d.path for d in docs if d.path == full] or [
+                d.path for d in docs if d.path.endswith("/" + ref.lstrip("/")) or Path(d.path).name == ref
+            ]
+        if not hits:
+            raise NotFoundError(f"no document {ref!r} in collection {self.collection!r}")
+        if len(hits) > 1:
+            raise NotFoundError(f"{ref!r} names {len(hits)} documents; give the full path or the id")
+        return hits
+
+    # -- reads -----------------------------------------------------------------------------
+    def documents(self) -> list[dict]:
+        with self.catalogue.session() as s:
+            col = self.catalogue.collection(s, self.collection, create=False)
+            if col is None:
+                return []
+            return [
+                {"id": d.id, "path": d.path, "type": d.mime, "pages": d.pages, "chunks": d.chunk_count,
+                 "status": d.status, "error": d.error, "sha256": d.sha256, "size": d.size,
+                 "indexed_at": d.indexed_at.isoformat(timespec="seconds") + "Z"}
+                for d in s.scalars(select(Document).where(Document.collection_id == col.id).order_by(Document.path))
+            ]
+
+    def status(self) -> dict:
+        counts = self.catalogue.counts(self.collection)
+        index = self.open_index()
+        manifest = index.read_manifest() or {}
+        with self.catalogue.session() as s:
+            col = self.catalogue.collection(s, self.collection, create=False)
+            last = None
+            if col is not None:
+                run = s.scalar(select(IngestRun).where(IngestRun.collection_id == col.id)
+                               .order_by(IngestRun.id.desc()).limit(1))
+                if run is not None:
+                    last = {"command": run.command, "started_at": run.started_at.isoformat(timespec="seconds") + "Z",
+                            "finished": run.finished_at is not None, "seconds": run.seconds, "counts": run.counts}
+            collections = list(s.scalars(select(Collection.name).order_by(Collection.name)))
+        failures = [{"path": d["path"], "error": d["error"]} for d in self.documents() if d["status"] == "failed"]
+        db_file = self.home / "catalogue.sqlite3"
+        return {
+            "home": str(self.home.resolve()),
+            "collection": self.collection,
+            "collections": collections,
+            **counts,
+            "failures": failures,
+            "embedding_model": self.embedder.name,
+            "dimension": self.embedder.dimension,
+            "chunking": chunker_identity(self.settings.chunking),
+            "index_type": self.settings.index.type,
+            "index_vectors": index.count,
+            "index_bytes": manifest.get("index_bytes", 0),
+            "consistent": index.count == counts["chunks"],
+            "catalogue_url": self.settings.catalogue_url.split("@")[-1],
+            "catalogue_bytes": db_file.stat().st_size if db_file.exists() else None,
+            "device": {"torch": torch_device(self.settings.embedding.device), "faiss_gpus": faiss_gpu_count()},
+            "last_run": last,
+        }

@@ -1,0 +1,1 @@
+"""Retrieval: retrievers, prompts, generators and cited answers (built on the kb foundations)."""
