@@ -177,17 +177,42 @@ def _elements_to_blocks(elements, kind: str) -> tuple[list[Block], int | None]:
         page = getattr(md, "page_number", None)
         if page is not None:
             max_page = max(max_page or 0, page)
-        if el.category == "Title":
-            depth = md.category_depth or 0
+        if el.category == "Title" and md.category_depth is not None:  # a real heading (h1-h6, Word style)
+            depth = md.category_depth
             stack = [(d, t) for d, t in stack if d < depth] + [(depth, text)]
             continue
         heading_parts = [t for _, t in stack]
         if kind == "xlsx" and getattr(md, "page_name", None):
             heading_parts = [md.page_name] + heading_parts
-        if kind == "xlsx" and getattr(md, "text_as_html", None) is None:
-            pass
         blocks.append(Block(text, page, " > ".join(heading_parts) or None))
     return blocks, max_page
+
+
+def _docx_hard_page_numbers(path: Path, blocks: list[Block]) -> int | None:
+    """unstructured numbers DOCX pages only from Word's rendered breaks; count explicit page breaks too."""
+    import docx
+
+    w = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
+    page, para_pages = 1, []
+    for para in docx.Document(str(path)).paragraphs:
+        el = para._p
+        if el.find(f"{w}pPr/{w}pageBreakBefore") is not None:
+            page += 1
+        text = " ".join(para.text.split())
+        if text:
+            para_pages.append((text, page))
+        page += sum(1 for br in el.iter(f"{w}br") if br.get(f"{w}type") == "page")
+    if page == 1:
+        return None
+    i = 0
+    for b in blocks:  # blocks come in document order: walk both lists together
+        key = " ".join(b.text.split())[:40]
+        j = i
+        while j < len(para_pages) and key not in para_pages[j][0]:
+            j += 1
+        if j < len(para_pages):
+            b.page, i = para_pages[j][1], j
+    return page
 
 
 MIME = {
@@ -254,6 +279,8 @@ def extract(path: Path, pdf_password: str | None = None, max_bytes: int | None =
         except Exception as exc:  # noqa: BLE001 - parsers raise many types on hostile input
             raise ExtractionError(CORRUPT, f"{type(exc).__name__}: {exc}") from exc
         blocks, pages = _elements_to_blocks(elements, kind)
+        if kind == "docx" and pages is None:
+            pages = _docx_hard_page_numbers(path, blocks)
         result = Extracted(blocks, MIME[suffix], pages)
     if not result.blocks:
         raise ExtractionError(NO_TEXT, "no text found (a scanned PDF needs OCR)" if suffix == ".pdf" else "no text found")

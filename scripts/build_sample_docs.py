@@ -22,10 +22,8 @@ def pdf_pages(src: Path, dst: Path, first: int, last: int) -> None:
     data = gzip.decompress(src.read_bytes()) if src.suffix == ".gz" else src.read_bytes()
     tmp = dst.with_suffix(".src.pdf")
     tmp.write_bytes(data)
-    reader = pypdf.PdfReader(str(tmp))
     writer = pypdf.PdfWriter()
-    for i in range(first - 1, last):
-        writer.add_page(reader.pages[i])
+    writer.append(str(tmp), pages=(first - 1, last), import_outline=True)  # keep bookmarks: heading paths
     with open(dst, "wb") as f:
         writer.write(f)
     tmp.unlink()

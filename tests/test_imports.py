@@ -1,0 +1,58 @@
+"""Import direction: app -> retrieval, ingest -> kb. ingest and retrieval never import each other;
+nothing imports app; kb imports no other project package except kb/knowledge_base.py (the facade)."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = {"kb", "ingest", "retrieval", "app"}
+FACADE = ROOT / "kb" / "knowledge_base.py"
+ALLOWED = {
+    "app": {"app", "kb", "ingest", "retrieval"},
+    "retrieval": {"retrieval", "kb"},
+    "ingest": {"ingest", "kb"},
+    "kb": {"kb"},
+}
+
+
+def _imports(path: Path) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module.split(".")[0])
+    return out & PACKAGES
+
+
+def test_dependency_direction():
+    violations = []
+    for pkg in PACKAGES:
+        for f in (ROOT / pkg).rglob("*.py"):
+            allowed = ALLOWED[pkg] | ({"ingest", "retrieval"} if f == FACADE else set())
+            bad = _imports(f) - allowed
+            if bad:
+                violations.append(f"{f.relative_to(ROOT)} imports {sorted(bad)}")
+    assert not violations, violations
+
+
+def _modules(path: Path) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+    return out
+
+
+def test_nothing_in_kb_imports_the_facade():
+    for f in (ROOT / "kb").rglob("*.py"):
+        if f != FACADE:
+            assert "kb.knowledge_base" not in _modules(f), f
+
+
+def test_walker_detects_a_violation(tmp_path):
+    bad = tmp_path / "x.py"
+    bad.write_text("from retrieval.dense import dense_search\nimport app.cli\n")
+    assert _imports(bad) == {"retrieval", "app"}

