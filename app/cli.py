@@ -18,7 +18,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("reindex", help="make the index match folders: add new, update changed, remove deleted")
-    r.add_argument("paths", nargs="*", help="files or folders (default: sample_docs/)")
+    r.add_argument("paths", nargs="*", help="files or folders (default: those of the previous reindex)")
     r.add_argument("--full", action="store_true", help="rebuild everything (after changing model or chunking)")
     r.add_argument("--json", action="store_true")
 
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     progress = sys.stderr.isatty()
     try:
         if args.command in ("reindex", "ingest"):
-            paths = args.paths or ([] if args.command == "ingest" else ["sample_docs"])
+            paths = args.paths
             missing = [p for p in paths if not Path(p).exists()]
             if missing:
                 print(f"kb: no such file or folder: {', '.join(missing)}", file=sys.stderr)

@@ -215,7 +215,7 @@ class IndexWriter:
         report.skipped = [(str(p), r) for p, r in skipped]
         with self.catalogue.session() as s:
             col = self.catalogue.collection(s, self.collection)
-            run = IngestRun(collection_id=col.id, command=command)
+            run = IngestRun(collection_id=col.id, command=command, roots=[str(Path(p).resolve()) for p in paths])
             s.add(run)
             s.flush()
             run_id = run.id
@@ -293,12 +293,3 @@ class IndexWriter:
         self.reconcile()
         self._write([], paths, report)
         return report.chunks_removed
-
-    def clear(self) -> None:
-        """Forget every document of the collection (catalogue first, then the index)."""
-        with self.catalogue.session() as s:
-            col = self.catalogue.collection(s, self.collection)
-            for doc in s.scalars(select(Document).where(Document.collection_id == col.id)):
-                s.delete(doc)
-        self.index.drop()
-        self.index.save()

@@ -94,6 +94,7 @@ class IngestRun(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"))
     command: Mapped[str] = mapped_column(String(50))
+    roots: Mapped[list] = mapped_column(JSON, default=list)  # the files/folders it synced
     started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     seconds: Mapped[float | None] = mapped_column(Float)

@@ -17,7 +17,7 @@ from ingest.pipeline import Event, IndexWriter, SyncReport
 from kb.catalogue import Catalogue, Collection, Document, IngestRun
 from kb.device import faiss_gpu_count, torch_device
 from kb.embeddings import Embedder, make_embedder
-from kb.errors import NotFoundError
+from kb.errors import ConfigError, NotFoundError
 from kb.locking import writer_lock
 from kb.settings import Settings
 from kb.vector_index import FaissIndex
@@ -68,7 +68,11 @@ class KnowledgeBase:
 
     def sync(self, paths: list[str | Path], full: bool = False, progress: bool = False,
              on_event: Event | None = None, on_wait: Callable[[str], None] | None = None) -> SyncReport:
-        """Make the collection match these files/folders: add new, update changed, remove deleted."""
+        """Make the collection match these files/folders: add new, update changed, remove deleted.
+
+        With no paths, re-syncs the files/folders given to the collection's previous reindex.
+        """
+        paths = list(paths) or self._previous_roots()
         with writer_lock(self.home, self.settings.ingest.lock_timeout_s, on_wait):
             if full:
                 self._clear_catalogue()
@@ -89,6 +93,17 @@ class KnowledgeBase:
             paths = self._resolve_documents(doc)
             self._writer(None).remove(paths)
             return paths
+
+    def _previous_roots(self) -> list[str]:
+        with self.catalogue.session() as s:
+            col = self.catalogue.collection(s, self.collection, create=False)
+            run = None if col is None else s.scalar(
+                select(IngestRun).where(IngestRun.collection_id == col.id, IngestRun.command.like("reindex%"))
+                .order_by(IngestRun.id.desc()).limit(1))
+        if run is None or not run.roots:
+            raise ConfigError(f"no folders given and collection {self.collection!r} was never re-indexed; "
+                              "name the folders: kb reindex PATH...")
+        return list(run.roots)
 
     def _clear_catalogue(self) -> None:
         with self.catalogue.session() as s:

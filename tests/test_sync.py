@@ -144,3 +144,17 @@ def test_collections_are_separate(settings, folder):
     assert [Path(d["path"]).name for d in b.documents()] == ["software.html"]
     assert a.open_index().count == a.catalogue.counts("a")["chunks"]
     assert set(a.status()["collections"]) == {"a", "b"}
+
+
+def test_reindex_without_paths_resyncs_the_previous_folders(settings, folder, monkeypatch, capsys):
+    monkeypatch.setenv("KB_EMBEDDING__MODEL", FAST_MODEL)
+    home = str(settings.home)
+    assert cli(["--home", home, "reindex"]) == 2  # nothing to go on yet: a usage error
+    assert "kb reindex PATH" in capsys.readouterr().err
+    assert cli(["--home", home, "reindex", str(folder)]) == 0
+    (folder / "getting.md").unlink()
+    capsys.readouterr()
+    assert cli(["--home", home, "reindex", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["removed"] == 1
+    kb = KnowledgeBase(home=home)
+    assert sorted(Path(d["path"]).name for d in kb.documents()) == ["guide-zh.pdf", "software.html"]
