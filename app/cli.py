@@ -29,6 +29,11 @@ def _parser() -> argparse.ArgumentParser:
     rm = sub.add_parser("remove", help="remove a document (id, path or file name)")
     rm.add_argument("doc")
 
+    se = sub.add_parser("search", help="ranked contexts for a question: rank, source, page, score, chunk id, text")
+    se.add_argument("question")
+    se.add_argument("--top-k", type=int, default=3)
+    se.add_argument("--json", action="store_true")
+
     st = sub.add_parser("status", help="documents, chunks, failures, model, index")
     st.add_argument("--json", action="store_true")
     return p
@@ -53,6 +58,22 @@ def _print_report(report, as_json: bool) -> None:
         print(f"  skipped {len(report.skipped)} unsupported file(s), e.g. {report.skipped[0][0]}")
     if any(report.repaired.values()):
         print(f"  repaired after an interrupted run: {report.repaired}")
+
+
+def _print_contexts(contexts, as_json: bool) -> None:
+    rows = [{"rank": r, "source": c.source, "page": c.page, "heading": c.heading, "score": round(c.score, 4),
+             "chunk_id": c.chunk_id, "text": c.text} for r, c in enumerate(contexts, 1)]
+    if as_json:
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    if not rows:
+        print("nothing found (is the collection indexed? see `kb status`)")
+    for r in rows:
+        where = f"{Path(r['source']).name}" + (f", page {r['page']}" if r["page"] else "")
+        print(f"[{r['rank']}] {where}  score {r['score']:.3f}  chunk {r['chunk_id']}")
+        if r["heading"]:
+            print(f"    § {r['heading']}")
+        print("    " + r["text"][:400].replace("\n", "\n    "))
 
 
 def _print_status(st: dict, as_json: bool) -> None:
@@ -97,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "remove":
             removed = kb.remove(args.doc, on_wait=wait)
             print(f"removed {removed[0]}")
+            return 0
+        if args.command == "search":
+            _print_contexts(kb.search(args.question, args.top_k), args.json)
             return 0
         if args.command == "status":
             _print_status(kb.status(), args.json)

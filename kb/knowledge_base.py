@@ -21,6 +21,7 @@ from kb.errors import ConfigError, NotFoundError
 from kb.locking import writer_lock
 from kb.settings import Settings
 from kb.vector_index import FaissIndex
+from retrieval.dense import Context, dense_search
 
 
 class KnowledgeBase:
@@ -129,6 +130,10 @@ class KnowledgeBase:
         return hits
 
     # -- reads -----------------------------------------------------------------------------
+    def search(self, question: str, top_k: int = 3) -> list[Context]:
+        """Ranked contexts for a question (dense retrieval; the hybrid retriever replaces it next)."""
+        return dense_search(question, self.embedder, self.open_index(), self.catalogue, top_k)
+
     def documents(self) -> list[dict]:
         with self.catalogue.session() as s:
             col = self.catalogue.collection(s, self.collection, create=False)
