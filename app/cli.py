@@ -125,10 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             _print_status(kb.status(), args.json)
             return 0
-    except NotFoundError as exc:
-        print(f"kb: {exc}", file=sys.stderr)
-        return 2
-    except (ConfigError, LockedError) as exc:
+    except (NotFoundError, ConfigError, LockedError) as exc:
         print(f"kb: {exc}", file=sys.stderr)
         return 2
     except KBError as exc:

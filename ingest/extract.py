@@ -237,7 +237,8 @@ def supported_suffixes() -> list[str]:
 
 def _check_content(path: Path, suffix: str) -> None:
     """The bytes must be what the extension claims: a renamed or truncated file is 'corrupt'."""
-    head = path.read_bytes()[:1024] if path.stat().st_size < 1024 else open(path, "rb").read(1024)
+    with open(path, "rb") as f:
+        head = f.read(1024)
     if suffix == ".pdf":
         if b"%PDF-" not in head:
             raise ExtractionError(CORRUPT, "not a PDF (no %PDF header)")
