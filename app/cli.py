@@ -30,9 +30,20 @@ def _parser() -> argparse.ArgumentParser:
     rm.add_argument("doc")
 
     se = sub.add_parser("search", help="ranked contexts for a question: rank, source, page, score, chunk id, text")
-    se.add_argument("question")
-    se.add_argument("--top-k", type=int, default=3)
+    se.add_argument("question", nargs="?")
+    se.add_argument("--queries", type=Path, help='batch: a JSONL file of {"id", "question"}; writes one JSONL row each')
+    se.add_argument("--top-k", type=int, help="contexts returned (default: settings, 3)")
+    se.add_argument("--document", action="append", help="only these documents (id, path or file name); repeatable")
     se.add_argument("--json", action="store_true")
+
+    a = sub.add_parser("ask", help="answer a question from the documents, with cited sources and pages")
+    a.add_argument("question")
+    a.add_argument("--backend", choices=["extractive", "transformers", "openai"],
+                   help="answer generator (default: transformers on a GPU with a local model, else extractive)")
+    a.add_argument("--top-k", type=int, help="contexts given to the generator (default 3)")
+    a.add_argument("--document", action="append", help="only these documents (id, path or file name); repeatable")
+    a.add_argument("--show-reasoning", action="store_true", help="also print the model's <think> reasoning")
+    a.add_argument("--json", action="store_true")
 
     st = sub.add_parser("status", help="documents, chunks, failures, model, index")
     st.add_argument("--json", action="store_true")
@@ -67,13 +78,59 @@ def _print_contexts(contexts, as_json: bool) -> None:
         print(json.dumps(rows, ensure_ascii=False, indent=2))
         return
     if not rows:
-        print("nothing found (is the collection indexed? see `kb status`)")
+        print("nothing relevant found (is the collection indexed? see `kb status`)")
     for r in rows:
         where = f"{Path(r['source']).name}" + (f", page {r['page']}" if r["page"] else "")
         print(f"[{r['rank']}] {where}  score {r['score']:.3f}  chunk {r['chunk_id']}")
         if r["heading"]:
             print(f"    § {r['heading']}")
         print("    " + r["text"][:400].replace("\n", "\n    "))
+
+
+def _context_json(c) -> dict:  # noqa: ANN001 - retrieval.retriever.Context
+    return {"source": c.source, "page": c.page, "text": c.text, "score": round(c.score, 5), "chunk_id": c.chunk_id}
+
+
+def _search_batch(kb, queries: Path, top_k: int | None, documents: list[str] | None) -> int:  # noqa: ANN001
+    """One JSON row per question, the models loaded once; a bad line is reported with its number."""
+    for n, line in enumerate(queries.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            q = json.loads(line)
+            qid, question = q["id"], q["question"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            print(f"kb: {queries}:{n}: expected {{\"id\", \"question\"}} ({exc})", file=sys.stderr)
+            return 2
+        contexts = kb.search(question, top_k, documents)
+        print(json.dumps({"id": qid, "contexts": [_context_json(c) for c in contexts]}, ensure_ascii=False), flush=True)
+    return 0
+
+
+def _ask(kb, args) -> int:  # noqa: ANN001
+    from retrieval.answer import cite_label
+
+    stream = kb.ask_stream(args.question, args.backend, args.top_k, args.document)
+    if args.json:
+        answer = stream.result()
+        print(json.dumps(answer.to_dict(), ensure_ascii=False, indent=2))
+        return 0
+    if stream.retrieval.relevant:
+        print(f"({stream.label})")
+    for piece in stream:
+        print(piece, end="", flush=True)
+    print()
+    answer = stream.answer
+    if args.show_reasoning and answer.reasoning:
+        print("\nreasoning:\n  " + answer.reasoning.replace("\n", "\n  "))
+    if answer.citations:
+        print("\nsources:")
+        for c in answer.citations:
+            print(f"  [{c.n}] {cite_label(c)}  (chunk {c.chunk_id})")
+    for sent in answer.unsupported:
+        print(f"  ! not supported by its cited source: {sent}")
+    print("time: " + " · ".join(f"{k} {v * 1000:.0f} ms" for k, v in answer.timings.items()))
+    return 0
 
 
 def _print_status(st: dict, as_json: bool) -> None:
@@ -120,8 +177,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"removed {removed[0]}")
             return 0
         if args.command == "search":
-            _print_contexts(kb.search(args.question, args.top_k), args.json)
+            if args.queries:
+                return _search_batch(kb, args.queries, args.top_k, args.document)
+            if not args.question:
+                print("kb: give a question or --queries FILE.jsonl", file=sys.stderr)
+                return 2
+            _print_contexts(kb.search(args.question, args.top_k, args.document), args.json)
             return 0
+        if args.command == "ask":
+            return _ask(kb, args)
         if args.command == "status":
             _print_status(kb.status(), args.json)
             return 0

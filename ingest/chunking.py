@@ -6,6 +6,7 @@ the model window (text past it would be silently dropped). Separators know Chine
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from itertools import groupby
 
@@ -37,7 +38,18 @@ class ChunkDraft:
 
 def chunker_identity(cfg: ChunkingSettings) -> dict:
     """What the manifest records about chunking: changing it invalidates the index."""
-    return {"chunk_tokens": cfg.chunk_tokens, "overlap_tokens": cfg.overlap_tokens, "separators": "zh-en-v1"}
+    return {"chunk_tokens": cfg.chunk_tokens, "overlap_tokens": cfg.overlap_tokens, "separators": "zh-en-v1", "skips": "toc-v1"}
+
+
+_TOC_LINE = re.compile(r"(?:\.\s*){4,}\s*[\dIVXivx]+\s*$|…{2,}\s*\d+\s*$")
+
+
+def is_table_of_contents(text: str) -> bool:
+    """Mostly "Title . . . . . 23" lines: a contents page. It matches every question's words yet
+    answers none, and citing it sends the reader to the wrong page, so it is not indexed."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    toc = sum(bool(_TOC_LINE.search(ln)) for ln in lines)  # entries may wrap onto dot-less lines
+    return toc >= 2 and toc >= 0.3 * len(lines)
 
 
 def _fit_heading(heading: str | None, embedder: Embedder) -> str | None:
@@ -75,6 +87,8 @@ def chunk_document(doc: Extracted, embedder: Embedder, cfg: ChunkingSettings) ->
             if start < 0:  # cannot happen with strip-only splitting; keep offsets sane anyway
                 start = cursor
             cursor = start + 1
+            if is_table_of_contents(piece):
+                continue
             draft = ChunkDraft(piece, page, fitted, offset + start, offset + start + len(piece), 0)
             draft.token_count = embedder.count_tokens(draft.embed_text)
             chunks.append(draft)

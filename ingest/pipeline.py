@@ -15,16 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from ingest.chunking import ChunkDraft, chunk_document
 from ingest.extract import MIME, extract
-from kb.catalogue import CachedEmbedding, Catalogue, Chunk, Document, IngestRun, utcnow
+from kb.catalogue import CachedEmbedding, Catalogue, Chunk, Document, IngestRun, Posting, utcnow
 from kb.crash_points import crash_point
 from kb.embeddings import Embedder, text_hash
 from kb.errors import ExtractionError
+from kb.keywords import term_counts
 from kb.settings import Settings
 from kb.vector_index import FaissIndex
 
@@ -185,14 +186,19 @@ class IndexWriter:
                 doc.chunk_count = len(p.drafts)
                 doc.indexed_at = utcnow()
                 s.flush()
+                counts = [term_counts(d.embed_text) for d in p.drafts]
                 rows = [
                     Chunk(document_id=doc.id, ordinal=i, text=d.text, page=d.page, heading=d.heading,
                           char_start=d.char_start, char_end=d.char_end, token_count=d.token_count,
-                          embed_sha256=text_hash(d.embed_text))
-                    for i, d in enumerate(p.drafts)
+                          terms=sum(c.values()), embed_sha256=text_hash(d.embed_text))
+                    for i, (d, c) in enumerate(zip(p.drafts, counts, strict=True))
                 ]
                 s.add_all(rows)
                 s.flush()  # assigns the chunk ids that become FAISS ids
+                postings = [{"collection_id": col.id, "term": t, "chunk_id": r.id, "tf": n}
+                            for r, c in zip(rows, counts, strict=True) for t, n in c.items() if len(t) <= 64]
+                if postings:
+                    s.execute(insert(Posting), postings)
                 if rows:
                     new_ids += [r.id for r in rows]
                     new_vecs.append(p.vectors)

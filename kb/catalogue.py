@@ -78,8 +78,20 @@ class Chunk(Base):
     char_start: Mapped[int] = mapped_column(Integer)
     char_end: Mapped[int] = mapped_column(Integer)
     token_count: Mapped[int] = mapped_column(Integer)
+    terms: Mapped[int] = mapped_column(Integer, default=0)  # keyword terms: the BM25 document length
     embed_sha256: Mapped[str] = mapped_column(String(64))  # hash of the exact text embedded
     document: Mapped[Document] = relationship(back_populates="chunks")
+
+
+class Posting(Base):
+    """The BM25 keyword index: one row per (term, chunk), written in the chunk's own transaction,
+    so it is always in step with the catalogue and the FAISS index (deleted with the chunk)."""
+
+    __tablename__ = "postings"
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True)
+    term: Mapped[str] = mapped_column(String(64), primary_key=True)
+    chunk_id: Mapped[int] = mapped_column(ForeignKey("chunks.id", ondelete="CASCADE"), primary_key=True, index=True)
+    tf: Mapped[int] = mapped_column(Integer)
 
 
 class CachedEmbedding(Base):
@@ -100,6 +112,26 @@ class IngestRun(Base):
     seconds: Mapped[float | None] = mapped_column(Float)
     counts: Mapped[dict] = mapped_column(JSON, default=dict)
     errors: Mapped[list] = mapped_column(JSON, default=list)
+
+
+class QueryLog(Base):
+    """Every search and answer: what was asked, what was retrieved, how long each stage took."""
+
+    __tablename__ = "queries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), index=True)
+    asked_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    kind: Mapped[str] = mapped_column(String(20))  # search | ask | eval
+    question: Mapped[str] = mapped_column(Text)
+    retrieved: Mapped[list] = mapped_column(JSON, default=list)  # [{"chunk_id", "score"}]
+    found: Mapped[bool] = mapped_column(default=True)
+    backend: Mapped[str | None] = mapped_column(String(50))
+    model: Mapped[str | None] = mapped_column(String(500))
+    timings: Mapped[dict] = mapped_column(JSON, default=dict)  # seconds per stage
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    answer: Mapped[str | None] = mapped_column(Text)
+    citations: Mapped[list] = mapped_column(JSON, default=list)  # [{"n", "chunk_id", "page"}]
 
 
 def _sqlite_pragmas(engine: Engine) -> None:

@@ -40,3 +40,7 @@ class LockedError(KBError):
 
 class NotFoundError(KBError):
     """A document or collection does not exist."""
+
+
+class GeneratorError(KBError):
+    """The language model could not be loaded, reached, or answered something unusable."""

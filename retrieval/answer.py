@@ -1,0 +1,136 @@
+"""Cited answers: retrieval result -> prompt -> generator (streamed) -> reasoning kept apart ->
+[n] markers mapped to (document, page, chunk) and checked against their sources."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from retrieval.citations import ParsedAnswer, ThinkSplitter, parse_answer
+from retrieval.generators import ExtractiveGenerator, Generator, TransformersGenerator
+from retrieval.prompt import NOT_FOUND, build_prompt, language
+from retrieval.retriever import Context, Retrieval
+
+
+@dataclass
+class Citation:
+    n: int  # the marker number in the answer
+    chunk_id: int
+    document_id: int
+    source: str  # document path
+    page: int | None
+    heading: str | None
+    text: str  # the cited passage (as given to the model)
+    sentences: list[str] = field(default_factory=list)  # answer sentences that cite it
+
+
+@dataclass
+class Answer:
+    question: str
+    text: str
+    found: bool  # False: the knowledge base had nothing relevant (or the model said so)
+    backend: str
+    model: str
+    label: str
+    citations: list[Citation]
+    contexts: list[Context]
+    reasoning: str = ""
+    unsupported: list[str] = field(default_factory=list)  # cited sentences whose source does not back them
+    uncited: list[str] = field(default_factory=list)
+    dropped_markers: list[int] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    usage: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
+        return d
+
+
+class AnswerStream:
+    """Iterate to receive the answer text as it is generated; `.answer` holds the result afterwards."""
+
+    def __init__(self, question: str, retrieval: Retrieval, generator: Generator, context_chars: int = 1500):
+        self.question = question
+        self.retrieval = retrieval
+        self.generator = generator
+        self.context_chars = context_chars
+        self.reasoning = ""
+        self.answer: Answer | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        r, gen = self.retrieval, self.generator
+        timings = dict(r.timings)
+        lang = language(self.question)
+        if not r.relevant:  # nothing relevant: say so and call no model
+            text = NOT_FOUND[lang]
+            yield text
+            self.answer = Answer(self.question, text, False, gen.backend, gen.model, self._label(lang), [], [],
+                                 timings=timings)
+            return
+        prompt = build_prompt(self.question, r.contexts, self.context_chars)
+        splitter = ThinkSplitter(isinstance(gen, TransformersGenerator) and gen.starts_in_reasoning(prompt))
+        usage: dict = {}
+        answer_parts: list[str] = []
+        t0 = time.perf_counter()
+        first = None
+        for piece in gen.stream(prompt, usage):
+            for kind, text in splitter.feed(piece):
+                if kind == "reasoning":
+                    self.reasoning += text
+                    continue
+                if first is None:
+                    first = time.perf_counter() - t0
+                answer_parts.append(text)
+                yield text
+        for kind, text in splitter.flush():
+            if kind == "reasoning":
+                self.reasoning += text
+            else:
+                answer_parts.append(text)
+                yield text
+        timings["generate"] = time.perf_counter() - t0
+        if first is not None:
+            timings["first_token"] = first
+        self.answer = self._finish("".join(answer_parts), prompt.contexts, lang, timings, usage)
+
+    @property
+    def label(self) -> str:
+        """What produced the answer, in the question's language for the extractive backend."""
+        return self._label(language(self.question))
+
+    def _label(self, lang: str) -> str:
+        return ExtractiveGenerator.LABELS[lang] if isinstance(self.generator, ExtractiveGenerator) else self.generator.label
+
+    def _finish(self, text: str, contexts: list[Context], lang: str, timings: dict, usage: dict) -> Answer:
+        t0 = time.perf_counter()
+        texts = [c.text[: self.context_chars] for c in contexts]
+        parsed: ParsedAnswer = parse_answer(text, texts)
+        found = not any(msg.rstrip("。.") in parsed.text for msg in NOT_FOUND.values()) and bool(parsed.text)
+        citations = []
+        for n in parsed.cited:
+            c = contexts[n - 1]
+            citations.append(Citation(n, c.chunk_id, c.document_id, c.source, c.page, c.heading, texts[n - 1],
+                                      [s.text for s in parsed.sentences if n in s.citations]))
+        timings["verify"] = time.perf_counter() - t0
+        gen = self.generator
+        return Answer(
+            self.question, parsed.text, found, gen.backend, gen.model, self._label(lang),
+            citations if found else [], contexts, self.reasoning.strip(),
+            unsupported=[s.text for s in parsed.sentences if s.supported is False],
+            uncited=[s.text for s in parsed.sentences if s.supported is None] if found else [],
+            dropped_markers=parsed.dropped_markers, timings=timings, usage=usage,
+        )
+
+    def result(self) -> Answer:
+        """Consume the stream (if not yet) and return the answer."""
+        if self.answer is None:
+            for _ in self:
+                pass
+        return self.answer
+
+
+def cite_label(c: Citation) -> str:
+    return Path(c.source).name + (f", page {c.page}" if c.page else "")

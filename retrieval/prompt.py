@@ -1,0 +1,63 @@
+"""The RAG prompt: numbered contexts [1]..[k] with source and page, the question, and the rules
+(answer only from the contexts, cite as [n], say so when they lack the answer); Chinese or English."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from retrieval.retriever import Context
+
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_LATIN = re.compile(r"[A-Za-z]")
+
+NOT_FOUND = {
+    "zh": "知识库中没有找到与这个问题相关的内容。",
+    "en": "The knowledge base does not contain information about this question.",
+}
+SYSTEM = {
+    "zh": "你是企业知识库的问答助手。只根据给出的上下文回答，不使用上下文以外的知识。"
+          "每句话后用 [n] 标注它依据的上下文编号。如果上下文中没有答案，只回答：" + NOT_FOUND["zh"],
+    "en": "You answer questions from a company knowledge base. Answer only from the numbered contexts, never "
+          "from outside knowledge. After each sentence, cite the context it comes from as [n]. If the contexts "
+          "do not contain the answer, reply only: " + NOT_FOUND["en"],
+}
+
+
+def language(text: str) -> str:
+    """'zh' when Chinese characters make up a fair share of the letters, else 'en'."""
+    cjk = len(_CJK.findall(text))
+    return "zh" if cjk and cjk >= 0.2 * (cjk + len(_LATIN.findall(text))) else "en"
+
+
+def source_label(ctx: Context, lang: str) -> str:
+    name = Path(ctx.source).name
+    if ctx.page is None:
+        return name
+    return f"{name}，第 {ctx.page} 页" if lang == "zh" else f"{name}, page {ctx.page}"
+
+
+@dataclass
+class Prompt:
+    question: str
+    contexts: list[Context]
+    language: str
+    messages: list[dict[str, str]]  # chat messages: system + user
+
+
+def build_prompt(question: str, contexts: list[Context], context_chars: int = 1500) -> Prompt:
+    lang = language(question)
+    blocks = []
+    for n, c in enumerate(contexts, 1):
+        head = f"[{n}] {'来源' if lang == 'zh' else 'Source'}: {source_label(c, lang)}"
+        if c.heading:
+            head += f" — {c.heading}"
+        blocks.append(f"{head}\n{c.text[:context_chars]}")
+    body = "\n\n".join(blocks)
+    if lang == "zh":
+        user = f"根据以下上下文回答：\n\n{body}\n\n问题：{question}"
+    else:
+        user = f"Answer from the following contexts:\n\n{body}\n\nQuestion: {question}"
+    return Prompt(question, contexts, lang,
+                  [{"role": "system", "content": SYSTEM[lang]}, {"role": "user", "content": user}])

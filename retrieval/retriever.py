@@ -1,0 +1,165 @@
+"""The hybrid retriever: dense (FAISS) and BM25 candidates, fused by reciprocal rank, optionally
+reranked by a cross-encoder, cut to top-k, with a relevance floor that can answer "nothing relevant"."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+
+from kb.catalogue import Catalogue, Chunk, Document
+from kb.embeddings import Embedder
+from kb.settings import RetrievalSettings
+from kb.vector_index import FaissIndex
+from retrieval.dense import dense_search
+from retrieval.keyword import KeywordHits, keyword_search
+
+
+@dataclass
+class Context:
+    chunk_id: int
+    score: float  # the final ranking score (fused, or reranker's)
+    text: str
+    page: int | None
+    heading: str | None
+    source: str  # document path
+    document_id: int
+    signals: dict[str, float] = field(default_factory=dict)  # dense cosine, bm25, rrf, rerank
+
+
+@dataclass
+class Retrieval:
+    question: str
+    contexts: list[Context]
+    relevant: bool  # False: nothing in the collection passed the relevance floor
+    timings: dict[str, float]  # seconds per stage
+
+
+def rrf(rankings: Iterable[tuple[float, list[int]]], k: int) -> dict[int, float]:
+    """Reciprocal rank fusion: sum over rankings of weight / (k + rank)."""
+    fused: dict[int, float] = {}
+    for weight, ids in rankings:
+        for rank, i in enumerate(ids, 1):
+            fused[i] = fused.get(i, 0.0) + weight / (k + rank)
+    return fused
+
+
+def weighted_fusion(dense: list[tuple[int, float]], keyword: list[tuple[int, float]], wd: float,
+                    wk: float) -> dict[int, float]:
+    """wd x cosine scaled to [0, 1] over the dense candidates + wk x BM25 / best BM25.
+
+    Unlike RRF it keeps how far apart the scores are, which measured better here (docs/benchmarks.md)."""
+    fused: dict[int, float] = {}
+    if dense:
+        hi, lo = dense[0][1], dense[-1][1]
+        for i, s in dense:
+            fused[i] = wd * ((s - lo) / (hi - lo) if hi > lo else 1.0)
+    if keyword:
+        top = keyword[0][1] or 1.0
+        for i, s in keyword:
+            fused[i] = fused.get(i, 0.0) + wk * s / top
+    return fused
+
+
+class Retriever:
+    def __init__(self, cfg: RetrievalSettings, embedder: Embedder, index: FaissIndex, catalogue: Catalogue,
+                 collection: str, reranker=None):  # noqa: ANN001 - a CrossEncoder-like .predict(pairs)
+        self.cfg = cfg
+        self.embedder = embedder
+        self.index = index
+        self.catalogue = catalogue
+        self.collection = collection
+        self.reranker = reranker
+
+    def _document_chunks(self, document_ids: set[int]) -> list[int]:
+        with self.catalogue.session() as s:
+            return list(s.scalars(select(Chunk.id).where(Chunk.document_id.in_(document_ids)).order_by(Chunk.id)))
+
+    def candidates(self, question: str, documents: set[int] | None = None) -> tuple[list, list, dict]:
+        """Dense and keyword rankings [(chunk id, score)], before fusion; timings."""
+        cfg, t = self.cfg, {}
+        t0 = time.perf_counter()
+        dense: list[tuple[int, float]] = []
+        if cfg.mode != "keyword":
+            qv = self.embedder.embed_query(question)
+            t["embed"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            restrict = self._document_chunks(documents) if documents is not None else None
+            dense = dense_search(qv, self.index, cfg.candidates, restrict)
+            t["dense"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+        keyword = KeywordHits([], 0.0)
+        if cfg.mode != "dense":
+            keyword = keyword_search(question, self.catalogue, self.collection, cfg.candidates, documents)
+            t["keyword"] = time.perf_counter() - t0
+        return dense, keyword, t
+
+    def search(self, question: str, top_k: int | None = None, documents: set[int] | None = None) -> Retrieval:
+        cfg = self.cfg
+        top_k = top_k or cfg.top_k
+        dense, hits, timings = self.candidates(question, documents)
+        keyword = hits.ranking
+        t0 = time.perf_counter()
+        if cfg.fusion == "rrf":
+            fused = rrf([(cfg.dense_weight, [i for i, _ in dense]), (cfg.keyword_weight, [i for i, _ in keyword])],
+                        cfg.rrf_k)
+        else:
+            fused = weighted_fusion(dense, keyword, cfg.dense_weight, cfg.keyword_weight)
+        order = sorted(fused, key=lambda i: (-fused[i], i))
+        relevant = self.passes_floor(dense, hits)
+        signals = {i: {"fused": fused[i]} for i in order}
+        for name, ranking in (("dense", dense), ("bm25", keyword)):
+            for i, s in ranking:
+                signals[i][name] = s
+        rows = self._rows(order[: max(top_k, cfg.rerank_candidates if self.reranker else 0)])
+        order = [i for i in order if i in rows]  # an id missing from the catalogue is an orphan vector
+        timings["fuse"] = time.perf_counter() - t0
+        scores = {i: fused[i] for i in order}
+        if self.reranker is not None and order:
+            t0 = time.perf_counter()
+            pool = order[: cfg.rerank_candidates]
+            preds = self.reranker.predict([(question, self._passage(rows[i])) for i in pool])
+            scores = {i: float(p) for i, p in zip(pool, preds, strict=True)}
+            for i in pool:
+                signals[i]["rerank"] = scores[i]
+            order = sorted(pool, key=lambda i: (-scores[i], i))
+            timings["rerank"] = time.perf_counter() - t0
+        contexts = [
+            Context(i, scores[i], rows[i].text, rows[i].page, rows[i].heading, rows[i].document.path,
+                    rows[i].document_id, signals[i])
+            for i in order[:top_k]
+        ]
+        return Retrieval(question, contexts if relevant else [], relevant and bool(contexts), timings)
+
+    def passes_floor(self, dense: list[tuple[int, float]], hits: KeywordHits) -> bool:
+        """Relevant when the best dense cosine reaches the floor, or one chunk holds most of the question's
+        keyword weight. Calibrated on ../shared/eval (every in-domain question passes) against off-topic
+        questions (none passes): see docs/benchmarks.md."""
+        floor = self.cfg.min_dense_score
+        if floor is None:
+            floor = self.embedder.relevance_floor
+        if dense and dense[0][1] >= floor:
+            return True
+        if self.cfg.mode == "keyword" and hits.ranking:
+            return True
+        return hits.coverage >= self.cfg.min_keyword_coverage
+
+    @staticmethod
+    def _passage(chunk: Chunk) -> str:
+        return f"{chunk.heading}\n{chunk.text}" if chunk.heading else chunk.text
+
+    def _rows(self, ids: list[int]) -> dict[int, Chunk]:
+        return self.catalogue.chunks_by_ids(ids)
+
+
+def documents_named(catalogue: Catalogue, collection: str, names: Iterable[str]) -> set[int]:
+    """Document ids for a filter given as ids, paths or file names."""
+    wanted = set(names)
+    with catalogue.session() as s:
+        col = catalogue.collection(s, collection, create=False)
+        if col is None:
+            return set()
+        docs = s.execute(select(Document.id, Document.path).where(Document.collection_id == col.id)).all()
+    return {d.id for d in docs if str(d.id) in wanted or d.path in wanted or d.path.rsplit("/", 1)[-1] in wanted}
