@@ -45,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--show-reasoning", action="store_true", help="also print the model's <think> reasoning")
     a.add_argument("--json", action="store_true")
 
+    u = sub.add_parser("ui", help="start the web UI (Streamlit) on http://localhost:8501")
+    u.add_argument("--port", type=int, default=8501)
+    u.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all interfaces)")
+
     st = sub.add_parser("status", help="documents, chunks, failures, model, index")
     st.add_argument("--json", action="store_true")
     return p
@@ -147,6 +151,26 @@ def _print_status(st: dict, as_json: bool) -> None:
         print(f"  FAILED {f['path']}: {f['error']}")
 
 
+def _ui(settings: Settings, args) -> int:  # noqa: ANN001
+    """Run Streamlit on the app with this home and collection; the address is printed first."""
+    import math
+    import os
+    import subprocess
+
+    app = Path(__file__).with_name("streamlit_app.py")
+    home = Path(args.home or settings.home).resolve()
+    env = {**os.environ, "KB_HOME": str(home), "KB_COLLECTION": args.collection or settings.collection,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(app.parents[1]), os.environ.get("PYTHONPATH")]))}
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
+           "--server.address", args.host, "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal", "--server.maxUploadSize", str(max(1, math.ceil(settings.ingest.max_file_mb)))]
+    print(f"kb: web UI for {home} at http://localhost:{args.port}", flush=True)
+    try:
+        return subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -156,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from kb.knowledge_base import KnowledgeBase
 
+    if args.command == "ui":
+        return _ui(settings, args)
     kb = KnowledgeBase(home=args.home, settings=settings, collection=args.collection)
     wait = lambda msg: print(f"kb: {msg}", file=sys.stderr)  # noqa: E731
     progress = sys.stderr.isatty()

