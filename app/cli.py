@@ -45,6 +45,15 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--show-reasoning", action="store_true", help="also print the model's <think> reasoning")
     a.add_argument("--json", action="store_true")
 
+    ev = sub.add_parser("eval", help="measure retrieval (recall@k, MRR, nDCG) and answers on a QA set")
+    ev.add_argument("qa", type=Path, help='JSONL of {"id", "question", "answer", "source"}')
+    ev.add_argument("--corpus", type=Path, help="documents to index first (into a temporary home unless --home)")
+    ev.add_argument("--backend", choices=["extractive", "transformers", "openai"],
+                    help="also answer each question and score the answers")
+    ev.add_argument("--answers", type=int, help="answer only the first N questions")
+    ev.add_argument("--results", type=Path, help="write the retrieved contexts as score.py results JSONL")
+    ev.add_argument("--json", action="store_true")
+
     u = sub.add_parser("ui", help="start the web UI (Streamlit) on http://localhost:8501")
     u.add_argument("--port", type=int, default=8501)
     u.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all interfaces)")
@@ -137,6 +146,42 @@ def _ask(kb, args) -> int:  # noqa: ANN001
     return 0
 
 
+def _eval(settings: Settings, args, progress: bool) -> int:  # noqa: ANN001
+    """Index the corpus (temporary home unless --home), evaluate, store the result where `kb ui` shows it."""
+    import tempfile
+
+    from kb.knowledge_base import KnowledgeBase
+
+    if not args.qa.is_file() or (args.corpus and not args.corpus.exists()):
+        print(f"kb: no such file or folder: {args.qa if not args.qa.is_file() else args.corpus}", file=sys.stderr)
+        return 2
+    target = KnowledgeBase(home=args.home, settings=settings, collection=args.collection)
+    with tempfile.TemporaryDirectory(prefix="kb-eval-") as tmp:
+        kb = target if args.home or not args.corpus else KnowledgeBase(home=tmp, settings=settings,
+                                                                       collection=args.collection)
+        if args.corpus:
+            report = kb.sync([args.corpus], progress=progress)
+            if not args.json:
+                print(f"indexed {args.corpus}: {report.counts()['added']} added, {report.counts()['unchanged']} "
+                      f"unchanged, {kb.catalogue.counts(kb.collection)['chunks']} chunks, {report.seconds:.1f}s",
+                      file=sys.stderr)
+        metrics = kb.evaluate(args.qa, args.backend, args.answers, args.results, progress)
+    target.record_evaluation(metrics, str(args.qa.resolve()), str(args.corpus.resolve()) if args.corpus else None)
+    if args.json:
+        print(json.dumps(metrics, ensure_ascii=False, indent=2))
+        return 0
+    print(f"{metrics['questions']} questions · {metrics['chunks']} chunks of {metrics['chunk_tokens']} tokens · "
+          f"contexts cut at {metrics['context_chars']} chars")
+    print("  " + "  ".join(f"{k} {metrics[k]:.3f}" for k in ("recall@1", "recall@3", "recall@5", "mrr@10", "ndcg@10")))
+    print(f"  {metrics['queries_per_s']} queries/s; latency p50/p95 ms: " + ", ".join(
+        f"{k} {v['p50_ms']:.1f}/{v['p95_ms']:.1f}" for k, v in metrics["latency"].items()))
+    if "answers" in metrics:
+        a = metrics["answers"]
+        print(f"  answers ({a['backend']}, {a['questions']} questions): citation precision "
+              f"{a['citation_precision']:.3f}, answer support {a['answer_support']:.3f}, ROUGE-L {a['rouge_l']:.3f}")
+    return 0
+
+
 def _print_status(st: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(st, ensure_ascii=False, indent=2))
@@ -182,6 +227,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "ui":
         return _ui(settings, args)
+    if args.command == "eval":
+        try:
+            return _eval(settings, args, sys.stderr.isatty())
+        except (ValueError, KBError) as exc:
+            print(f"kb: {exc}", file=sys.stderr)
+            return 2
     kb = KnowledgeBase(home=args.home, settings=settings, collection=args.collection)
     wait = lambda msg: print(f"kb: {msg}", file=sys.stderr)  # noqa: E731
     progress = sys.stderr.isatty()

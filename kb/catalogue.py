@@ -134,6 +134,18 @@ class QueryLog(Base):
     citations: Mapped[list] = mapped_column(JSON, default=list)  # [{"n", "chunk_id", "page"}]
 
 
+class Evaluation(Base):
+    """A `kb eval` run: what was measured and the metrics, shown on the UI's status page."""
+
+    __tablename__ = "evaluations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), index=True)
+    finished_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    qa_file: Mapped[str] = mapped_column(String(2000))
+    corpus: Mapped[str | None] = mapped_column(String(2000))
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
 def _sqlite_pragmas(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record) -> None:  # noqa: ANN001

@@ -6,6 +6,7 @@ and `retrieval` together; nothing in `kb/` imports it back.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import unicodedata
@@ -17,7 +18,7 @@ from sqlalchemy import select
 
 from ingest.chunking import chunker_identity
 from ingest.pipeline import Event, IndexWriter, SyncReport
-from kb.catalogue import Catalogue, Collection, Document, IngestRun, QueryLog
+from kb.catalogue import Catalogue, Collection, Document, Evaluation, IngestRun, QueryLog
 from kb.device import faiss_gpu_count, torch_device
 from kb.embeddings import Embedder, make_embedder
 from kb.errors import ConfigError, NotFoundError
@@ -26,6 +27,7 @@ from kb.locking import writer_lock
 from kb.settings import Settings
 from kb.vector_index import FaissIndex
 from retrieval.answer import Answer, AnswerStream
+from retrieval.evaluation import RetrievalScores, hit, latency_table, load_qa, rouge_l
 from retrieval.generators import Generator, make_generator
 from retrieval.retriever import Context, Retrieval, Retriever, documents_named
 
@@ -261,6 +263,62 @@ class KnowledgeBase:
         """The answer text, its citations (document, page, chunk), the contexts and the time per stage."""
         return self.ask_stream(question, backend, top_k, documents).result()
 
+    def evaluate(self, qa_path: str | Path, backend: str | None = None, answer_limit: int | None = None,
+                 results_out: str | Path | None = None, progress: bool = False) -> dict:
+        """Retrieval metrics (recall@1/3/5, MRR@10, nDCG@10; score.py's hit rule on the contexts as the
+        prompt sees them), latency per stage and queries/s; with a backend, answer metrics too."""
+        import time
+
+        from tqdm import tqdm
+
+        qa = load_qa(Path(qa_path))
+        chars = self.settings.retrieval.context_chars
+        top_k = self.settings.retrieval.top_k
+        retriever = self.retriever()
+        scores, timings, rows, retrievals = RetrievalScores(), [], [], []
+        t0 = time.perf_counter()
+        for q in tqdm(qa, desc="retrieving", unit="q", disable=not progress or None):
+            r = retriever.search(q["question"], top_k=max(10, top_k))
+            timings.append(r.timings)
+            scores.add([hit(c.source, c.text[:chars], q["source"], q["answer"]) for c in r.contexts])
+            rows.append({"id": q["id"], "contexts": [
+                {"source": Path(c.source).name, "page": c.page, "text": c.text[:chars], "score": round(c.score, 5),
+                 "chunk_id": c.chunk_id} for c in r.contexts]})
+            retrievals.append(r)
+        seconds = time.perf_counter() - t0
+        out = {"questions": len(qa), "collection": self.collection, "chunks": self.catalogue.counts(self.collection)["chunks"],
+               "chunk_tokens": self.settings.chunking.chunk_tokens, "context_chars": chars, **scores.metrics(),
+               "latency": latency_table(timings), "queries_per_s": round(len(qa) / seconds, 2)}
+        if results_out:
+            Path(results_out).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        if backend:
+            gen = self.generator(backend)
+            cited = cited_hits = sentences = supported = 0
+            rouge, answer_timings = [], []
+            for q, r in tqdm(list(zip(qa, retrievals))[:answer_limit], desc="answering", unit="q",
+                             disable=not progress or None):
+                top = Retrieval(r.question, r.contexts[:top_k], r.relevant, dict(r.timings))
+                a = AnswerStream(q["question"], top, gen, chars).result()
+                answer_timings.append(a.timings)
+                cited += len(a.citations)
+                cited_hits += sum(hit(c.source, c.text, q["source"], q["answer"]) for c in a.citations)
+                sentences += len(a.sentences)
+                supported += sum(1 for s in a.sentences if s["supported"])
+                rouge.append(rouge_l(re.sub(r"\[\d+\]", "", a.text), q["answer"]))
+            out["answers"] = {
+                "backend": gen.backend, "model": gen.model, "questions": len(rouge),
+                "citation_precision": round(cited_hits / cited, 4) if cited else 0.0,
+                "answer_support": round(supported / sentences, 4) if sentences else 0.0,
+                "rouge_l": round(sum(rouge) / len(rouge), 4) if rouge else 0.0,
+                "latency": latency_table(answer_timings),
+            }
+        return out
+
+    def record_evaluation(self, metrics: dict, qa_file: str, corpus: str | None) -> None:
+        with self.catalogue.session() as s:
+            col = self.catalogue.collection(s, self.collection)
+            s.add(Evaluation(collection_id=col.id, qa_file=qa_file, corpus=corpus, metrics=metrics))
+
     def _log(self, kind: str, question: str, r: Retrieval, answer: Answer | None) -> None:
         with self.catalogue.session() as s:
             col = self.catalogue.collection(s, self.collection)
@@ -330,6 +388,11 @@ class KnowledgeBase:
                     last = {"command": run.command, "started_at": run.started_at.isoformat(timespec="seconds") + "Z",
                             "finished": run.finished_at is not None, "seconds": run.seconds, "counts": run.counts}
             collections = list(s.scalars(select(Collection.name).order_by(Collection.name)))
+            evaluation = None if col is None else s.scalar(
+                select(Evaluation).where(Evaluation.collection_id == col.id).order_by(Evaluation.id.desc()).limit(1))
+            last_evaluation = None if evaluation is None else {
+                "finished_at": evaluation.finished_at.isoformat(timespec="seconds") + "Z", "qa_file": evaluation.qa_file,
+                "corpus": evaluation.corpus, **{k: v for k, v in evaluation.metrics.items() if k != "latency"}}
         failures = [{"path": d["path"], "error": d["error"]} for d in self.documents() if d["status"] == "failed"]
         db_file = self.home / "catalogue.sqlite3"
         return {
@@ -349,4 +412,5 @@ class KnowledgeBase:
             "catalogue_bytes": db_file.stat().st_size if db_file.exists() else None,
             "device": {"torch": torch_device(self.settings.embedding.device), "faiss_gpus": faiss_gpu_count()},
             "last_run": last,
+            "last_evaluation": last_evaluation,
         }

@@ -37,6 +37,7 @@ class Answer:
     citations: list[Citation]
     contexts: list[Context]
     reasoning: str = ""
+    sentences: list[dict] = field(default_factory=list)  # {"text", "citations", "supported": bool | None}
     unsupported: list[str] = field(default_factory=list)  # cited sentences whose source does not back them
     uncited: list[str] = field(default_factory=list)
     dropped_markers: list[int] = field(default_factory=list)
@@ -119,6 +120,7 @@ class AnswerStream:
         return Answer(
             self.question, parsed.text, found, gen.backend, gen.model, self._label(lang),
             citations if found else [], contexts, self.reasoning.strip(),
+            sentences=[{"text": s.text, "citations": s.citations, "supported": s.supported} for s in parsed.sentences],
             unsupported=[s.text for s in parsed.sentences if s.supported is False],
             uncited=[s.text for s in parsed.sentences if s.supported is None] if found else [],
             dropped_markers=parsed.dropped_markers, timings=timings, usage=usage,
