@@ -75,6 +75,8 @@ class ExtractiveGenerator(_Generate):
               "en": "Extractive answer (no language model): sentences quoted from the sources."}
     label = LABELS["en"]
     MAX_SENTENCE_CHARS = 400
+    RANK_PENALTY = 0.15  # per place in the retriever's ranking; measured with `kb eval --backend extractive`
+    KEEP_SHARE = 0.5
 
     def __init__(self, cfg: GeneratorSettings, context_chars: int = 1500):
         self.sentences = cfg.extract_sentences
@@ -86,15 +88,19 @@ class ExtractiveGenerator(_Generate):
         scored = []
         for n, ctx in enumerate(prompt.contexts, 1):
             for pos, sent in enumerate(split_sentences(unwrap_lines(ctx.text[: self.context_chars]))):
-                if not looks_like_prose(sent):
-                    continue
+                if not looks_like_prose(sent) or sent.rstrip("[]0123456789").endswith(("?", "？")):
+                    continue  # a question (often the next FAQ entry's title) is never an answer
                 if len(sent) > self.MAX_SENTENCE_CHARS:
                     sent = sent[: self.MAX_SENTENCE_CHARS].rstrip() + "…"
                 words = set(terms(sent))
                 overlap = len(q & words) / math.sqrt(len(q) or 1)
-                # ties go to better-ranked contexts and earlier sentences (answers tend to lead)
-                scored.append((overlap - 0.05 * n - 0.01 * pos, n, pos, sent, overlap))
-        best = [s for s in sorted(scored, reverse=True) if s[4] > 0][: self.sentences]
+                # the retriever's order counts (the top context is right most often), then earlier
+                # sentences (answers tend to lead)
+                scored.append((overlap - self.RANK_PENALTY * (n - 1) - 0.01 * pos, n, pos, sent, overlap))
+        ranked = sorted(scored, reverse=True)
+        top = ranked[0][0] if ranked else 0.0
+        # only sentences nearly as good as the best: a weak sentence from another context adds a wrong citation
+        best = [s for s in ranked if s[4] > 0 and s[0] >= self.KEEP_SHARE * top][: self.sentences]
         if not best and scored:  # nothing shares a term: quote the best context's opening
             best = [min(scored, key=lambda s: (s[1], s[2]))]
         return sorted((n, pos, sent) for _, n, pos, sent, _ in best)
