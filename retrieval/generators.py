@@ -82,21 +82,29 @@ class ExtractiveGenerator(_Generate):
         self.sentences = cfg.extract_sentences
         self.context_chars = context_chars
 
+    @staticmethod
+    def _match_keys(text: str) -> set[str]:
+        """Terms, with English words cut to 6 letters so "pronounced" meets "pronounce"."""
+        return {t[:6] if t.isascii() and t.isalpha() else t for t in terms(text)}
+
     def pick(self, prompt: Prompt) -> list[tuple[int, int, str]]:
         """(context number, position, sentence) of the best sentences, in reading order."""
-        q = set(terms(prompt.question))
+        q = self._match_keys(prompt.question)
+        best_score = max((c.score for c in prompt.contexts), default=0.0) or 1.0
         scored = []
         for n, ctx in enumerate(prompt.contexts, 1):
+            # a context far below the top one is less likely to hold the answer
+            relevance = max(0.0, min(1.0, ctx.score / best_score))
             for pos, sent in enumerate(split_sentences(unwrap_lines(ctx.text[: self.context_chars]))):
                 if not looks_like_prose(sent) or sent.rstrip("[]0123456789").endswith(("?", "？")):
                     continue  # a question (often the next FAQ entry's title) is never an answer
                 if len(sent) > self.MAX_SENTENCE_CHARS:
                     sent = sent[: self.MAX_SENTENCE_CHARS].rstrip() + "…"
-                words = set(terms(sent))
-                overlap = len(q & words) / math.sqrt(len(q) or 1)
+                overlap = len(q & self._match_keys(sent)) / math.sqrt(len(q) or 1)
                 # the retriever's order counts (the top context is right most often), then earlier
                 # sentences (answers tend to lead)
-                scored.append((overlap - self.RANK_PENALTY * (n - 1) - 0.01 * pos, n, pos, sent, overlap))
+                score = overlap * (0.5 + 0.5 * relevance) - self.RANK_PENALTY * (n - 1) - 0.01 * pos
+                scored.append((score, n, pos, sent, overlap))
         ranked = sorted(scored, reverse=True)
         top = ranked[0][0] if ranked else 0.0
         # only sentences nearly as good as the best: a weak sentence from another context adds a wrong citation
