@@ -88,3 +88,25 @@ def test_uploads_are_sanitised_size_checked_and_indexed(settings, tmp_path):
     report = kb.ingest_uploads([("leave policy.md", len(v2), reader(v2))])
     assert report.updated == [str(stored)] and len(kb.documents()) == 1
     assert kb.remove("leave policy.md") and not stored.exists()
+
+
+def test_an_upload_during_a_reindex_waits_for_the_writer_lock_and_says_so(settings):
+    import subprocess
+    import sys
+    import time
+
+    settings = settings.model_copy(update={"ingest": settings.ingest.model_copy(update={"lock_timeout_s": 60})})
+    kb = KnowledgeBase(settings=settings)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from filelock import FileLock; "
+        f"l = FileLock({str(settings.home / 'writer.lock')!r}); l.acquire(); print('held', flush=True); time.sleep(3)")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"  # another writer (e.g. `kb reindex`) holds the lock
+    said: list[str] = []
+    t0 = time.perf_counter()
+    data = b"# Leave\n\nEmployees get twenty-five days of annual leave.\n"
+    report = kb.ingest_uploads([("leave.md", len(data), lambda: data)], on_wait=said.append)
+    assert said and "waiting" in said[0]
+    assert time.perf_counter() - t0 >= 1.5 and report.added  # it waited, then indexed the file
+    holder.wait(timeout=10)
