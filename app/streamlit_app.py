@@ -147,8 +147,8 @@ def status(kb: KnowledgeBase) -> None:
     c[0].metric("Logged", m["queries"])
     c[1].metric("Per minute (last hour)", m["queries_per_minute"])
     c[2].metric("Not found", m["not_found"])
-    if m["latency_ms"]:
-        st.dataframe([{"stage": k, "p50 ms": v["p50"], "p95 ms": v["p95"]} for k, v in m["latency_ms"].items()],
+    if m["latency"]:
+        st.dataframe([{"stage": k, "p50 ms": v["p50_ms"], "p95 ms": v["p95_ms"]} for k, v in m["latency"].items()],
                      hide_index=True)
     if evaluation := st_.get("last_evaluation"):
         st.subheader("Latest evaluation")

@@ -42,6 +42,8 @@ class KnowledgeBase:
         self.home = Path(settings.home)
         self.collection = collection or settings.collection
         self._lock = threading.RLock()  # one KnowledgeBase serves every web session
+        self._reader_indexes: dict[str, tuple] = {}  # collection -> (file stamp, FaissIndex, keyword stats)
+        self._generators: dict[tuple, Generator] = {}
 
     @cached_property
     def catalogue(self) -> Catalogue:
@@ -209,7 +211,7 @@ class KnowledgeBase:
         collection = collection or self.collection
         path = self.index_dir(collection) / "index.faiss"
         stamp = (path.stat().st_mtime_ns, path.stat().st_size) if path.exists() else None
-        cache = self.__dict__.setdefault("_reader_indexes", {})
+        cache = self._reader_indexes
         with self._lock:
             hit = cache.get(collection)
             if hit is None or hit[0] != stamp:
@@ -240,7 +242,7 @@ class KnowledgeBase:
         if backend:
             cfg = cfg.model_copy(update={"backend": backend})
         key = (cfg.backend, cfg.model, cfg.base_url)
-        cache = self.__dict__.setdefault("_generators", {})
+        cache = self._generators
         if key not in cache:
             cache[key] = make_generator(cfg, self.settings.embedding.device, self.settings.retrieval.context_chars)
         return cache[key]
@@ -248,15 +250,9 @@ class KnowledgeBase:
     def ask_stream(self, question: str, backend: str | None = None, top_k: int | None = None,
                    documents: list[str] | None = None) -> AnswerStream:
         """Iterate for the answer text as it streams; `.answer` (an Answer) is set at the end and logged."""
-        kb = self
-
-        class _Logged(AnswerStream):
-            def __iter__(self):
-                yield from super().__iter__()
-                kb._log("ask", question, self.retrieval, self.answer)
-
-        return _Logged(question, self.retrieve(question, top_k, documents), self.generator(backend),
-                       self.settings.retrieval.context_chars)
+        retrieval = self.retrieve(question, top_k, documents)
+        return AnswerStream(question, retrieval, self.generator(backend), self.settings.retrieval.context_chars,
+                            on_done=lambda answer: self._log("ask", question, retrieval, answer))
 
     def ask(self, question: str, backend: str | None = None, top_k: int | None = None,
             documents: list[str] | None = None) -> Answer:
@@ -350,19 +346,11 @@ class KnowledgeBase:
         """Monitoring from the query log: latency p50/p95 per stage (ms) and queries per minute."""
         import datetime as dt
 
-        import numpy as np
-
         with self.catalogue.session() as s:
             col = self.catalogue.collection(s, self.collection, create=False)
             rows = [] if col is None else s.execute(
                 select(QueryLog.asked_at, QueryLog.timings, QueryLog.found).where(QueryLog.collection_id == col.id)
                 .order_by(QueryLog.id.desc()).limit(last)).all()
-        stages: dict[str, list[float]] = {}
-        for _, timings, _ in rows:
-            for k, v in (timings or {}).items():
-                stages.setdefault(k, []).append(v * 1000)
-            if timings:
-                stages.setdefault("total", []).append(sum(v for k, v in timings.items() if k != "first_token") * 1000)
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
         recent = [r for r in rows if (now - r.asked_at).total_seconds() <= 3600]
         span_min = max(1.0, (now - min(r.asked_at for r in recent)).total_seconds() / 60) if recent else 1.0
@@ -370,8 +358,7 @@ class KnowledgeBase:
             "queries": len(rows),
             "not_found": sum(1 for r in rows if not r.found),
             "queries_per_minute": round(len(recent) / span_min, 2),
-            "latency_ms": {k: {"p50": round(float(np.percentile(v, 50)), 1), "p95": round(float(np.percentile(v, 95)), 1)}
-                           for k, v in stages.items()},
+            "latency": latency_table([r.timings for r in rows if r.timings]),
         }
 
     def status(self) -> dict:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -53,15 +53,22 @@ class Answer:
 class AnswerStream:
     """Iterate to receive the answer text as it is generated; `.answer` holds the result afterwards."""
 
-    def __init__(self, question: str, retrieval: Retrieval, generator: Generator, context_chars: int = 1500):
+    def __init__(self, question: str, retrieval: Retrieval, generator: Generator, context_chars: int = 1500,
+                 on_done: Callable[[Answer], None] | None = None):
         self.question = question
         self.retrieval = retrieval
         self.generator = generator
         self.context_chars = context_chars
+        self.on_done = on_done  # e.g. the query log
         self.reasoning = ""
         self.answer: Answer | None = None
 
     def __iter__(self) -> Iterator[str]:
+        yield from self._produce()
+        if self.on_done is not None:
+            self.on_done(self.answer)
+
+    def _produce(self) -> Iterator[str]:
         r, gen = self.retrieval, self.generator
         timings = dict(r.timings)
         lang = language(self.question)

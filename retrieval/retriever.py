@@ -113,7 +113,7 @@ class Retriever:
         for name, ranking in (("dense", dense), ("bm25", keyword)):
             for i, s in ranking:
                 signals[i][name] = s
-        rows = self._rows(order[: max(top_k, cfg.rerank_candidates if self.reranker else 0)])
+        rows = self.catalogue.chunks_by_ids(order[: max(top_k, cfg.rerank_candidates if self.reranker else 0)])
         order = [i for i in order if i in rows]  # an id missing from the catalogue is an orphan vector
         timings["fuse"] = time.perf_counter() - t0
         scores = {i: fused[i] for i in order}
@@ -149,9 +149,6 @@ class Retriever:
     @staticmethod
     def _passage(chunk: Chunk) -> str:
         return f"{chunk.heading}\n{chunk.text}" if chunk.heading else chunk.text
-
-    def _rows(self, ids: list[int]) -> dict[int, Chunk]:
-        return self.catalogue.chunks_by_ids(ids)
 
 
 def documents_named(catalogue: Catalogue, collection: str, names: Iterable[str]) -> set[int]:
