@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import logging.handlers
 import sys
 from pathlib import Path
 
-from kb.errors import ConfigError, KBError, LockedError, NotFoundError
+from kb.errors import CatalogueError, ConfigError, KBError, LockedError, NotFoundError
 from kb.settings import Settings
 
 
@@ -15,6 +17,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kb", description="Enterprise knowledge base: index folders, ask questions.")
     p.add_argument("--home", help="data home (env KB_HOME, default indexes/)")
     p.add_argument("--collection", help="collection name (default: 'default')")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also print the libraries' warnings (always written to HOME/kb.log)")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("reindex", help="make the index match folders: add new, update changed, remove deleted")
@@ -59,8 +63,42 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all interfaces)")
 
     st = sub.add_parser("status", help="documents, chunks, failures, model, index")
+    st.add_argument("--check", action="store_true",
+                    help="also check the catalogue's and the index's integrity (exit 1 when damaged)")
     st.add_argument("--json", action="store_true")
+
+    rc = sub.add_parser("rebuild-catalogue", help="replace a damaged catalogue: re-index every collection "
+                                                  "from its recorded folders (the damaged file is kept aside)")
+    rc.add_argument("paths", nargs="*", help="folders of --collection (default: the folders it was synced from)")
+    rc.add_argument("--json", action="store_true")
     return p
+
+
+def _shown(path: str) -> str:
+    """A path on one line: names holding a newline or other control characters are quoted."""
+    return path if path.isprintable() else json.dumps(path, ensure_ascii=False)
+
+
+def _configure_logging(home: Path, verbose: bool) -> None:
+    """kb's own warnings go to stderr; libraries' warnings (pypdf writes thousands of lines on broken
+    PDFs) only to HOME/kb.log, unless --verbose."""
+    logging.captureWarnings(True)
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        file = logging.handlers.RotatingFileHandler(home / "kb.log", maxBytes=5_000_000, backupCount=2,
+                                                    encoding="utf-8")
+        file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(file)
+    except OSError:
+        pass  # a read-only home still answers questions
+    err = logging.StreamHandler()
+    err.setLevel(logging.INFO if verbose else logging.WARNING)
+    if not verbose:
+        err.addFilter(lambda r: r.name.split(".")[0] in ("kb", "ingest", "retrieval", "app"))
+    err.setFormatter(logging.Formatter("%(name)s: %(message)s" if verbose else "kb: %(message)s"))
+    root.addHandler(err)
 
 
 def _print_report(report, as_json: bool) -> None:
@@ -75,13 +113,13 @@ def _print_report(report, as_json: bool) -> None:
     )
     for label, paths in (("added", report.added), ("updated", report.updated), ("removed", report.removed)):
         for p in paths:
-            print(f"  {label:8} {p}")
+            print(f"  {label:8} {_shown(p)}")
     for p, reason in report.failed:
-        print(f"  FAILED   {p}: {reason}")
-    if report.skipped:
-        print(f"  skipped {len(report.skipped)} unsupported file(s), e.g. {report.skipped[0][0]}")
+        print(f"  FAILED   {_shown(p)}: {reason}")
+    for p, reason in report.skipped:
+        print(f"  skipped  {_shown(p)}: {reason}")
     if any(report.repaired.values()):
-        print(f"  repaired after an interrupted run: {report.repaired}")
+        print(f"  repaired after an interrupted run or a damaged index: {report.repaired}")
 
 
 def _print_contexts(contexts, as_json: bool) -> None:
@@ -193,7 +231,9 @@ def _print_status(st: dict, as_json: bool) -> None:
     print(f"embedding   {st['embedding_model']} (dim {st['dimension']}) on {st['device']['torch']}; "
           f"chunks of {st['chunking']['chunk_tokens']} tokens")
     for f in st["failures"]:
-        print(f"  FAILED {f['path']}: {f['error']}")
+        print(f"  FAILED {_shown(f['path'])}: {f['error']}")
+    for part, problems in st.get("check", {}).items():
+        print(f"check       {part}: " + ("ok" if not problems else "DAMAGED: " + "; ".join(problems)))
 
 
 def _ui(settings: Settings, args) -> int:  # noqa: ANN001
@@ -223,8 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - invalid env/toml values
         print(f"kb: configuration error: {exc}", file=sys.stderr)
         return 2
-    from kb.knowledge_base import KnowledgeBase
+    from kb.knowledge_base import KnowledgeBase, rebuild_catalogue
 
+    _configure_logging(Path(args.home or settings.home), args.verbose)
     if args.command == "ui":
         return _ui(settings, args)
     if args.command == "eval":
@@ -264,9 +305,30 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "ask":
             return _ask(kb, args)
         if args.command == "status":
+            if args.check:  # before status, which would otherwise stop at the first damage it meets
+                problems = kb.check()
+                st = kb.status() if not any(problems.values()) else {"home": str(kb.home), "check": problems}
+                st["check"] = problems
+                if args.json or any(problems.values()):
+                    print(json.dumps(st, ensure_ascii=False, indent=2) if args.json else
+                          "\n".join(f"{k}: DAMAGED: {'; '.join(v)}" for k, v in problems.items() if v))
+                else:
+                    _print_status(st, False)
+                return 1 if any(problems.values()) else 0
             _print_status(kb.status(), args.json)
             return 0
-    except (NotFoundError, ConfigError, LockedError) as exc:
+        if args.command == "rebuild-catalogue":
+            sources = {kb.collection: [str(Path(p).resolve()) for p in args.paths]} if args.paths else None
+            reports = rebuild_catalogue(args.home, settings, sources, progress)
+            if not reports:
+                print("kb: no folders recorded for any collection; name them: kb rebuild-catalogue PATH...",
+                      file=sys.stderr)
+                return 2
+            for name, report in reports.items():
+                print(f"collection {name}:")
+                _print_report(report, args.json)
+            return 1 if any(r.failed for r in reports.values()) else 0
+    except (NotFoundError, ConfigError, LockedError, CatalogueError) as exc:
         print(f"kb: {exc}", file=sys.stderr)
         return 2
     except KBError as exc:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app.render import highlight, md_escape
+from app.render import highlight, label_escape, md_escape
 from ingest.extract import MIME
 from kb.errors import KBError
 from kb.knowledge_base import KnowledgeBase
@@ -22,18 +22,18 @@ def knowledge_base(home: str, collection: str) -> KnowledgeBase:
 
 
 def wait_notice(msg: str) -> None:
-    st.info(f"Waiting for another indexing job to finish ({msg})…")
+    st.info(f"Waiting for another indexing job to finish ({label_escape(msg)})…")
 
 
 def render_sources(answer: Answer, key: str) -> None:
     for c in answer.citations:
         name = Path(c.source).name
         title = f"[{c.n}] {name}" + (f" — page {c.page}" if c.page else "") + (f" — {c.heading}" if c.heading else "")
-        with st.expander(title):
+        with st.expander(label_escape(title)):  # expander titles render Markdown: a heading is document text
             st.markdown(highlight(c.text, c.sentences))
             path = Path(c.source)
             if path.is_file():
-                st.download_button(f"Open {name}", data=path.read_bytes(), file_name=name,
+                st.download_button(label_escape(f"Open {name}"), data=path.read_bytes(), file_name=name,
                                    mime=MIME.get(path.suffix.lower(), "application/octet-stream"),
                                    key=f"dl-{key}-{c.n}")
     for sent in answer.unsupported:
@@ -89,7 +89,7 @@ def documents(kb: KnowledgeBase) -> None:
 
         def on_event(action: str, path: str, detail: str) -> None:
             done.append((Path(path).name, action, detail))
-            bar.progress(min(1.0, len(done) / len(files)), text=f"{Path(path).name}: {action} {detail}")
+            bar.progress(min(1.0, len(done) / len(files)), text=label_escape(f"{Path(path).name}: {action} {detail}"))
 
         try:
             report = kb.ingest_uploads([(f.name, f.size, f.getvalue) for f in files], on_event=on_event,
@@ -119,7 +119,7 @@ def documents(kb: KnowledgeBase) -> None:
                                   format_func=lambda i: next(Path(d["path"]).name for d in docs if d["id"] == i))
             if st.button("Delete document"):
                 removed = kb.remove(str(choice), on_wait=wait_notice)
-                st.success(f"Removed {Path(removed[0]).name}")
+                st.success(label_escape(f"Removed {Path(removed[0]).name}"))
                 st.rerun()
         with right:
             if st.button("Re-index collection"):

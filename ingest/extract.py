@@ -165,26 +165,65 @@ def _partition(kind: str) -> Callable:
     return fn
 
 
+@dataclass
+class _OpenHeading:
+    depth: int
+    text: str
+    page: int | None
+    sheet: str | None
+    covered: bool = False  # some block already carries it in its heading path
+
+
+def _heading_path(headings: list[_OpenHeading], sheet: str | None) -> str | None:
+    parts = [h.text for h in headings]
+    if sheet:
+        parts = [sheet] + parts
+    return " > ".join(parts) or None
+
+
 def _elements_to_blocks(elements, kind: str) -> tuple[list[Block], int | None]:
+    """Elements become blocks under the heading path in force; a heading is also searchable text.
+
+    unstructured labels short lines as Title (a deck of short lines is all "headings"). A heading with
+    body text below it is searchable through the heading path its chunks are embedded with; one that
+    gets no block before it is closed (next heading at its depth or above, end of its slide or sheet,
+    end of document) becomes a block itself, under its parent's path, on the page where it appeared.
+    """
     blocks: list[Block] = []
-    stack: list[tuple[int, str]] = []
+    stack: list[_OpenHeading] = []
     max_page = None
+    per_unit = kind in ("pptx", "xlsx")  # a page is a slide or sheet: its headings end with it
+
+    def add(text: str, page: int | None, sheet: str | None, under: list[_OpenHeading]) -> None:
+        for h in under:
+            h.covered = True
+        blocks.append(Block(text, page, _heading_path(under, sheet)))
+
+    def close_from(i: int) -> None:
+        """Close stack[i:], innermost first; a heading no block carries becomes a block."""
+        while len(stack) > i:
+            top = stack.pop()
+            if not top.covered:
+                add(top.text, top.page, top.sheet, stack)
+
     for el in elements:
         text = (el.text or "").strip()
         if not text:
             continue
         md = el.metadata
         page = getattr(md, "page_number", None)
+        sheet = getattr(md, "page_name", None) if kind == "xlsx" else None
         if page is not None:
             max_page = max(max_page or 0, page)
+        if per_unit and stack and page != stack[-1].page:
+            close_from(0)  # a new slide or sheet; on a DOCX page break the section simply runs on
         if el.category == "Title" and md.category_depth is not None:  # a real heading (h1-h6, Word style)
             depth = md.category_depth
-            stack = [(d, t) for d, t in stack if d < depth] + [(depth, text)]
+            close_from(next((i for i, h in enumerate(stack) if h.depth >= depth), len(stack)))
+            stack.append(_OpenHeading(depth, text, page, sheet))
             continue
-        heading_parts = [t for _, t in stack]
-        if kind == "xlsx" and getattr(md, "page_name", None):
-            heading_parts = [md.page_name] + heading_parts
-        blocks.append(Block(text, page, " > ".join(heading_parts) or None))
+        add(text, page, sheet, stack)
+    close_from(0)
     return blocks, max_page
 
 

@@ -8,7 +8,9 @@ any point leaves them consistent and the next run resumes without redoing commit
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -75,23 +77,70 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _under(path: Path, roots: list[Path]) -> bool:
+    return any(path == r or r in path.parents for r in roots)
+
+
 def discover(paths: Iterable[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Files to index under the given files/folders (sorted), and unsupported files met in folders."""
-    files: list[Path] = []
+    """Files to index under the given files/folders (real paths, sorted, each once), and every file or
+    folder met that is not indexed, with the reason: unsupported, hidden, a link pointing outside the
+    folders being indexed, a broken link or a link loop. Links inside them are indexed once, at the
+    target's own path; a link is never followed out of the indexed folders."""
+    roots = [Path(r).resolve() for r in paths]
+    files: set[Path] = set()
     skipped: list[tuple[Path, str]] = []
-    for root in paths:
-        root = Path(root).resolve()
+    for root in roots:
         if root.is_file():
-            files.append(root)
+            files.add(root)  # named explicitly by the user
             continue
-        for p in sorted(root.rglob("*")):
-            if not p.is_file() or any(part.startswith(".") for part in p.relative_to(root).parts):
-                continue
-            if p.suffix.lower() in MIME:
-                files.append(p)
-            else:
-                skipped.append((p, f"unsupported file type {p.suffix or '(none)'}"))
-    return sorted(set(files)), skipped
+        for folder, dirs, names in os.walk(root, followlinks=False):
+            base = Path(folder)
+            for name in sorted(dirs):
+                p = base / name
+                if name.startswith("."):
+                    skipped.append((p, "hidden folder (name starts with '.'), not searched"))
+                    dirs.remove(name)
+                elif p.is_symlink():
+                    reason = _link_problem(p, roots)
+                    if reason:
+                        skipped.append((p, reason))
+            dirs.sort()
+            for name in sorted(names):
+                p = base / name
+                if name.startswith("."):
+                    skipped.append((p, "hidden file (name starts with '.')"))
+                    continue
+                if p.is_symlink():
+                    reason = _link_problem(p, roots)
+                    if reason:
+                        skipped.append((p, reason))
+                        continue
+                    p = p.resolve()  # indexed once, under the target's own path
+                    if not p.is_file():
+                        skipped.append((base / name, "link to something that is not a file"))
+                        continue
+                elif not p.is_file():
+                    skipped.append((p, "not a regular file"))
+                    continue
+                if p.suffix.lower() in MIME:
+                    files.add(p)
+                else:
+                    skipped.append((p, f"unsupported file type {p.suffix or '(none)'}"))
+    return sorted(files), skipped
+
+
+def _link_problem(link: Path, roots: list[Path]) -> str | None:
+    """Why a symbolic link is not followed, or None when it points inside the indexed folders."""
+    try:
+        target = link.resolve(strict=True)
+    except FileNotFoundError:
+        return f"broken link (-> {os.readlink(link)})"
+    except (RuntimeError, OSError) as exc:  # RuntimeError: "Symlink loop" on Python 3.11
+        return "link loop" if "loop" in str(exc).lower() or getattr(exc, "errno", None) == errno.ELOOP \
+            else f"unreadable link ({exc})"
+    if not _under(target, roots):
+        return f"link outside the indexed folders (-> {target}), not followed"
+    return None  # a folder link's files are indexed where they really are (os.walk does not follow it)
 
 
 @dataclass
@@ -118,6 +167,7 @@ class IndexWriter:
         self.embedder = embedder
         self.collection = collection
         self.on_event = on_event or (lambda *_: None)
+        self.rebuilt_damaged_index = False  # set by the caller when the index was damaged and started empty
 
     # -- consistency -----------------------------------------------------------------------
     def reconcile(self) -> dict[str, int]:
@@ -217,6 +267,9 @@ class IndexWriter:
         t0 = time.perf_counter()
         report = SyncReport()
         report.repaired = self.reconcile()
+        if self.rebuilt_damaged_index:
+            report.repaired["damaged_index_rebuilt"] = 1
+            self.index.save()
         files, skipped = discover(paths)
         report.skipped = [(str(p), r) for p, r in skipped]
         with self.catalogue.session() as s:
@@ -240,6 +293,9 @@ class IndexWriter:
         bar = tqdm(files, desc=f"indexing {self.collection}", unit="file", disable=not progress or None)
         for f in bar:
             path = str(f)
+            if f.resolve() != f:  # became a link after discovery: never follow it out of the folders
+                report.skipped.append((path, "turned into a link while indexing, not followed"))
+                continue
             try:
                 size = f.stat().st_size
                 sha = file_sha256(f)

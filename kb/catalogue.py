@@ -27,7 +27,10 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+from kb.errors import CatalogueError
 
 # SQLite only autoincrements an INTEGER PRIMARY KEY; elsewhere use 64-bit ids like FAISS.
 ChunkId = BigInteger().with_variant(Integer(), "sqlite")
@@ -157,6 +160,10 @@ def _sqlite_pragmas(engine: Engine) -> None:
         cur.close()
 
 
+# SQLite's words for a damaged file (header overwritten, pages zeroed, truncated).
+_DAMAGE = ("not a database", "malformed", "corrupt", "disk image", "file is encrypted")
+
+
 class Catalogue:
     """Owns the engine and sessions; small query helpers used by ingestion, retrieval and status."""
 
@@ -165,8 +172,21 @@ class Catalogue:
         self.engine = create_engine(url)
         if self.engine.dialect.name == "sqlite":
             _sqlite_pragmas(self.engine)
-        Base.metadata.create_all(self.engine)
+        try:
+            Base.metadata.create_all(self.engine)
+        except DatabaseError as exc:
+            raise self._damaged(exc) from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _damaged(self, exc: DatabaseError) -> Exception:
+        """A damaged catalogue becomes a CatalogueError saying what to do; other database errors pass."""
+        text = str(exc.orig if getattr(exc, "orig", None) is not None else exc).lower()
+        if not any(word in text for word in _DAMAGE):
+            return exc
+        where = self.engine.url.render_as_string(hide_password=True)
+        return CatalogueError(
+            f"the catalogue {where} is damaged ({text.strip()}). Restore it from a backup, or rebuild it "
+            "from the indexed files with `kb rebuild-catalogue` (the damaged file is kept beside it)")
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -175,9 +195,27 @@ class Catalogue:
             try:
                 yield s
                 s.commit()
+            except DatabaseError as exc:
+                try:
+                    s.rollback()
+                except DatabaseError:
+                    pass
+                raise self._damaged(exc) from exc
             except BaseException:
                 s.rollback()
                 raise
+
+    def check(self) -> list[str]:
+        """Problems found by the database's own integrity check (SQLite `PRAGMA quick_check`); [] = healthy."""
+        try:
+            with self.engine.connect() as conn:
+                if self.engine.dialect.name != "sqlite":
+                    conn.exec_driver_sql("SELECT 1")
+                    return []
+                rows = [r[0] for r in conn.exec_driver_sql("PRAGMA quick_check").all()]
+        except DatabaseError as exc:
+            return [str(exc.orig if getattr(exc, "orig", None) is not None else exc)]
+        return [] if rows == ["ok"] else rows
 
     def collection(self, s: Session, name: str, create: bool = True) -> Collection | None:
         col = s.scalar(select(Collection).where(Collection.name == name))

@@ -34,6 +34,14 @@ class VectorIndexError(KBError):
     """The vector index is unreadable or inconsistent beyond repair."""
 
 
+class IndexCorruptError(VectorIndexError):
+    """The index file or its manifest is damaged (bad checksum, truncated, unreadable): rebuilt from the catalogue."""
+
+
+class CatalogueError(KBError):
+    """The SQL catalogue is damaged or unreadable; the message says how to restore or rebuild it."""
+
+
 class LockedError(KBError):
     """Another writer holds the knowledge base lock."""
 

@@ -6,30 +6,45 @@ and `retrieval` together; nothing in `kb/` imports it back.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import logging
+import os
 import re
+import shutil
 import threading
+import time
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 
 from ingest.chunking import chunker_identity
 from ingest.pipeline import Event, IndexWriter, SyncReport
-from kb.catalogue import Catalogue, Collection, Document, Evaluation, IngestRun, QueryLog
+from kb.catalogue import Catalogue, Collection, Document, Evaluation, IngestRun, Posting, QueryLog
 from kb.device import faiss_gpu_count, torch_device
 from kb.embeddings import Embedder, make_embedder
-from kb.errors import ConfigError, NotFoundError
+from kb.crash_points import crash_point
+from kb.errors import CatalogueError, ConfigError, IndexCorruptError, IndexMismatchError, NotFoundError
 from kb.keywords import TOKENIZER_ID
-from kb.locking import writer_lock
+from kb.locking import writer_died, writer_lock
 from kb.settings import Settings
 from kb.vector_index import FaissIndex
 from retrieval.answer import Answer, AnswerStream
 from retrieval.evaluation import RetrievalScores, hit, latency_table, load_qa, rouge_l
 from retrieval.generators import Generator, make_generator
 from retrieval.retriever import Context, Retrieval, Retriever, documents_named
+
+log = logging.getLogger(__name__)
+# A full rebuild fills this hidden collection, then swaps it in: readers keep the old one until then.
+REBUILD_PREFIX = "~rebuild~"
+
+
+def _under(path: str, roots: list[str]) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
 
 
 class KnowledgeBase:
@@ -48,7 +63,26 @@ class KnowledgeBase:
     @cached_property
     def catalogue(self) -> Catalogue:
         self.home.mkdir(parents=True, exist_ok=True)
-        return Catalogue(self.settings.catalogue_url)
+        catalogue = Catalogue(self.settings.catalogue_url)
+        if writer_died(self.home):  # the last writer was killed mid-way: check before anyone reads
+            self._raise_if_damaged(catalogue)
+        return catalogue
+
+    def _raise_if_damaged(self, catalogue: Catalogue) -> None:
+        problems = catalogue.check()
+        if problems:
+            raise CatalogueError(
+                f"the catalogue {self.settings.catalogue_url.split('@')[-1]} is damaged "
+                f"({'; '.join(problems[:3])}). Restore it from a backup, or rebuild it from the indexed "
+                "files with `kb rebuild-catalogue` (the damaged file is kept beside it)")
+
+    @contextmanager
+    def _write_lock(self, on_wait: Callable[[str], None] | None) -> Iterator[None]:
+        """The writer lock; after a killed writer, the catalogue's integrity is checked before any write."""
+        with writer_lock(self.home, self.settings.ingest.lock_timeout_s, on_wait) as unclean:
+            if unclean:
+                self._raise_if_damaged(self.catalogue)
+            yield
 
     @cached_property
     def embedder(self) -> Embedder:
@@ -71,34 +105,150 @@ class KnowledgeBase:
         cfg = self.settings.index
         return FaissIndex(self.index_dir(collection), self.index_identity(), cfg.hnsw_m, cfg.hnsw_ef_search)
 
-    # -- writes (under the writer lock) ----------------------------------------------------
-    def _writer(self, on_event: Event | None, full: bool = False) -> IndexWriter:
-        if full:  # the old index may have been built with other settings: drop it unread
+    def _index_for_writing(self, collection: str) -> tuple[FaissIndex, bool]:
+        """The index a writer updates; a damaged one is set aside and started empty, so the writer's
+        reconciliation rebuilds it from the catalogue's stored embeddings (nothing re-embedded)."""
+        try:
+            return self.open_index(collection), False
+        except IndexCorruptError as exc:
+            log.warning("%s; rebuilding it from the catalogue", exc)
+            stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
             for name in ("index.faiss", "manifest.json"):
-                (self.index_dir() / name).unlink(missing_ok=True)
-        return IndexWriter(self.settings, self.catalogue, self.open_index(), self.embedder,
-                           self.collection, on_event)
+                f = self.index_dir(collection) / name
+                if f.exists():
+                    f.replace(f.with_name(f"{name}.damaged-{stamp}"))
+            return self.open_index(collection), True
+
+    # -- writes (under the writer lock) ----------------------------------------------------
+    def _writer(self, on_event: Event | None, collection: str | None = None) -> IndexWriter:
+        collection = collection or self.collection
+        index, rebuilt = self._index_for_writing(collection)
+        writer = IndexWriter(self.settings, self.catalogue, index, self.embedder, collection, on_event)
+        writer.rebuilt_damaged_index = rebuilt
+        return writer
 
     def sync(self, paths: list[str | Path], full: bool = False, progress: bool = False,
              on_event: Event | None = None, on_wait: Callable[[str], None] | None = None) -> SyncReport:
         """Make the collection match these files/folders: add new, update changed, remove deleted.
 
-        With no paths, re-syncs the files/folders given to the collection's previous reindex.
+        With no paths, re-syncs the files/folders given to the collection's previous reindex. `full`
+        rebuilds everything the collection holds aside and swaps it in when done (see `_rebuild`).
         """
-        paths = list(paths) or self._previous_roots()
-        with writer_lock(self.home, self.settings.ingest.lock_timeout_s, on_wait):
+        with self._write_lock(on_wait):
             if full:
-                self._clear_catalogue()
-            writer = self._writer(on_event, full)
-            return writer.sync([Path(p) for p in paths], delete_missing=True, progress=progress,
-                               command="reindex --full" if full else "reindex")
+                return self._rebuild([str(Path(p).resolve()) for p in paths], progress, on_event)
+            roots = [str(Path(p).resolve()) for p in paths] or self._previous_roots()
+            report = self._writer(on_event).sync([Path(p) for p in roots], delete_missing=True,
+                                                 progress=progress, command="reindex")
+            self._record_sources(roots)
+            return report
 
     def ingest(self, paths: list[str | Path], progress: bool = False, on_event: Event | None = None,
                on_wait: Callable[[str], None] | None = None) -> SyncReport:
         """Add or update files/folders without removing anything else."""
-        with writer_lock(self.home, self.settings.ingest.lock_timeout_s, on_wait):
+        with self._write_lock(on_wait):
             return self._writer(on_event).sync([Path(p) for p in paths], delete_missing=False,
                                                 progress=progress, command="ingest")
+
+    # -- full rebuild, aside then swapped in -----------------------------------------------
+    def _held_paths(self, collection: str) -> dict[str, int]:
+        """Path -> chunk count of every document (indexed or failed) the collection holds."""
+        with self.catalogue.session() as s:
+            col = self.catalogue.collection(s, collection, create=False)
+            if col is None:
+                return {}
+            return dict(s.execute(select(Document.path, Document.chunk_count).where(Document.collection_id == col.id)).all())
+
+    def _rebuild(self, roots: list[str], progress: bool, on_event: Event | None) -> SyncReport:
+        """Re-extract and re-embed everything the collection holds into a hidden collection and index,
+        then swap both in at once. Readers keep the old documents until the swap; an interrupted rebuild
+        leaves the old collection untouched and the next `--full` resumes where it stopped."""
+        held = self._held_paths(self.collection)
+        if roots:
+            outside = sorted(p for p in held if not _under(p, roots))
+            if outside:
+                raise ConfigError(
+                    f"`--full` rebuilds the whole collection {self.collection!r}, and it also holds "
+                    f"{len(outside)} document(s) outside {', '.join(roots)} (e.g. {outside[0]}), which a rebuild "
+                    "from these folders alone would delete. Run `kb reindex --full` with no folders to rebuild "
+                    "everything it holds, name all of its folders, or remove those documents first (`kb remove`).")
+        else:
+            roots = self._held_roots(held)
+            if not roots:
+                raise ConfigError(f"collection {self.collection!r} holds nothing to rebuild; "
+                                  "name the folders: kb reindex --full PATH...")
+        shadow = REBUILD_PREFIX + self.collection
+        self._start_shadow(shadow, roots)
+        writer = self._writer(on_event, shadow)
+        report = writer.sync([Path(r) for r in roots], delete_missing=True, progress=progress,
+                             command="reindex --full")
+        new = self._held_paths(shadow)
+        self._swap_in(shadow, writer.index)
+        self._record_sources(roots)
+        # The report compares what the collection held before with what it holds now.
+        failed = {p for p, _ in report.failed}
+        report.added = sorted(p for p in new if p not in held and p not in failed)
+        report.updated = sorted(p for p in new if p in held and p not in failed)
+        report.removed = sorted(p for p in held if p not in new)
+        report.unchanged = []
+        report.chunks_removed = sum(held.values())
+        report.chunks_added = sum(new.values())
+        return report
+
+    def _held_roots(self, held: dict[str, int]) -> list[str]:
+        """Where the collection's documents come from: every folder or file given to a reindex or an
+        ingest that still holds one of its documents, its uploads, and any other document's own path."""
+        with self.catalogue.session() as s:
+            col = self.catalogue.collection(s, self.collection, create=False)
+            runs = [] if col is None else s.scalars(select(IngestRun.roots).where(IngestRun.collection_id == col.id))
+            given = [r for roots in runs for r in roots or []]
+        if self.uploads_dir().exists():
+            given.append(str(self.uploads_dir().resolve()))
+        roots = [r for r in dict.fromkeys(given) if any(_under(p, [r]) for p in held)]
+        return roots + sorted(p for p in held if not _under(p, roots))
+
+    def _start_shadow(self, shadow: str, roots: list[str]) -> None:
+        """Keep what an interrupted rebuild with the same settings already did; otherwise start afresh."""
+        try:
+            self.open_index(shadow)
+            stale = [p for p in self._held_paths(shadow) if not _under(p, roots)]
+            if stale:
+                self._writer(None, shadow).remove(stale)
+        except (IndexMismatchError, IndexCorruptError):
+            with self.catalogue.session() as s:
+                s.execute(delete(Collection).where(Collection.name == shadow))
+            shutil.rmtree(self.index_dir(shadow), ignore_errors=True)
+
+    def _swap_in(self, shadow: str, index: FaissIndex) -> None:
+        """One catalogue transaction moves the rebuilt documents (with their chunks, postings and run)
+        into the collection and deletes the old ones; the rebuilt index file replaces the old one just
+        before it commits. A crash in between leaves the index ahead of the catalogue, which the next
+        writer's reconciliation repairs, and the rebuild is still there to swap in again."""
+        target = self.index_dir()
+        target.mkdir(parents=True, exist_ok=True)
+        with self.catalogue.session() as s:
+            col = self.catalogue.collection(s, self.collection)
+            aside = self.catalogue.collection(s, shadow)
+            s.execute(delete(Document).where(Document.collection_id == col.id))  # chunks, postings cascade
+            for table in (Document, Posting, IngestRun):
+                s.execute(update(table).where(table.collection_id == aside.id).values(collection_id=col.id))
+            s.execute(delete(Collection).where(Collection.id == aside.id))
+            s.flush()
+            index.save()  # the shadow's files are current; copy them in atomically
+            for name in ("index.faiss", "manifest.json"):
+                os.replace(index.directory / name, target / name)
+            crash_point("before_swap_commit", self.settings.crash_at)
+        shutil.rmtree(index.directory, ignore_errors=True)
+        self._reader_indexes.pop(self.collection, None)
+
+    def _record_sources(self, roots: list[str]) -> None:
+        """The folders a collection is synced from, kept beside its index too: `kb rebuild-catalogue`
+        needs them when the catalogue itself is lost."""
+        d = self.index_dir()
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / "sources.json.tmp"
+        tmp.write_text(json.dumps({"roots": roots}, ensure_ascii=False, indent=2))
+        tmp.replace(d / "sources.json")
 
     # -- uploads (the web UI) ----------------------------------------------------------------
     def uploads_dir(self) -> Path:
@@ -119,7 +269,7 @@ class KnowledgeBase:
         target = self.uploads_dir()
         refused: list[tuple[str, str]] = []
         paths: list[Path] = []
-        with writer_lock(self.home, self.settings.ingest.lock_timeout_s, on_wait):
+        with self._write_lock(on_wait):
             target.mkdir(parents=True, exist_ok=True)
             for name, size, read in files:
                 safe = self.safe_upload_name(name)
@@ -140,7 +290,7 @@ class KnowledgeBase:
 
     def remove(self, doc: str, on_wait: Callable[[str], None] | None = None) -> list[str]:
         """Remove documents by id, exact path, or a path suffix that names exactly one."""
-        with writer_lock(self.home, self.settings.ingest.lock_timeout_s, on_wait):
+        with self._write_lock(on_wait):
             paths = self._resolve_documents(doc)
             self._writer(None).remove(paths)
             uploads = self.uploads_dir().resolve()
@@ -173,12 +323,6 @@ class KnowledgeBase:
                               "name the folders: kb reindex PATH...")
         return list(run.roots)
 
-    def _clear_catalogue(self) -> None:
-        with self.catalogue.session() as s:
-            col = self.catalogue.collection(s, self.collection)
-            for d in s.scalars(select(Document).where(Document.collection_id == col.id)):
-                s.delete(d)
-
     def _resolve_documents(self, ref: str) -> list[str]:
         with self.catalogue.session() as s:
             col = self.catalogue.collection(s, self.collection, create=False)
@@ -207,16 +351,35 @@ class KnowledgeBase:
         return CrossEncoder(name, device=torch_device(self.settings.embedding.device))
 
     def reader_index(self, collection: str | None = None) -> FaissIndex:
-        """The collection's index for searching: loaded once and reused until a writer saves a new one."""
+        """The collection's index for searching: loaded once and reused until a writer saves a new one.
+        A damaged index is rebuilt from the catalogue (under the writer lock) before it is used."""
         collection = collection or self.collection
         path = self.index_dir(collection) / "index.faiss"
-        stamp = (path.stat().st_mtime_ns, path.stat().st_size) if path.exists() else None
-        cache = self._reader_indexes
         with self._lock:
-            hit = cache.get(collection)
-            if hit is None or hit[0] != stamp:
-                hit = cache[collection] = (stamp, self.open_index(collection))
-            return hit[1]
+            for attempt in range(3):
+                stamp = (path.stat().st_mtime_ns, path.stat().st_size) if path.exists() else None
+                hit = self._reader_indexes.get(collection)
+                if hit is not None and hit[0] == stamp:
+                    return hit[1]
+                try:
+                    index = self.open_index(collection)
+                except IndexCorruptError:
+                    if attempt == 0:  # a writer may be between renaming the index and its manifest
+                        time.sleep(0.2)
+                    else:
+                        self.repair_index(collection)
+                    continue
+                self._reader_indexes[collection] = (stamp, index)
+                return index
+            return self.open_index(collection)  # still damaged: raise its error
+
+    def repair_index(self, collection: str | None = None, on_wait: Callable[[str], None] | None = None) -> dict:
+        """Rebuild a damaged or missing index from the catalogue's stored embeddings (no re-embedding)."""
+        with self._write_lock(on_wait):
+            writer = self._writer(None, collection)
+            repaired = writer.reconcile()
+            writer.index.save()
+            return {**repaired, "damaged_index_rebuilt": int(writer.rebuilt_damaged_index)}
 
     def retriever(self, collection: str | None = None) -> Retriever:
         collection = collection or self.collection
@@ -361,9 +524,30 @@ class KnowledgeBase:
             "latency": latency_table([r.timings for r in rows if r.timings]),
         }
 
+    def check(self) -> dict[str, list[str]]:
+        """Integrity problems per part (`kb status --check`): the catalogue's own check, the index's
+        checksum, and whether both hold the same chunks. Empty lists = healthy."""
+        problems: dict[str, list[str]] = {"catalogue": [], "index": []}
+        try:
+            problems["catalogue"] = self.catalogue.check()
+        except CatalogueError as exc:
+            problems["catalogue"] = [str(exc)]
+        if problems["catalogue"]:
+            return problems
+        try:
+            index = self.open_index()
+        except (IndexCorruptError, IndexMismatchError) as exc:
+            problems["index"] = [str(exc)]
+            return problems
+        ids, chunks = set(index.ids().tolist()), self.catalogue.chunk_ids(self.collection)
+        if ids != chunks:
+            problems["index"] = [f"{len(ids - chunks)} vectors not in the catalogue, {len(chunks - ids)} chunks "
+                                 "without a vector (the next write repairs this)"]
+        return problems
+
     def status(self) -> dict:
         counts = self.catalogue.counts(self.collection)
-        index = self.open_index()
+        index = self.reader_index()
         manifest = index.read_manifest() or {}
         with self.catalogue.session() as s:
             col = self.catalogue.collection(s, self.collection, create=False)
@@ -374,7 +558,8 @@ class KnowledgeBase:
                 if run is not None:
                     last = {"command": run.command, "started_at": run.started_at.isoformat(timespec="seconds") + "Z",
                             "finished": run.finished_at is not None, "seconds": run.seconds, "counts": run.counts}
-            collections = list(s.scalars(select(Collection.name).order_by(Collection.name)))
+            collections = [n for n in s.scalars(select(Collection.name).order_by(Collection.name))
+                           if not n.startswith(REBUILD_PREFIX)]
             evaluation = None if col is None else s.scalar(
                 select(Evaluation).where(Evaluation.collection_id == col.id).order_by(Evaluation.id.desc()).limit(1))
             last_evaluation = None if evaluation is None else {
@@ -401,3 +586,41 @@ class KnowledgeBase:
             "last_run": last,
             "last_evaluation": last_evaluation,
         }
+
+
+def rebuild_catalogue(home: str | Path | None = None, settings: Settings | None = None,
+                      sources: dict[str, list[str]] | None = None, progress: bool = False) -> dict[str, SyncReport]:
+    """Replace a damaged SQLite catalogue: the file is kept aside, every collection's index is dropped
+    (its ids belong to the old catalogue) and each collection is re-indexed from its recorded folders
+    (`sources.json` beside its index, plus its uploads) or from `sources` {collection: [paths]}."""
+    settings = settings or Settings()
+    if home is not None:
+        settings = settings.model_copy(update={"home": Path(home)})
+    home = Path(settings.home)
+    db = home / "catalogue.sqlite3"
+    if settings.database_url:
+        raise ConfigError("kb rebuild-catalogue rebuilds the embedded SQLite catalogue only; restore your "
+                          "database server's catalogue from its backup")
+    reports: dict[str, SyncReport] = {}
+    with writer_lock(home, settings.ingest.lock_timeout_s):
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+        for suffix in ("", "-wal", "-shm"):
+            f = Path(str(db) + suffix)
+            if f.exists():
+                f.replace(Path(f"{db}.damaged-{stamp}{suffix}"))
+        wanted = dict(sources or {})
+        for d in sorted((home / "collections").glob("*")):
+            if d.name.startswith(REBUILD_PREFIX):
+                shutil.rmtree(d, ignore_errors=True)
+                continue
+            for name in ("index.faiss", "manifest.json"):
+                (d / name).unlink(missing_ok=True)
+            if d.name not in wanted and (d / "sources.json").exists():
+                wanted[d.name] = json.loads((d / "sources.json").read_text())["roots"]
+        for d in sorted((home / "uploads").glob("*")):
+            wanted.setdefault(d.name, []).append(str(d.resolve()))
+    for name, roots in wanted.items():
+        roots = [r for r in dict.fromkeys(roots) if Path(r).exists()]
+        if roots:
+            reports[name] = KnowledgeBase(settings=settings, collection=name).sync(roots, progress=progress)
+    return reports

@@ -1,4 +1,8 @@
-"""One writer at a time per data home: a file lock the OS releases if the holder dies (even SIGKILL)."""
+"""One writer at a time per data home: a file lock the OS releases if the holder dies (even SIGKILL).
+
+Beside it a marker file says a writer is at work; finding it when taking the lock means the previous
+writer died mid-way, so the caller checks the catalogue's integrity before writing.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,12 @@ from filelock import FileLock, Timeout
 
 from kb.errors import LockedError
 
+DIRTY = "writer.dirty"
+
 
 @contextmanager
-def writer_lock(home: Path, timeout_s: float, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+def writer_lock(home: Path, timeout_s: float, on_wait: Callable[[str], None] | None = None) -> Iterator[bool]:
+    """Hold the writer lock; yields True when the previous writer did not finish cleanly."""
     home.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(home / "writer.lock"))
     try:
@@ -27,7 +34,24 @@ def writer_lock(home: Path, timeout_s: float, on_wait: Callable[[str], None] | N
                 f"another kb writer (re-index or upload) still holds {home / 'writer.lock'} after {timeout_s:.0f}s; "
                 "try again when it finishes"
             ) from exc
+    marker = home / DIRTY
+    unclean = marker.exists()
     try:
-        yield
-    finally:
+        marker.touch()
+        yield unclean
+    finally:  # reached on success and on any exception; only a killed process leaves the marker
+        marker.unlink(missing_ok=True)
         lock.release()
+
+
+def writer_died(home: Path) -> bool:
+    """True when a writer left its marker behind and no writer holds the lock now."""
+    if not (home / DIRTY).exists():
+        return False
+    lock = FileLock(str(home / "writer.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return False  # a writer is at work: its marker is expected
+    lock.release()
+    return True

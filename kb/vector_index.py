@@ -1,7 +1,9 @@
 """The FAISS index of one collection: ids and vectors only, saved atomically beside a manifest.
 
 The manifest records what the vectors mean (embedding model, dimension, normalisation, chunker
-settings, index type); opening with other settings is an IndexMismatchError, never silent garbage.
+settings, keyword tokenizer, index type); opening with other settings is an IndexMismatchError, never
+silent garbage. A file that does not match the manifest's checksum, or a manifest cut short, is an
+IndexCorruptError: the caller rebuilds the index from the catalogue's stored embeddings.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ import faiss
 import numpy as np
 
 from kb.device import faiss_gpu_count
-from kb.errors import IndexMismatchError, VectorIndexError
+from kb.errors import IndexCorruptError, IndexMismatchError
 
 FORMAT_VERSION = 1
-# Keys whose change makes every stored vector meaningless.
-IDENTITY_KEYS = ("embedding_model", "dimension", "normalized", "chunking", "index_type")
+# A manifest without these was cut short or hand-edited: the index is treated as damaged.
+REQUIRED_KEYS = frozenset({"format_version", "count", "checksum"})
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -61,34 +63,49 @@ class FaissIndex:
         return faiss.IndexIDMap2(inner)
 
     def read_manifest(self) -> dict[str, Any] | None:
-        if not self.manifest_path.exists():
+        """The manifest, None when there is none; IndexCorruptError when it is unreadable or incomplete."""
+        try:
+            raw = self.manifest_path.read_bytes()
+        except FileNotFoundError:
             return None
-        return json.loads(self.manifest_path.read_text())
+        try:
+            manifest = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise IndexCorruptError(f"{self.manifest_path} is not valid JSON ({exc})") from exc
+        if not isinstance(manifest, dict) or not REQUIRED_KEYS <= manifest.keys():
+            missing = sorted(REQUIRED_KEYS - manifest.keys()) if isinstance(manifest, dict) else ["everything"]
+            raise IndexCorruptError(f"{self.manifest_path} is incomplete (missing {', '.join(missing)})")
+        return manifest
 
     def _load_or_create(self) -> faiss.Index:
         manifest = self.read_manifest()
         if manifest is not None:
-            diffs = {
-                k: (manifest.get(k), self.identity.get(k))
-                for k in IDENTITY_KEYS
-                if manifest.get(k) != self.identity.get(k)
-            }
+            # Every identity key is compared; a key an older kb did not write reads as None and mismatches.
+            diffs = {k: (manifest.get(k), v) for k, v in self.identity.items() if manifest.get(k) != v}
             if diffs:
                 lines = "; ".join(f"{k}: index has {a!r}, settings say {b!r}" for k, (a, b) in diffs.items())
                 raise IndexMismatchError(
                     f"the index in {self.directory} was built with other settings ({lines}). "
                     "Run `kb reindex --full` to rebuild it with the current settings."
                 )
-        if not self.index_path.exists():
-            return self._new()
         try:
-            index = faiss.read_index(str(self.index_path))
+            data = self.index_path.read_bytes()
+        except FileNotFoundError:
+            if manifest is not None and manifest["count"]:
+                raise IndexCorruptError(f"{self.index_path} is missing ({manifest['count']} vectors expected)") from None
+            return self._new()
+        if manifest is None:
+            raise IndexCorruptError(f"{self.index_path} has no manifest beside it")
+        # The checksum is verified on every load (about 1 s per GB): a damaged file never ranks silently wrong.
+        if len(data) != manifest.get("index_bytes", len(data)) or hashlib.sha256(data).hexdigest() != manifest["checksum"]:
+            raise IndexCorruptError(f"{self.index_path} does not match the checksum in its manifest")
+        try:
+            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
         except RuntimeError as exc:
-            raise VectorIndexError(f"cannot read {self.index_path}: {exc}; run `kb reindex --full`") from exc
-        if index.d != int(self.identity["dimension"]):
-            raise IndexMismatchError(
-                f"the index has dimension {index.d}, the model {self.identity['dimension']}; run `kb reindex --full`"
-            )
+            raise IndexCorruptError(f"cannot read {self.index_path}: {exc}") from exc
+        if index.d != int(self.identity["dimension"]) or index.ntotal != manifest["count"]:
+            raise IndexCorruptError(f"{self.index_path} holds {index.ntotal} vectors of dimension {index.d}; "
+                                    f"its manifest says {manifest['count']} of {self.identity['dimension']}")
         return index
 
     def save(self) -> None:
@@ -104,13 +121,6 @@ class FaissIndex:
             checksum=hashlib.sha256(data).hexdigest(),
         )
         _atomic_write(self.manifest_path, json.dumps(manifest, indent=2, sort_keys=True).encode())
-
-    def drop(self) -> None:
-        """Forget everything (for a full rebuild); files are replaced at the next save."""
-        for p in (self.index_path, self.manifest_path):
-            p.unlink(missing_ok=True)
-        self.index = self._new()
-        self._gpu_index = None
 
     # -- content ---------------------------------------------------------------------------
     @property

@@ -1,16 +1,19 @@
 """The web UI in a real browser: headless Debian Chromium driven by Selenium against `kb ui` on a free
 port. Uploads a PDF through the file input, asks about it, waits for the streamed answer, checks the
-citation names that PDF and the page the text is on, and saves a screenshot."""
+citation names that PDF and the page the text is on, and saves a screenshot. A document whose name and
+heading hold Markdown links and images shows them as text, never as live links or remote images."""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -31,29 +34,68 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+UI_ENV = {"KB_EMBEDDING__MODEL": FAST_MODEL, "KB_CHUNKING__CHUNK_TOKENS": "120", "KB_CHUNKING__OVERLAP_TOKENS": "20"}
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in process group PGID, read from /proc."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                state, _ppid, pgrp = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+            except (OSError, ValueError):
+                continue
+            if int(pgrp) == pgid and state != "Z":
+                pids.append(int(entry.name))
+    return pids
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """`kb ui` runs Streamlit as a child process: end the whole process group, not only `kb`, and wait for
+    every member to be gone (SIGTERM, then SIGKILL)."""
+    for sig, grace_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        deadline = time.time() + grace_s
+        while (proc.poll() is None or group_members(proc.pid)) and time.time() < deadline:
+            time.sleep(0.2)
+        if proc.poll() is not None and not group_members(proc.pid):
+            return
+    raise AssertionError(f"kb ui left processes behind: {group_members(proc.pid)}")
+
+
+@contextmanager
+def running_ui(home: Path, log_path: Path):
+    """`kb --home HOME ui` on a free port in its own session (process group); yields the URL once healthy."""
+    port = free_port()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "--home", str(home), "ui", "--port", str(port),
+                                 "--host", "127.0.0.1"], env={**os.environ, **UI_ENV}, stdout=log,
+                                stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.time() + 90
+            while True:
+                try:
+                    if httpx.get(url + "/_stcore/health", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("kb ui did not start: " + log_path.read_text()[-2000:])
+                time.sleep(0.5)
+            yield url
+        finally:
+            stop_group(proc)
+
+
 @pytest.fixture
 def server(tmp_path):
-    port = free_port()
-    env = {**os.environ, "KB_EMBEDDING__MODEL": FAST_MODEL, "KB_CHUNKING__CHUNK_TOKENS": "120",
-           "KB_CHUNKING__OVERLAP_TOKENS": "20"}
-    log = open(tmp_path / "ui.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "--home", str(tmp_path / "home"), "ui", "--port",
-                             str(port), "--host", "127.0.0.1"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            if httpx.get(url + "/_stcore/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            raise RuntimeError("kb ui did not start: " + (tmp_path / "ui.log").read_text()[-2000:])
-        time.sleep(0.5)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+    with running_ui(tmp_path / "home", tmp_path / "ui.log") as url:
+        yield url
 
 
 @pytest.fixture
@@ -115,3 +157,62 @@ def test_upload_ask_and_open_the_cited_page(server, browser, tmp_path):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "browser_chat_with_source.png"))
     assert (ARTIFACTS / "browser_chat_with_source.png").stat().st_size > 10_000
+
+
+WORD_JOINER = "\u2060"  # app.render puts one inside bare URLs so that GFM does not autolink them
+HOSTILE_NAME = "Plan [click](evil).html"
+HOSTILE_HEADING = "Plan [phish](https://evil.example) ![p](https://evil.example/t.png)"
+
+
+def test_markdown_in_a_document_name_and_heading_shows_as_text(settings, browser, tmp_path):
+    """Regression: the source expander's title (file name, heading) went to Streamlit unescaped, so a heading
+    `[phish](https://evil.example) ![p](…/t.png)` became a live link and a remote image inside <summary>."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from kb.knowledge_base import KnowledgeBase
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / HOSTILE_NAME).write_text(
+        f"<html><body><h1>{HOSTILE_HEADING}</h1>"
+        "<p>The falcon project deadline is 30 June. The falcon team delivers the migration plan to the steering "
+        "group before the deadline, and the falcon budget review follows in July.</p>"
+        "<p>Falcon status meetings take place every Tuesday morning in the large meeting room on the third "
+        "floor.</p></body></html>", encoding="utf-8")
+    KnowledgeBase(settings=settings).sync([docs])  # the same model and chunking as the UI (UI_ENV)
+
+    def hostile_elements(d):
+        return (d.find_elements(By.CSS_SELECTOR, "a[href*='evil']")
+                + d.find_elements(By.CSS_SELECTOR, "img[src*='evil']"))
+
+    with running_ui(settings.home, tmp_path / "ui.log") as url:
+        browser.get(url)
+        box = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "textarea"))[0]
+        box.send_keys("When is the falcon project deadline?")
+        box.send_keys(Keys.ENTER)
+        summary = wait_for(browser, lambda d: next((e for e in d.find_elements(By.CSS_SELECTOR, "summary")
+                                                    if "falcon" not in e.text and "Plan" in e.text), None))
+        summary.click()
+        download = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid=stDownloadButton]"))
+        time.sleep(1)
+        assert not hostile_elements(browser), [e.get_attribute("outerHTML") for e in hostile_elements(browser)]
+        # literal text, no stray backslashes (bare URLs carry an invisible word joiner that stops autolinking)
+        label = summary.text.splitlines()[-1].replace(WORD_JOINER, "")  # after the expander's icon
+        assert label == f"[1] {HOSTILE_NAME} — {HOSTILE_HEADING}", label
+        assert download[0].text.strip() == f"Open {HOSTILE_NAME}"
+        body = browser.find_element(By.TAG_NAME, "body").text
+        assert "30 June" in body and "phish" in body
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "browser_hostile_heading.png"))
+
+        next(t for t in browser.find_elements(By.CSS_SELECTOR, "[role=tab]") if "Documents" in t.text).click()
+        wait_for(browser, lambda d: "1 documents" in d.find_element(By.TAG_NAME, "body").text)
+        select = wait_for(browser, lambda d: [s for s in d.find_elements(By.CSS_SELECTOR, "[data-testid=stSelectbox]")
+                                              if "Document" in s.text])[0]
+        # select options are plain text (an <input> value and listbox items): the raw name, not escaped
+        assert select.find_element(By.TAG_NAME, "input").get_attribute("value") == HOSTILE_NAME
+        select.find_element(By.CSS_SELECTOR, "button[aria-haspopup=listbox]").click()
+        option = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "[role=option]"))[0]
+        assert option.text.strip() == HOSTILE_NAME, option.get_attribute("outerHTML")
+        assert not hostile_elements(browser), [e.get_attribute("outerHTML") for e in hostile_elements(browser)]

@@ -106,3 +106,30 @@ def test_second_writer_waits_then_fails_clearly(settings, tmp_path):
     finally:
         lock.release()
     assert len(kb.sync([SAMPLES / "debian-faq-getting-debian.en.md"]).added) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("crash_at", ["after_commit:1", "before_swap_commit"])
+def test_sigkill_during_a_full_rebuild_keeps_the_old_collection(tmp_path, corpus, crash_at, monkeypatch):
+    """A killed `kb reindex --full` leaves the collection as it was (searchable), and the next one finishes."""
+    home = tmp_path / "home"
+    assert _reindex(home, corpus) == 0
+    monkeypatch.setenv("KB_EMBEDDING__MODEL", FAST_MODEL)
+    before = KnowledgeBase(home=home)
+    docs_before = sorted(d["path"] for d in before.documents())
+    ids_before = before.catalogue.chunk_ids(before.collection)
+    answer = [c.chunk_id for c in before.search("How do I get Debian?", log=False)]
+
+    cmd = [sys.executable, "-m", "app.cli", "reindex", "--full"]
+    proc = subprocess.run(cmd, env=_env(home, crash_at), capture_output=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+
+    kb = KnowledgeBase(home=home)
+    assert sorted(d["path"] for d in kb.documents()) == docs_before
+    assert kb.catalogue.chunk_ids(kb.collection) == ids_before  # the catalogue still holds the old chunks
+    assert [c.chunk_id for c in kb.search("How do I get Debian?", log=False)] == answer or crash_at == "before_swap_commit"
+    report = kb.sync([], full=True)
+    assert not report.failed and len(report.updated) == 4 and not report.removed
+    docs, chunks = consistent(kb)
+    assert docs == 4 and chunks == report.chunks_added
+    assert kb.status()["collections"] == ["default"]

@@ -94,3 +94,104 @@ def test_bad_files_fail_with_reason(tmp_path: Path, name, content, reason):
     with pytest.raises(ExtractionError) as err:
         extract(p)
     assert err.value.reason == reason
+
+
+# -- short lines and empty headings: unstructured labels them Title, their text must stay searchable --
+
+def _searchable(ex) -> list[str]:
+    """What each chunk is embedded and keyword-indexed with: heading path + "\\n" + text."""
+    return [f"{b.heading}\n{b.text}" if b.heading else b.text for b in ex.blocks]
+
+
+def _text_box(slide, lines: list[str]) -> None:
+    from pptx.util import Inches
+
+    frame = slide.shapes.add_textbox(Inches(1), Inches(2), Inches(6), Inches(3)).text_frame
+    frame.text = lines[0]
+    for line in lines[1:]:
+        frame.add_paragraph().text = line
+
+
+def test_pptx_deck_of_short_lines_keeps_all_its_text(tmp_path: Path):
+    from pptx import Presentation
+
+    prs = Presentation()
+    first = prs.slides.add_slide(prs.slide_layouts[5])  # title only, plus a text box
+    first.shapes.title.text = "Project Falcon"
+    _text_box(first, ["Owner: Alice Martin", "Deadline 30 June"])
+    second = prs.slides.add_slide(prs.slide_layouts[6])  # blank: a text box of short lines, no title
+    _text_box(second, ["Risk: supplier delay", "Mitigation plan B", "Budget 40k"])
+    path = tmp_path / "falcon.pptx"
+    prs.save(str(path))
+
+    ex = extract(path)  # was ExtractionError("no extractable text"): every line came out as a Title
+    assert ex.pages == 2
+    by_text = {b.text: b for b in ex.blocks}
+    for line in ["Owner: Alice Martin", "Deadline 30 June"]:
+        assert (by_text[line].page, by_text[line].heading) == (1, "Project Falcon")
+    for line in ["Risk: supplier delay", "Mitigation plan B", "Budget 40k"]:
+        assert by_text[line].page == 2
+        assert by_text[line].heading is None  # slide 1's title does not run on into slide 2
+    assert any("Project Falcon" in s and "Alice Martin" in s for s in _searchable(ex))
+    assert "Project Falcon" not in by_text  # its lines carry it in their heading path: no duplicate
+
+
+def test_pptx_title_only_slide_keeps_its_title_on_its_slide(tmp_path: Path):
+    from pptx import Presentation
+
+    prs = Presentation()
+    for title, body in [("Packages", "A Debian package is an archive with a control file."),
+                        ("Questions", None),
+                        ("Upgrades", "Use apt full-upgrade to move to a new stable release.")]:
+        slide = prs.slides.add_slide(prs.slide_layouts[1] if body else prs.slide_layouts[5])
+        slide.shapes.title.text = title
+        if body:
+            slide.placeholders[1].text = body
+    path = tmp_path / "deck.pptx"
+    prs.save(str(path))
+
+    ex = extract(path)
+    questions = [b for b in ex.blocks if "Questions" in b.text]
+    assert [(b.text, b.page, b.heading) for b in questions] == [("Questions", 2, None)]
+    upgrade = next(b for b in ex.blocks if "full-upgrade" in b.text)
+    assert (upgrade.page, upgrade.heading) == (3, "Upgrades")
+    assert not any(b.text in ("Packages", "Upgrades") for b in ex.blocks)  # titles with a body: not repeated
+
+
+def _assert_empty_headings_kept(ex) -> None:
+    rollback = next(b for b in ex.blocks if "previous release" in b.text)
+    assert rollback.heading == "Deployment > Rollback"  # heading then subheading: both in the path
+    monitoring = [b for b in ex.blocks if "Monitoring" in b.text]
+    assert [(b.text, b.heading) for b in monitoring] == [("Monitoring", "Deployment")]  # not "...> Monitoring"
+    appendix = [b for b in ex.blocks if "Appendix" in b.text]
+    assert [(b.text, b.heading) for b in appendix] == [("Appendix", None)]  # last line of the document
+    costs = next(b for b in ex.blocks if "per month" in b.text)
+    assert costs.heading == "Costs"
+    assert not any(b.text in ("Deployment", "Rollback", "Costs") for b in ex.blocks)  # no "X\nX" duplicates
+    searchable = _searchable(ex)
+    assert any("Monitoring" in s for s in searchable) and any("Deployment" in s for s in searchable)
+
+
+def test_docx_consecutive_and_empty_headings(tmp_path: Path):
+    import docx
+
+    d = docx.Document()
+    d.add_heading("Deployment", level=1)
+    d.add_heading("Rollback", level=2)
+    d.add_paragraph("Roll back by reinstalling the previous release from the archive.")
+    d.add_heading("Monitoring", level=2)
+    d.add_heading("Costs", level=1)
+    d.add_paragraph("Hosting costs about forty euros per month for the whole team.")
+    d.add_heading("Appendix", level=1)
+    path = tmp_path / "ops.docx"
+    d.save(str(path))
+    _assert_empty_headings_kept(extract(path))
+
+
+def test_markdown_consecutive_and_empty_headings(tmp_path: Path):
+    path = tmp_path / "ops.md"
+    path.write_text(
+        "# Deployment\n\n## Rollback\n\nRoll back by reinstalling the previous release from the archive.\n\n"
+        "## Monitoring\n\n# Costs\n\nHosting costs about forty euros per month for the whole team.\n\n# Appendix\n",
+        encoding="utf-8")
+    _assert_empty_headings_kept(extract(path))

@@ -117,7 +117,7 @@ def test_settings_mismatch_is_a_clear_error_until_full_reindex(settings, folder,
     assert cli(["--home", str(settings.home), "reindex", str(folder)]) == 2
     assert "kb reindex --full" in capsys.readouterr().err
     r = kb2.sync([folder], full=True)
-    assert len(r.added) == 3
+    assert len(r.updated) == 3 and not r.added and not r.removed and r.chunks_removed > 0
     consistent(kb2)
     assert KnowledgeBase(settings=changed).open_index().read_manifest()["chunking"]["chunk_tokens"] == 80
 
@@ -158,3 +158,92 @@ def test_reindex_without_paths_resyncs_the_previous_folders(settings, folder, mo
     assert json.loads(capsys.readouterr().out)["removed"] == 1
     kb = KnowledgeBase(home=home)
     assert sorted(Path(d["path"]).name for d in kb.documents()) == ["guide-zh.pdf", "software.html"]
+
+
+def test_links_out_of_the_folder_are_skipped_and_listed(settings, folder, tmp_path, monkeypatch, capsys):
+    """`ln -s /etc/passwd docs/passwd.txt` must not put /etc/passwd in the index (through the real CLI)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "passwd.txt").write_text("root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin/nologin\n")
+    (folder / "passwd.txt").symlink_to(outside / "passwd.txt")
+    (folder / "etc").symlink_to(outside, target_is_directory=True)
+    (folder / "alias.md").symlink_to(folder / "getting.md")  # inside: indexed once, at its real path
+    (folder / "broken.md").symlink_to(folder / "nothing.md")
+    (folder / "loop1.md").symlink_to(folder / "loop2.md")
+    (folder / "loop2.md").symlink_to(folder / "loop1.md")
+    (folder / ".secret.md").write_text("hidden notes")
+    (folder / "two\nlines.txt").write_text("A file whose name holds a newline still gets indexed.")
+    monkeypatch.setenv("KB_EMBEDDING__MODEL", FAST_MODEL)
+    home = str(settings.home)
+
+    assert cli(["--home", home, "reindex", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert '"' + str(folder / "two\\nlines.txt") + '"' in out  # one line per file: the name is quoted
+    assert cli(["--home", home, "reindex", str(folder), "--json"]) == 0
+    skipped = {Path(s["path"]).name: s["reason"] for s in json.loads(capsys.readouterr().out)["skipped_files"]}
+    assert skipped["passwd.txt"].startswith("link outside the indexed folders")
+    assert skipped["etc"].startswith("link outside the indexed folders")
+    assert skipped["broken.md"].startswith("broken link")
+    assert skipped["loop1.md"] == skipped["loop2.md"] == "link loop"
+    assert skipped[".secret.md"].startswith("hidden file")
+    for name in skipped:  # every skipped file is listed in the plain output too, not one example
+        assert name.replace("\n", "\\n") in out
+    kb = KnowledgeBase(home=home)
+    assert sorted(Path(d["path"]).name for d in kb.documents()) == [
+        "getting.md", "guide-zh.pdf", "software.html", "two\nlines.txt"]
+    assert cli(["--home", home, "search", "root bash nologin daemon", "--top-k", "10", "--json"]) == 0
+    assert "root:x" not in capsys.readouterr().out
+
+
+def test_full_rebuild_of_a_subset_asks_and_full_keeps_every_folder(settings, folder, tmp_path, monkeypatch, capsys):
+    """`kb reindex --full FOLDER` used to delete every other folder's documents and report "removed 0"."""
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "a.txt").write_text("Kb cites the page of every passage it quotes. 每条引用都有页码。")
+    (other / "b.txt").write_text("Operators re-index whole folders from the command line.")
+    monkeypatch.setenv("KB_EMBEDDING__MODEL", FAST_MODEL)
+    monkeypatch.setenv("KB_CHUNKING__CHUNK_TOKENS", "120")
+    home = str(settings.home)
+    assert cli(["--home", home, "reindex", str(folder)]) == 0
+    assert cli(["--home", home, "reindex", str(other)]) == 0
+    kb = KnowledgeBase(home=home)
+    before = consistent(kb)
+    capsys.readouterr()
+
+    assert cli(["--home", home, "reindex", "--full", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "3 document(s) outside" in err and "kb reindex --full` with no folders" in err
+    assert consistent(kb) == before  # nothing deleted
+
+    (other / "b.txt").unlink()
+    assert cli(["--home", home, "reindex", "--full", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["removed"] == 1 and r["changed"]["removed"] == [str(other / "b.txt")]
+    assert r["updated"] == 4 and r["added"] == 0 and r["chunks_removed"] == before[1]
+    assert consistent(kb) == (4, r["chunks_added"])
+    assert kb.status()["collections"] == ["default"]  # the rebuild's hidden collection is gone
+
+    (other / "c.txt").write_text("A new file in a folder of the collection is found by the next rebuild.")
+    assert cli(["--home", home, "reindex", "--full", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["changed"]["added"] == [str(other / "c.txt")]
+
+
+def test_readers_keep_the_old_collection_while_a_full_rebuild_runs(settings, folder):
+    kb = KnowledgeBase(settings=settings)
+    kb.sync([folder])
+    old_ids = kb.catalogue.chunk_ids(kb.collection)
+    reader = KnowledgeBase(settings=settings)
+    questions = ["How do I get Debian?", "Debian 软件包维护者"]
+    seen: list[list[int]] = []
+
+    def ask_while_rebuilding(action, path, detail):  # called after each file of the rebuild
+        for q in questions:
+            seen.append([c.chunk_id for c in reader.search(q, log=False)])
+
+    kb.sync([], full=True, on_event=ask_while_rebuilding)
+    assert len(seen) == 3 * len(questions)
+    assert all(ids and set(ids) <= old_ids for ids in seen)  # every answer found, from the old chunks
+    new_ids = kb.catalogue.chunk_ids(kb.collection)
+    assert not new_ids & old_ids
+    assert {c.chunk_id for c in reader.search(questions[0], log=False)} <= new_ids  # the swap reached readers
+    consistent(kb)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app.render import highlight, md_escape
+from app.render import WORD_JOINER, highlight, label_escape, md_escape
 from kb.knowledge_base import KnowledgeBase
 from tests.conftest import FAST_MODEL, ROOT
 
@@ -35,7 +35,7 @@ def test_chat_streams_a_cited_answer_and_keeps_history(indexed):
     text = " ".join(m.value for m in at.markdown)
     assert "02\\:00" in text and "\\[1\\]" in text  # the answer, escaped, with its marker
     assert any("Extractive answer" in c.value for c in at.caption)
-    assert at.expander and at.expander[0].label.startswith("[1] backup.txt")
+    assert at.expander and at.expander[0].label.startswith(r"\[1\] backup\.txt")  # labels are Markdown: escaped
     # document text is never rendered as HTML: the script tag arrives escaped
     passage = at.expander[0].markdown[0].value
     assert "\\<script\\>" in passage and "<script>" not in passage
@@ -43,6 +43,26 @@ def test_chat_streams_a_cited_answer_and_keeps_history(indexed):
     assert any("does not contain" in i.value for i in at.info)  # shown as "not found", not as an error
     assert not at.error
     assert len(at.chat_message) == 4  # two questions, two answers kept in the session
+
+
+def test_a_heading_and_file_name_holding_markdown_are_escaped_in_the_source_expander(settings, tmp_path, monkeypatch):
+    name, heading = "Plan [click](evil).html", "Plan [phish](https://evil.example) ![p](https://evil.example/t.png)"
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / name).write_text(f"<html><body><h1>{heading}</h1><p>The falcon project deadline is 30 June. The "
+                             "falcon team delivers the migration plan before the deadline.</p></body></html>")
+    KnowledgeBase(settings=settings).sync([docs])
+    for key, value in {"KB_HOME": str(settings.home), "KB_EMBEDDING__MODEL": FAST_MODEL,
+                       "KB_CHUNKING__CHUNK_TOKENS": "120", "KB_CHUNKING__OVERLAP_TOKENS": "20"}.items():
+        monkeypatch.setenv(key, value)
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.chat_input[0].set_value("When is the falcon project deadline?").run()
+    assert not at.exception
+    label = at.expander[0].label
+    assert label == label_escape(f"[1] {name} — {heading}")
+    assert "](" not in label and "\\[phish\\]" in label and "\\!\\[p\\]" in label and "\\[click\\]" in label
+    button = at.get("download_button")[0]
+    assert button.proto.label == label_escape(f"Open {name}")
 
 
 def test_documents_and_status_tabs_show_the_collection(indexed):
@@ -57,7 +77,11 @@ def test_documents_and_status_tabs_show_the_collection(indexed):
 
 
 def test_markdown_escaping_and_highlighting():
-    assert md_escape("<b>x</b> :red[y] [z](http://a)") == "\\<b\\>x\\</b\\> \\:red\\[y\\] \\[z\\]\\(http\\://a\\)"
+    wj = WORD_JOINER  # breaks GFM autolink literals, which are found after backslash escapes are resolved
+    assert md_escape("<b>x</b> :red[y] [z](http://a)") == f"\\<b\\>x\\</b\\> \\:red\\[y\\] \\[z\\]\\(http{wj}\\://a\\)"
+    assert md_escape("HTTPS://a.b www.a.b me@a.b") == f"HTTPS{wj}\\://a\\.b www{wj}\\.a\\.b me{wj}@a\\.b"
+    # one-line labels: whitespace and line breaks collapsed, control and bidi-override characters dropped
+    assert label_escape(" [1] a\n\n# b\t![i](x)\u202egpj.exe\x00 ") == f"\\[1\\] a \\# b \\!\\[i\\]\\(x\\) gpj\\.exe"
     marked = highlight("One. Two <i>three</i>. Four.", ["Two <i>three</i>."])
     assert marked == "One\\. :orange-background[Two \\<i\\>three\\</i\\>\\.] Four\\."
 

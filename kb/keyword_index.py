@@ -1,0 +1,188 @@
+"""The keyword (BM25) index of one collection, in tantivy: kb's own terms in, top candidates out.
+
+Terms are kb's (`kb/keywords.py`: jieba search-mode words for Chinese, NFKC-lower-cased English words
+with a light plural fold), handed to tantivy pre-tokenized, so ingestion and questions always split
+text the same way. Ranking is tantivy's BM25 (k1 1.2, b 0.75) with block-max WAND pruning: a question
+never scores most postings of a common term, and only the top candidates cross into Python.
+
+Like the FAISS index it is a derived copy of the catalogue: writes commit here before the catalogue
+commits, and a journal of the ids being changed (`pending.json`) lets reconciliation repair exactly
+those after a crash; a count that differs from the catalogue triggers a full comparison.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import tantivy
+
+from kb.errors import IndexCorruptError
+from kb.keywords import TOKENIZER_ID, terms
+
+ENGINE_ID = f"tantivy-{getattr(tantivy, '__version__', '0.27')}-bm25+{TOKENIZER_ID}"
+_FIELD = "terms"
+
+
+@dataclass
+class KeywordHits:
+    ranking: list[tuple[int, float]]  # (chunk id, BM25 score), best first
+    coverage: float  # best share of the question's IDF weight found in one chunk (0 = no term matched)
+
+
+def _schema() -> tantivy.Schema:
+    b = tantivy.SchemaBuilder()
+    b.add_integer_field("chunk_id", stored=False, indexed=True, fast=True)
+    b.add_integer_field("document_id", stored=False, indexed=True, fast=True)
+    b.add_text_field(_FIELD, stored=False, tokenizer_name="raw", index_option="freq")
+    return b.build()
+
+
+def _pretokenized(words: list[str]) -> tantivy.PreTokenizedString:
+    tokens, pos = [], 0
+    for i, w in enumerate(words):
+        tokens.append(tantivy.Token(w, i, pos, pos + len(w)))
+        pos += len(w) + 1
+    return tantivy.PreTokenizedString(" ".join(words), tokens)
+
+
+class KeywordIndex:
+    """One collection's tantivy index in `directory`; the caller holds the writer lock for writes."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.journal = self.directory.parent / "keywords.pending.json"
+        self.schema = _schema()
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self.index = tantivy.Index(self.schema, path=str(self.directory), reuse=True)
+        except ValueError as exc:
+            raise IndexCorruptError(f"cannot open the keyword index {self.directory}: {exc}") from exc
+        self._writer = None
+
+    @classmethod
+    def open_or_reset(cls, directory: Path) -> KeywordIndex:
+        """Open it; a damaged one is deleted and started empty (reconciliation refills it from the catalogue)."""
+        try:
+            return cls(directory)
+        except IndexCorruptError:
+            shutil.rmtree(directory, ignore_errors=True)
+            return cls(directory)
+
+    def stamp(self) -> tuple[int, int] | None:
+        """Changes whenever a writer commits (readers reload on change)."""
+        meta = self.directory / "meta.json"
+        return (meta.stat().st_mtime_ns, meta.stat().st_size) if meta.exists() else None
+
+    def reload(self) -> None:
+        self.index.reload()
+
+    @property
+    def count(self) -> int:
+        return int(self.index.searcher().num_docs)
+
+    # -- writes ----------------------------------------------------------------------------
+    def _writer_(self):  # noqa: ANN202 - a tantivy.IndexWriter, opened on first write
+        if self._writer is None:
+            self._writer = self.index.writer(heap_size=64_000_000, num_threads=1)
+        return self._writer
+
+    def stage(self, remove: Iterable[int], add: Iterable[tuple[int, int, str]]) -> None:
+        """Queue removals (chunk ids) and additions (chunk id, document id, embedded text); `commit` applies."""
+        w = self._writer_()
+        for cid in remove:
+            w.delete_documents_by_term("chunk_id", int(cid))
+        for cid, doc_id, text in add:
+            words = [t for t in terms(text) if len(t) <= 64]
+            doc = tantivy.Document(chunk_id=int(cid), document_id=int(doc_id))
+            doc.add_pre_tokenized_text(_FIELD, _pretokenized(words))
+            w.add_document(doc)
+
+    def commit(self, removed: Iterable[int], added: Iterable[int]) -> None:
+        """Journal the ids, then commit. The journal stays until `settled()` after the catalogue commits."""
+        tmp = self.journal.with_name(self.journal.name + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump({"remove": [int(i) for i in removed], "add": [int(i) for i in added]}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.journal)
+        self._writer_().commit()
+        self.index.reload()
+
+    def settled(self) -> None:
+        """The catalogue has committed the journalled change."""
+        self.journal.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.wait_merging_threads()  # also releases tantivy's own writer lock
+            self._writer = None
+
+    # -- consistency -----------------------------------------------------------------------
+    def ids(self) -> set[int]:
+        """Every chunk id in the index (a full scan: used only when a repair needs it)."""
+        searcher = self.index.searcher()
+        n = searcher.num_docs
+        if not n:
+            return set()
+        hits = searcher.search(tantivy.Query.all_query(), limit=n, count=False).hits
+        return {int(v) for v in searcher.fast_field_values("chunk_id", [a for _, a in hits])}
+
+    def suspects(self, catalogue_count: int) -> set[int] | None:
+        """Ids a crash may have left out of step (from the journal), or None when everything must be
+        compared (no journal, but a count that differs from the catalogue's)."""
+        if self.journal.exists():
+            try:
+                j = json.loads(self.journal.read_text())
+                return {int(i) for i in j["remove"]} | {int(i) for i in j["add"]}
+            except (ValueError, KeyError, TypeError):
+                return None
+        return set() if self.count == catalogue_count else None
+
+    # -- search ----------------------------------------------------------------------------
+    def search(self, question: str, k: int, document_ids: set[int] | None = None) -> KeywordHits:
+        """BM25 top-k inside tantivy; document filters applied inside the engine too."""
+        query = Counter(t for t in terms(question) if len(t) <= 64)
+        searcher = self.index.searcher()
+        n = searcher.num_docs
+        if not query or not n or document_ids == set():
+            return KeywordHits([], 0.0)
+        clauses = []
+        for t, c in query.items():
+            q = tantivy.Query.term_query(self.schema, _FIELD, t, index_option="freq")
+            clauses.append((tantivy.Occur.Should, q if c == 1 else tantivy.Query.boost_query(q, float(c))))
+        q = tantivy.Query.boolean_query(clauses)
+        if document_ids is not None:
+            only = tantivy.Query.const_score_query(
+                tantivy.Query.term_set_query(self.schema, "document_id", sorted(document_ids)), 0.0)
+            q = tantivy.Query.boolean_query([(tantivy.Occur.Must, q), (tantivy.Occur.Must, only)])
+        hits = searcher.search(q, limit=k, count=False).hits
+        if not hits:
+            return KeywordHits([], self._coverage(searcher, query, n, {}))
+        ids = [int(v) for v in searcher.fast_field_values("chunk_id", [a for _, a in hits])]
+        ranking = sorted(((i, float(s)) for (s, _), i in zip(hits, ids, strict=True)), key=lambda kv: (-kv[1], kv[0]))
+        return KeywordHits(ranking, self._coverage(searcher, query, n, dict(ranking)))
+
+    def _coverage(self, searcher, query: Counter, n: int, top: dict[int, float]) -> float:  # noqa: ANN001
+        """The best share of the question's IDF weight held by one of the top chunks. Terms unknown to
+        the collection count at full IDF, so an off-topic question has low coverage."""
+        idf = {t: math.log(1 + (n - (df := searcher.doc_freq(_FIELD, t)) + 0.5) / (df + 0.5)) for t in query}
+        total = sum(query[t] * idf[t] for t in query) or 1.0
+        if not top:
+            return 0.0
+        matched: Counter[int] = Counter()
+        among = tantivy.Query.term_set_query(self.schema, "chunk_id", sorted(top))
+        for t in query:
+            q = tantivy.Query.boolean_query([
+                (tantivy.Occur.Must, tantivy.Query.term_query(self.schema, _FIELD, t, index_option="freq")),
+                (tantivy.Occur.Must, among)])
+            found = searcher.search(q, limit=len(top), count=False).hits
+            for cid in searcher.fast_field_values("chunk_id", [a for _, a in found]):
+                matched[int(cid)] += query[t] * idf[t]
+        return max(matched.values(), default=0.0) / total

@@ -1,0 +1,147 @@
+"""Damaged files in the data home: a manifest cut short, an index that fails its checksum, a damaged
+SQLite catalogue. Each gives a clear message (never a traceback) and is repaired from what is intact."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kb.knowledge_base import KnowledgeBase
+from tests.conftest import FAST_MODEL, ROOT, SAMPLES
+from tests.test_sync import consistent
+
+QUESTION = "How do I get Debian?"
+
+
+def kb_cli(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "KB_EMBEDDING__MODEL": FAST_MODEL, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "app.cli", "--home", str(home), *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture
+def indexed(tmp_path, monkeypatch):
+    """A home with three real documents indexed, and the chunk ids the question finds."""
+    monkeypatch.setenv("KB_EMBEDDING__MODEL", FAST_MODEL)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name in ("debian-faq-getting-debian.en.md", "debian-faq-software.en.html", "debian-faq-support.zh-cn.docx"):
+        shutil.copy(SAMPLES / name, corpus / name)
+    home = tmp_path / "home"
+    kb = KnowledgeBase(home=home)
+    kb.sync([corpus])
+    answer = [c.chunk_id for c in kb.search(QUESTION, log=False)]
+    kb.catalogue.engine.dispose()  # last connection closed: the WAL is checkpointed into the file
+    return home, corpus, answer
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty object", "half zeroed index", "index deleted"])
+def test_damaged_index_is_rebuilt_from_the_catalogue(indexed, damage):
+    home, corpus, answer = indexed
+    d = home / "collections" / "default"
+    manifest, index = d / "manifest.json", d / "index.faiss"
+    if damage == "truncated":
+        manifest.write_bytes(manifest.read_bytes()[:40])
+    elif damage == "empty object":
+        manifest.write_text("{}")
+    elif damage == "half zeroed index":
+        data = index.read_bytes()
+        index.write_bytes(data[: len(data) // 2] + bytes(len(data) - len(data) // 2))
+    else:
+        index.unlink()
+    st = kb_cli(home, "status", "--json")
+    assert st.returncode == 0 and "Traceback" not in st.stderr, st.stderr
+    status = json.loads(st.stdout)
+    assert status["consistent"] and status["index_vectors"] == status["chunks"] > 0
+    kb = KnowledgeBase(home=home)
+    assert [c.chunk_id for c in kb.search(QUESTION, log=False)] == answer  # ranks as before, not silently wrong
+    assert json.loads(manifest.read_text())["count"] == status["chunks"]
+    assert list(d.glob("*.damaged-*")) or damage == "index deleted"  # the damaged file is kept for inspection
+
+
+def test_a_writer_rebuilds_a_damaged_index_without_re_embedding(indexed):
+    home, corpus, answer = indexed
+    index = home / "collections" / "default" / "index.faiss"
+    index.write_bytes(index.read_bytes()[:-100] + bytes(100))
+    r = KnowledgeBase(home=home).sync([corpus])
+    assert r.repaired["damaged_index_rebuilt"] == 1 and r.embedded == 0 and len(r.unchanged) == 3
+    kb = KnowledgeBase(home=home)
+    consistent(kb)
+    assert [c.chunk_id for c in kb.search(QUESTION, log=False)] == answer
+
+
+def test_changed_keyword_tokenizer_is_a_mismatch(indexed):
+    home, _, _ = indexed
+    manifest = home / "collections" / "default" / "manifest.json"
+    m = json.loads(manifest.read_text())
+    m["keyword_tokenizer"] = "an-older-tokenizer"
+    manifest.write_text(json.dumps(m))
+    r = kb_cli(home, "search", QUESTION)
+    assert r.returncode == 2 and "keyword_tokenizer" in r.stderr and "kb reindex --full" in r.stderr
+
+
+def _damage_catalogue(home: Path, how: str) -> None:
+    db = home / "catalogue.sqlite3"
+    data = bytearray(db.read_bytes())
+    if how == "header":
+        data[:100] = b"\x00" * 100
+    else:  # the middle third
+        third = len(data) // 3
+        data[third: 2 * third] = b"\x00" * third
+    db.write_bytes(bytes(data))
+    for suffix in ("-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+
+
+def test_damaged_catalogue_header_is_a_clear_error_then_rebuilt(indexed):
+    home, corpus, _ = indexed
+    _damage_catalogue(home, "header")
+    for args in (["status"], ["search", QUESTION], ["reindex", str(corpus)], ["reindex", "--full"], ["ask", QUESTION]):
+        r = kb_cli(home, *args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert "Traceback" not in r.stderr and "damaged" in r.stderr and "kb rebuild-catalogue" in r.stderr, args
+    check = kb_cli(home, "status", "--check")
+    assert check.returncode == 1 and "catalogue: DAMAGED" in check.stdout
+
+    r = kb_cli(home, "rebuild-catalogue")  # the folders are recorded beside the index
+    assert r.returncode == 0, r.stderr
+    assert list(home.glob("catalogue.sqlite3.damaged-*"))
+    kb = KnowledgeBase(home=home)
+    assert consistent(kb)[0] == 3
+    assert kb.search(QUESTION, log=False)
+    assert kb_cli(home, "status", "--check").returncode == 0
+
+
+def test_partly_damaged_catalogue_is_found_by_the_check(indexed):
+    home, _, _ = indexed
+    _damage_catalogue(home, "middle")
+    check = kb_cli(home, "status", "--check")
+    assert check.returncode == 1 and "DAMAGED" in check.stdout
+    (home / "writer.dirty").touch()  # as a killed writer leaves it: every command checks first
+    for args in (["status"], ["search", QUESTION]):
+        r = kb_cli(home, *args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and "kb rebuild-catalogue" in r.stderr, r.stderr
+
+
+def test_library_warnings_go_to_the_log_not_the_terminal(tmp_path):
+    """pypdf logs a warning per broken object (11,278 lines in one run): stderr stays quiet."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    pdf = (SAMPLES / "debian-faq-en-chapters-1-2.pdf").read_bytes()
+    start = pdf.rindex(b"startxref")
+    broken = pdf[:start] + b"startxref\n12345\n%%EOF\n"  # a wrong xref offset: pypdf warns and recovers
+    (corpus / "broken-xref.pdf").write_bytes(broken)
+    home = tmp_path / "home"
+    r = kb_cli(home, "reindex", str(corpus))
+    assert r.returncode == 0, r.stderr
+    log = (home / "kb.log").read_text()
+    assert "pypdf" in log
+    assert "pypdf" not in r.stderr and "startxref" not in r.stderr.lower()
+    verbose = kb_cli(home, "-v", "reindex", "--full")
+    assert "pypdf" in verbose.stderr
