@@ -1,9 +1,11 @@
-"""The ingestion pipeline: make a collection's catalogue and FAISS index match files and folders.
+"""The ingestion pipeline: make a collection's catalogue, FAISS index and keyword index match files
+and folders.
 
-A write is: extract -> chunk -> embed (cached by text hash) -> add to the in-memory index ->
-save the index atomically -> commit the catalogue. Startup reconciliation repairs the two after a
-crash (orphan vectors removed, missing vectors restored from the embedding cache), so a SIGKILL at
-any point leaves them consistent and the next run resumes without redoing committed files.
+A write is: extract -> chunk -> embed (cached by text hash) -> commit the keyword index -> save the
+FAISS index atomically -> commit the catalogue. Reconciliation before every write repairs both indexes
+after a crash (orphans removed, missing vectors restored from the embedding cache, missing keyword
+entries re-added from the stored text), so a SIGKILL at any point leaves them consistent and the next
+run resumes without redoing committed files.
 """
 
 from __future__ import annotations
@@ -17,17 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from ingest.chunking import ChunkDraft, chunk_document
 from ingest.extract import MIME, extract
-from kb.catalogue import CachedEmbedding, Catalogue, Chunk, Document, IngestRun, Posting, utcnow
+from kb.catalogue import CachedEmbedding, Catalogue, Chunk, Document, IngestRun, utcnow
 from kb.crash_points import crash_point
 from kb.embeddings import Embedder, text_hash
 from kb.errors import ExtractionError
-from kb.keywords import term_counts
+from kb.keyword_index import KeywordIndex
 from kb.settings import Settings
 from kb.vector_index import FaissIndex
 
@@ -159,11 +161,12 @@ class _Pending:
 class IndexWriter:
     """One collection's writer. The caller holds the knowledge-base writer lock."""
 
-    def __init__(self, settings: Settings, catalogue: Catalogue, index: FaissIndex, embedder: Embedder,
-                 collection: str, on_event: Event | None = None):
+    def __init__(self, settings: Settings, catalogue: Catalogue, index: FaissIndex, keywords: KeywordIndex,
+                 embedder: Embedder, collection: str, on_event: Event | None = None):
         self.settings = settings
         self.catalogue = catalogue
         self.index = index
+        self.keywords = keywords
         self.embedder = embedder
         self.collection = collection
         self.on_event = on_event or (lambda *_: None)
@@ -171,7 +174,7 @@ class IndexWriter:
 
     # -- consistency -----------------------------------------------------------------------
     def reconcile(self) -> dict[str, int]:
-        """Make the index hold exactly the catalogue's chunk ids (run before any write)."""
+        """Make the vector and keyword indexes hold exactly the catalogue's chunk ids (run before any write)."""
         in_index = set(self.index.ids().tolist())
         in_catalogue = self.catalogue.chunk_ids(self.collection)
         orphans = in_index - in_catalogue
@@ -179,15 +182,41 @@ class IndexWriter:
         if orphans:
             self.index.remove(sorted(orphans))
         if missing:
+            rows = self._chunk_rows(missing)
             with self.catalogue.session() as s:
-                rows = s.execute(select(Chunk.id, Chunk.embed_sha256, Chunk.text, Chunk.heading)
-                                 .where(Chunk.id.in_(sorted(missing)))).all()
-                vectors = self._vectors(s, [(r.embed_sha256, ChunkDraft(r.text, None, r.heading, 0, 0, 0).embed_text)
-                                            for r in rows], SyncReport())
+                vectors = self._vectors(s, [(r.embed_sha256, self._embed_text(r)) for r in rows], SyncReport())
             self.index.add(np.array([r.id for r in rows], dtype=np.int64), vectors)
         if orphans or missing:
             self.index.save()
-        return {"orphan_vectors_removed": len(orphans), "missing_vectors_restored": len(missing)}
+        return {"orphan_vectors_removed": len(orphans), "missing_vectors_restored": len(missing),
+                "keyword_entries_repaired": self._reconcile_keywords(in_catalogue)}
+
+    def _reconcile_keywords(self, in_catalogue: set[int]) -> int:
+        """The journal names the ids a crash may have left out of step; without one, a count that differs
+        from the catalogue's means a full comparison. Suspects are deleted, and those the catalogue holds
+        are re-added from their stored text (nothing re-embedded)."""
+        suspects = self.keywords.suspects(len(in_catalogue))
+        if suspects is None:
+            suspects = self.keywords.ids() ^ in_catalogue
+        if suspects:
+            readd = self._chunk_rows(suspects & in_catalogue)
+            self.keywords.stage(sorted(suspects), [(r.id, r.document_id, self._embed_text(r)) for r in readd])
+            self.keywords.commit(suspects, [r.id for r in readd])
+        self.keywords.settled()
+        return len(suspects)
+
+    def _chunk_rows(self, ids: set[int]) -> list:
+        out = []
+        ids_sorted = sorted(ids)
+        with self.catalogue.session() as s:
+            for i in range(0, len(ids_sorted), 5000):  # stay under SQL parameter limits
+                out += s.execute(select(Chunk.id, Chunk.document_id, Chunk.embed_sha256, Chunk.text, Chunk.heading)
+                                 .where(Chunk.id.in_(ids_sorted[i:i + 5000]))).all()
+        return out
+
+    @staticmethod
+    def _embed_text(row) -> str:  # noqa: ANN001 - a chunk row with text and heading
+        return ChunkDraft(row.text, None, row.heading, 0, 0, 0).embed_text
 
     # -- embedding with cache --------------------------------------------------------------
     def _vectors(self, s: Session, items: list[tuple[str, str]], report: SyncReport) -> np.ndarray:
@@ -222,6 +251,7 @@ class IndexWriter:
                     s.delete(doc)
             new_ids: list[int] = []
             new_vecs: list[np.ndarray] = []
+            new_keywords: list[tuple[int, int, str]] = []
             for p in pending:
                 doc = s.scalar(select(Document).where(Document.collection_id == col.id, Document.path == p.path))
                 if doc is None:
@@ -236,31 +266,38 @@ class IndexWriter:
                 doc.chunk_count = len(p.drafts)
                 doc.indexed_at = utcnow()
                 s.flush()
-                counts = [term_counts(d.embed_text) for d in p.drafts]
                 rows = [
                     Chunk(document_id=doc.id, ordinal=i, text=d.text, page=d.page, heading=d.heading,
                           char_start=d.char_start, char_end=d.char_end, token_count=d.token_count,
-                          terms=sum(c.values()), embed_sha256=text_hash(d.embed_text))
-                    for i, (d, c) in enumerate(zip(p.drafts, counts, strict=True))
+                          embed_sha256=text_hash(d.embed_text))
+                    for i, d in enumerate(p.drafts)
                 ]
                 s.add_all(rows)
-                s.flush()  # assigns the chunk ids that become FAISS ids
-                postings = [{"collection_id": col.id, "term": t, "chunk_id": r.id, "tf": n}
-                            for r, c in zip(rows, counts, strict=True) for t, n in c.items() if len(t) <= 64]
-                if postings:
-                    s.execute(insert(Posting), postings)
+                s.flush()  # assigns the chunk ids that become FAISS and keyword ids
                 if rows:
                     new_ids += [r.id for r in rows]
                     new_vecs.append(p.vectors)
+                    new_keywords += [(r.id, doc.id, d.embed_text) for r, d in zip(rows, p.drafts, strict=True)]
+            # Both indexes commit before the catalogue: a crash in between leaves them ahead of it, which
+            # reconciliation repairs (the keyword journal names the ids involved).
+            self.keywords.stage(old_ids, new_keywords)
+            self.keywords.commit(old_ids, new_ids)
+            crash_point("after_keyword_commit", crash_at)
             self.index.remove(old_ids)
             if new_ids:
                 self.index.add(np.array(new_ids, dtype=np.int64), np.vstack(new_vecs))
             crash_point("before_index_save", crash_at)
             self.index.save()
             crash_point("after_index_save", crash_at)
+        self.keywords.settled()
         crash_point("after_commit", crash_at)
         report.chunks_removed += len(old_ids)
         report.chunks_added += len(new_ids)
+
+    def batch_limit(self) -> int:
+        """Chunks buffered before a durable write. Each write saves the whole FAISS file, so on a large
+        collection batches grow with it (1/50 of its size): the save cost per chunk stays flat."""
+        return max(self.settings.ingest.write_batch_chunks, self.index.count // 50)
 
     # -- sync ------------------------------------------------------------------------------
     def sync(self, paths: list[Path], delete_missing: bool, progress: bool = False, command: str = "reindex") -> SyncReport:
@@ -317,7 +354,7 @@ class IndexWriter:
             else:
                 (report.added if action == "added" else report.updated).append(path)
                 self.on_event(action, path, f"{len(item.drafts)} chunks")
-            if pending_chunks >= self.settings.ingest.write_batch_chunks:
+            if pending_chunks >= self.batch_limit():
                 self._write(pending, [], report)
                 pending, pending_chunks = [], 0
         bar.close()

@@ -81,20 +81,9 @@ class Chunk(Base):
     char_start: Mapped[int] = mapped_column(Integer)
     char_end: Mapped[int] = mapped_column(Integer)
     token_count: Mapped[int] = mapped_column(Integer)
-    terms: Mapped[int] = mapped_column(Integer, default=0)  # keyword terms: the BM25 document length
+    terms: Mapped[int] = mapped_column(Integer, default=0)  # unused since the keyword index moved to tantivy; kept so older catalogues still accept inserts
     embed_sha256: Mapped[str] = mapped_column(String(64))  # hash of the exact text embedded
     document: Mapped[Document] = relationship(back_populates="chunks")
-
-
-class Posting(Base):
-    """The BM25 keyword index: one row per (term, chunk), written in the chunk's own transaction,
-    so it is always in step with the catalogue and the FAISS index (deleted with the chunk)."""
-
-    __tablename__ = "postings"
-    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True)
-    term: Mapped[str] = mapped_column(String(64), primary_key=True)
-    chunk_id: Mapped[int] = mapped_column(ForeignKey("chunks.id", ondelete="CASCADE"), primary_key=True, index=True)
-    tf: Mapped[int] = mapped_column(Integer)
 
 
 class CachedEmbedding(Base):

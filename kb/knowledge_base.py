@@ -24,12 +24,12 @@ from sqlalchemy import delete, select, update
 
 from ingest.chunking import chunker_identity
 from ingest.pipeline import Event, IndexWriter, SyncReport
-from kb.catalogue import Catalogue, Collection, Document, Evaluation, IngestRun, Posting, QueryLog
+from kb.catalogue import Catalogue, Collection, Document, Evaluation, IngestRun, QueryLog
 from kb.device import faiss_gpu_count, torch_device
 from kb.embeddings import Embedder, make_embedder
 from kb.crash_points import crash_point
 from kb.errors import CatalogueError, ConfigError, IndexCorruptError, IndexMismatchError, NotFoundError
-from kb.keywords import TOKENIZER_ID
+from kb.keyword_index import ENGINE_ID, KeywordIndex
 from kb.locking import writer_died, writer_lock
 from kb.settings import Settings
 from kb.vector_index import FaissIndex
@@ -57,7 +57,8 @@ class KnowledgeBase:
         self.home = Path(settings.home)
         self.collection = collection or settings.collection
         self._lock = threading.RLock()  # one KnowledgeBase serves every web session
-        self._reader_indexes: dict[str, tuple] = {}  # collection -> (file stamp, FaissIndex, keyword stats)
+        self._reader_indexes: dict[str, tuple] = {}  # collection -> (file stamp, FaissIndex)
+        self._reader_keywords: dict[str, tuple] = {}  # collection -> (meta.json stamp, KeywordIndex)
         self._generators: dict[tuple, Generator] = {}
 
     @cached_property
@@ -94,7 +95,7 @@ class KnowledgeBase:
             "dimension": self.embedder.dimension,
             "normalized": True,
             "chunking": chunker_identity(self.settings.chunking),
-            "keyword_tokenizer": TOKENIZER_ID,
+            "keyword_index": ENGINE_ID,
             "index_type": self.settings.index.type,
         }
 
@@ -104,6 +105,9 @@ class KnowledgeBase:
     def open_index(self, collection: str | None = None) -> FaissIndex:
         cfg = self.settings.index
         return FaissIndex(self.index_dir(collection), self.index_identity(), cfg.hnsw_m, cfg.hnsw_ef_search)
+
+    def keyword_dir(self, collection: str | None = None) -> Path:
+        return self.index_dir(collection) / "keywords"
 
     def _index_for_writing(self, collection: str) -> tuple[FaissIndex, bool]:
         """The index a writer updates; a damaged one is set aside and started empty, so the writer's
@@ -122,10 +126,19 @@ class KnowledgeBase:
     # -- writes (under the writer lock) ----------------------------------------------------
     def _writer(self, on_event: Event | None, collection: str | None = None) -> IndexWriter:
         collection = collection or self.collection
-        index, rebuilt = self._index_for_writing(collection)
-        writer = IndexWriter(self.settings, self.catalogue, index, self.embedder, collection, on_event)
+        index, rebuilt = self._index_for_writing(collection)  # checks the identity first
+        keywords = KeywordIndex.open_or_reset(self.keyword_dir(collection))
+        writer = IndexWriter(self.settings, self.catalogue, index, keywords, self.embedder, collection, on_event)
         writer.rebuilt_damaged_index = rebuilt
         return writer
+
+    @contextmanager
+    def _writing(self, on_event: Event | None = None, collection: str | None = None) -> Iterator[IndexWriter]:
+        writer = self._writer(on_event, collection)
+        try:
+            yield writer
+        finally:
+            writer.keywords.close()  # releases tantivy's own writer lock at once
 
     def sync(self, paths: list[str | Path], full: bool = False, progress: bool = False,
              on_event: Event | None = None, on_wait: Callable[[str], None] | None = None) -> SyncReport:
@@ -138,8 +151,9 @@ class KnowledgeBase:
             if full:
                 return self._rebuild([str(Path(p).resolve()) for p in paths], progress, on_event)
             roots = [str(Path(p).resolve()) for p in paths] or self._previous_roots()
-            report = self._writer(on_event).sync([Path(p) for p in roots], delete_missing=True,
-                                                 progress=progress, command="reindex")
+            with self._writing(on_event) as writer:
+                report = writer.sync([Path(p) for p in roots], delete_missing=True, progress=progress,
+                                     command="reindex")
             self._record_sources(roots)
             return report
 
@@ -147,8 +161,9 @@ class KnowledgeBase:
                on_wait: Callable[[str], None] | None = None) -> SyncReport:
         """Add or update files/folders without removing anything else."""
         with self._write_lock(on_wait):
-            return self._writer(on_event).sync([Path(p) for p in paths], delete_missing=False,
-                                                progress=progress, command="ingest")
+            with self._writing(on_event) as writer:
+                return writer.sync([Path(p) for p in paths], delete_missing=False, progress=progress,
+                                   command="ingest")
 
     # -- full rebuild, aside then swapped in -----------------------------------------------
     def _held_paths(self, collection: str) -> dict[str, int]:
@@ -179,9 +194,9 @@ class KnowledgeBase:
                                   "name the folders: kb reindex --full PATH...")
         shadow = REBUILD_PREFIX + self.collection
         self._start_shadow(shadow, roots)
-        writer = self._writer(on_event, shadow)
-        report = writer.sync([Path(r) for r in roots], delete_missing=True, progress=progress,
-                             command="reindex --full")
+        with self._writing(on_event, shadow) as writer:
+            report = writer.sync([Path(r) for r in roots], delete_missing=True, progress=progress,
+                                 command="reindex --full")
         new = self._held_paths(shadow)
         self._swap_in(shadow, writer.index)
         self._record_sources(roots)
@@ -213,7 +228,8 @@ class KnowledgeBase:
             self.open_index(shadow)
             stale = [p for p in self._held_paths(shadow) if not _under(p, roots)]
             if stale:
-                self._writer(None, shadow).remove(stale)
+                with self._writing(None, shadow) as writer:
+                    writer.remove(stale)
         except (IndexMismatchError, IndexCorruptError):
             with self.catalogue.session() as s:
                 s.execute(delete(Collection).where(Collection.name == shadow))
@@ -229,17 +245,28 @@ class KnowledgeBase:
         with self.catalogue.session() as s:
             col = self.catalogue.collection(s, self.collection)
             aside = self.catalogue.collection(s, shadow)
-            s.execute(delete(Document).where(Document.collection_id == col.id))  # chunks, postings cascade
-            for table in (Document, Posting, IngestRun):
+            s.execute(delete(Document).where(Document.collection_id == col.id))  # chunks cascade
+            for table in (Document, IngestRun):
                 s.execute(update(table).where(table.collection_id == aside.id).values(collection_id=col.id))
             s.execute(delete(Collection).where(Collection.id == aside.id))
             s.flush()
             index.save()  # the shadow's files are current; copy them in atomically
+            # Until the commit, a crash must make the next writer compare the keyword index in full.
+            journal = target / "keywords.pending.json"
+            journal.write_text('{"full": true}')
+            old_keywords = target / "keywords.old"
+            shutil.rmtree(old_keywords, ignore_errors=True)
+            if self.keyword_dir().exists():
+                self.keyword_dir().replace(old_keywords)
+            (index.directory / "keywords").replace(self.keyword_dir())
             for name in ("index.faiss", "manifest.json"):
                 os.replace(index.directory / name, target / name)
             crash_point("before_swap_commit", self.settings.crash_at)
+        journal.unlink(missing_ok=True)
+        shutil.rmtree(old_keywords, ignore_errors=True)
         shutil.rmtree(index.directory, ignore_errors=True)
         self._reader_indexes.pop(self.collection, None)
+        self._reader_keywords.pop(self.collection, None)
 
     def _record_sources(self, roots: list[str]) -> None:
         """The folders a collection is synced from, kept beside its index too: `kb rebuild-catalogue`
@@ -280,8 +307,10 @@ class KnowledgeBase:
                 tmp.write_bytes(read())
                 tmp.replace(target / safe)  # atomic: the document's file is never half-written
                 paths.append(target / safe)
-            report = self._writer(on_event).sync(paths, delete_missing=False, command="upload") if paths \
-                else SyncReport()
+            report = SyncReport()
+            if paths:
+                with self._writing(on_event) as writer:
+                    report = writer.sync(paths, delete_missing=False, command="upload")
         for name, reason in refused:
             report.failed.append((str(target / name), reason))
             if on_event:
@@ -292,7 +321,8 @@ class KnowledgeBase:
         """Remove documents by id, exact path, or a path suffix that names exactly one."""
         with self._write_lock(on_wait):
             paths = self._resolve_documents(doc)
-            self._writer(None).remove(paths)
+            with self._writing() as writer:
+                writer.remove(paths)
             uploads = self.uploads_dir().resolve()
             for p in paths:  # an uploaded original goes with its document; files in user folders stay
                 if Path(p).parent == uploads:
@@ -373,18 +403,36 @@ class KnowledgeBase:
                 return index
             return self.open_index(collection)  # still damaged: raise its error
 
+    def reader_keywords(self, collection: str | None = None) -> KeywordIndex:
+        """The collection's keyword index for searching, reopened when a writer has committed (or a full
+        rebuild has swapped in a new one); a damaged one is rebuilt from the catalogue first."""
+        collection = collection or self.collection
+        meta = self.keyword_dir(collection) / "meta.json"
+        with self._lock:
+            stamp = (meta.stat().st_ino, meta.stat().st_mtime_ns) if meta.exists() else None
+            hit = self._reader_keywords.get(collection)
+            if hit is not None and hit[0] == stamp:
+                return hit[1]
+            try:
+                index = KeywordIndex(self.keyword_dir(collection))
+            except IndexCorruptError:
+                self.repair_index(collection)
+                index = KeywordIndex(self.keyword_dir(collection))
+            self._reader_keywords[collection] = (stamp, index)
+            return index
+
     def repair_index(self, collection: str | None = None, on_wait: Callable[[str], None] | None = None) -> dict:
         """Rebuild a damaged or missing index from the catalogue's stored embeddings (no re-embedding)."""
         with self._write_lock(on_wait):
-            writer = self._writer(None, collection)
-            repaired = writer.reconcile()
-            writer.index.save()
+            with self._writing(None, collection) as writer:
+                repaired = writer.reconcile()
+                writer.index.save()
             return {**repaired, "damaged_index_rebuilt": int(writer.rebuilt_damaged_index)}
 
     def retriever(self, collection: str | None = None) -> Retriever:
         collection = collection or self.collection
-        return Retriever(self.settings.retrieval, self.embedder, self.reader_index(collection), self.catalogue,
-                         collection, self.reranker)
+        return Retriever(self.settings.retrieval, self.embedder, self.reader_index(collection),
+                         self.reader_keywords(collection), self.catalogue, self.reranker)
 
     def retrieve(self, question: str, top_k: int | None = None, documents: list[str] | None = None) -> Retrieval:
         """The hybrid retriever's result: contexts (top-k), whether anything relevant was found, timings."""
@@ -548,6 +596,7 @@ class KnowledgeBase:
     def status(self) -> dict:
         counts = self.catalogue.counts(self.collection)
         index = self.reader_index()
+        keywords = self.reader_keywords()
         manifest = index.read_manifest() or {}
         with self.catalogue.session() as s:
             col = self.catalogue.collection(s, self.collection, create=False)
@@ -578,8 +627,9 @@ class KnowledgeBase:
             "chunking": chunker_identity(self.settings.chunking),
             "index_type": self.settings.index.type,
             "index_vectors": index.count,
+            "keyword_entries": keywords.count,
             "index_bytes": manifest.get("index_bytes", 0),
-            "consistent": index.count == counts["chunks"],
+            "consistent": index.count == counts["chunks"] == keywords.count,
             "catalogue_url": self.settings.catalogue_url.split("@")[-1],
             "catalogue_bytes": db_file.stat().st_size if db_file.exists() else None,
             "device": {"torch": torch_device(self.settings.embedding.device), "faiss_gpus": faiss_gpu_count()},
@@ -613,8 +663,9 @@ def rebuild_catalogue(home: str | Path | None = None, settings: Settings | None 
             if d.name.startswith(REBUILD_PREFIX):
                 shutil.rmtree(d, ignore_errors=True)
                 continue
-            for name in ("index.faiss", "manifest.json"):
+            for name in ("index.faiss", "manifest.json", "keywords.pending.json"):
                 (d / name).unlink(missing_ok=True)
+            shutil.rmtree(d / "keywords", ignore_errors=True)
             if d.name not in wanted and (d / "sources.json").exists():
                 wanted[d.name] = json.loads((d / "sources.json").read_text())["roots"]
         for d in sorted((home / "uploads").glob("*")):

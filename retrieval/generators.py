@@ -14,7 +14,7 @@ from typing import Protocol
 
 from kb.device import torch_device
 from kb.errors import GeneratorError
-from kb.keywords import terms
+from kb.keyword_index import terms
 from kb.optional import require
 from kb.settings import GeneratorSettings
 from retrieval.citations import split_sentences

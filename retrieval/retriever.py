@@ -11,10 +11,10 @@ from sqlalchemy import select
 
 from kb.catalogue import Catalogue, Chunk, Document
 from kb.embeddings import Embedder
+from kb.keyword_index import KeywordHits, KeywordIndex
 from kb.settings import RetrievalSettings
 from kb.vector_index import FaissIndex
 from retrieval.dense import dense_search
-from retrieval.keyword import KeywordHits, keyword_search
 
 
 @dataclass
@@ -64,13 +64,13 @@ def weighted_fusion(dense: list[tuple[int, float]], keyword: list[tuple[int, flo
 
 
 class Retriever:
-    def __init__(self, cfg: RetrievalSettings, embedder: Embedder, index: FaissIndex, catalogue: Catalogue,
-                 collection: str, reranker=None):  # noqa: ANN001 - a CrossEncoder-like .predict(pairs)
+    def __init__(self, cfg: RetrievalSettings, embedder: Embedder, index: FaissIndex, keywords: KeywordIndex,
+                 catalogue: Catalogue, reranker=None):  # noqa: ANN001 - a CrossEncoder-like .predict(pairs)
         self.cfg = cfg
         self.embedder = embedder
         self.index = index
+        self.keywords = keywords
         self.catalogue = catalogue
-        self.collection = collection
         self.reranker = reranker
 
     def _document_chunks(self, document_ids: set[int]) -> list[int]:
@@ -92,7 +92,7 @@ class Retriever:
             t0 = time.perf_counter()
         keyword = KeywordHits([], 0.0)
         if cfg.mode != "dense":
-            keyword = keyword_search(question, self.catalogue, self.collection, cfg.candidates, documents)
+            keyword = self.keywords.search(question, cfg.candidates, documents)
             t["keyword"] = time.perf_counter() - t0
         return dense, keyword, t
 

@@ -62,7 +62,8 @@ def _committed_docs_are_whole(home: Path) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("crash_at", ["before_index_save:2", "after_index_save:2", "after_commit:1", "timed"])
+@pytest.mark.parametrize("crash_at", ["after_keyword_commit:2", "before_index_save:2", "after_index_save:2",
+                                      "after_commit:1", "timed"])
 def test_sigkill_then_reindex_is_consistent(tmp_path, corpus, crash_at, monkeypatch):
     home = tmp_path / "home"
     if crash_at == "timed":

@@ -76,14 +76,14 @@ def test_a_writer_rebuilds_a_damaged_index_without_re_embedding(indexed):
     assert [c.chunk_id for c in kb.search(QUESTION, log=False)] == answer
 
 
-def test_changed_keyword_tokenizer_is_a_mismatch(indexed):
+def test_changed_keyword_index_identity_is_a_mismatch(indexed):
     home, _, _ = indexed
     manifest = home / "collections" / "default" / "manifest.json"
     m = json.loads(manifest.read_text())
-    m["keyword_tokenizer"] = "an-older-tokenizer"
+    m["keyword_index"] = "an-older-keyword-engine"
     manifest.write_text(json.dumps(m))
     r = kb_cli(home, "search", QUESTION)
-    assert r.returncode == 2 and "keyword_tokenizer" in r.stderr and "kb reindex --full" in r.stderr
+    assert r.returncode == 2 and "keyword_index" in r.stderr and "kb reindex --full" in r.stderr
 
 
 def _damage_catalogue(home: Path, how: str) -> None:

@@ -6,12 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from sqlalchemy import func, select
-
 from app.cli import main as cli
-from kb.catalogue import Chunk, Posting
 from kb.knowledge_base import KnowledgeBase
-from retrieval.keyword import keyword_search
 from retrieval.retriever import rrf, weighted_fusion
 from tests.conftest import FAST_MODEL
 
@@ -31,34 +27,78 @@ def corpus(tmp_path):
     return d
 
 
-def postings_in_step(kb: KnowledgeBase) -> bool:
-    with kb.catalogue.session() as s:
-        with_postings = s.scalar(select(func.count(func.distinct(Posting.chunk_id))))
-        orphans = s.scalar(select(func.count()).select_from(Posting).where(Posting.chunk_id.not_in(select(Chunk.id))))
-        chunks = s.scalar(select(func.count(Chunk.id)))
-    return with_postings == chunks and orphans == 0
+def keywords_in_step(kb: KnowledgeBase) -> bool:
+    return kb.reader_keywords().ids() == kb.catalogue.chunk_ids(kb.collection)
+
+
+def keyword_search(kb: KnowledgeBase, question: str, k: int = 10, documents: set[int] | None = None):
+    return kb.reader_keywords().search(question, k, documents)
 
 
 def test_bm25_stays_in_step_after_a_reindex_that_removes_a_file(settings, corpus):
     kb = KnowledgeBase(settings=settings)
     kb.sync([corpus])
-    hits = keyword_search("XQZ4471 zebrafish", kb.catalogue, kb.collection, 10)
+    hits = keyword_search(kb, "XQZ4471 zebrafish")
     rows = kb.catalogue.chunks_by_ids(i for i, _ in hits.ranking)
     assert {rows[i].document.path.rsplit("/", 1)[-1] for i, _ in hits.ranking} == {"pump.md"}
     assert hits.coverage == pytest.approx(1.0)
-    assert postings_in_step(kb)
+    assert keywords_in_step(kb)
 
     (corpus / "pump.md").unlink()
     report = kb.sync([corpus])
     assert report.removed and report.removed[0].endswith("pump.md")
-    assert keyword_search("XQZ4471 zebrafish", kb.catalogue, kb.collection, 10).ranking == []
-    assert postings_in_step(kb)
-    # and an edited file's postings follow its new text
+    assert keyword_search(kb, "XQZ4471 zebrafish").ranking == []
+    assert keywords_in_step(kb)
+    # and an edited file's keyword entries follow its new text
     (corpus / "pasta.md").write_text(PASTA.replace("pasta", "risotto"))
     kb.sync([corpus])
-    assert keyword_search("pasta", kb.catalogue, kb.collection, 10).ranking == []
-    assert keyword_search("risotto", kb.catalogue, kb.collection, 10).ranking
-    assert postings_in_step(kb)
+    assert keyword_search(kb, "pasta").ranking == []
+    assert keyword_search(kb, "risotto").ranking
+    assert keywords_in_step(kb)
+
+
+def test_keyword_filters_apply_inside_the_engine(settings, corpus):
+    kb = KnowledgeBase(settings=settings)
+    kb.sync([corpus])
+    ids = {d["path"].rsplit("/", 1)[-1]: d["id"] for d in kb.documents()}
+    everywhere = keyword_search(kb, "impeller pasta backups", 10)
+    assert len({kb.catalogue.chunks_by_ids([i])[i].document_id for i, _ in everywhere.ranking}) == 3
+    only = keyword_search(kb, "impeller pasta backups", 10, {ids["pasta.md"]})
+    assert only.ranking and {kb.catalogue.chunks_by_ids([i])[i].document_id for i, _ in only.ranking} == {ids["pasta.md"]}
+    assert keyword_search(kb, "impeller", 10, {ids["pasta.md"]}).ranking == []  # the filter is not a re-ranking
+    assert keyword_search(kb, "impeller", 10, set()).ranking == []
+
+
+def test_bm25_ranking_matches_the_textbook_formula(settings, corpus):
+    """tantivy's BM25 over kb's terms: the same scores as BM25 (k1 1.2, b 0.75) computed by hand."""
+    import math
+    from collections import Counter
+
+    from kb.keyword_index import terms
+
+    kb = KnowledgeBase(settings=settings)
+    kb.sync([corpus])
+    chunks = kb.catalogue.chunks_by_ids(kb.catalogue.chunk_ids(kb.collection))
+    docs = {i: Counter(terms(f"{c.heading}\n{c.text}" if c.heading else c.text)) for i, c in chunks.items()}
+    n, avgdl = len(docs), sum(sum(c.values()) for c in docs.values()) / len(docs)
+    question = "clean the impeller of the pump; boil pasta"
+    q = Counter(terms(question))
+
+    def bm25(d: Counter) -> float:
+        dl = sum(d.values())
+        out = 0.0
+        for t, c in q.items():
+            df = sum(1 for x in docs.values() if t in x)
+            if t in d:
+                idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
+                out += c * idf * d[t] * 2.2 / (d[t] + 1.2 * (0.25 + 0.75 * dl / avgdl))
+        return out
+
+    expected = sorted(((i, bm25(d)) for i, d in docs.items() if bm25(d) > 0), key=lambda kv: -kv[1])
+    got = keyword_search(kb, question).ranking
+    assert [i for i, _ in got] == [i for i, _ in expected]
+    # tantivy stores document lengths in one byte (a lossy norm), so scores agree closely, not exactly
+    assert [s for _, s in got] == pytest.approx([s for _, s in expected], rel=0.05)
 
 
 def test_hybrid_search_ranks_exact_identifiers_and_reports_signals(settings, corpus):
@@ -116,3 +156,30 @@ def test_fusion_functions():
     fused = weighted_fusion([(1, 0.9), (2, 0.8), (3, 0.7)], [(3, 10.0), (4, 5.0)], 0.7, 0.3)
     assert fused[1] == pytest.approx(0.7) and fused[3] == pytest.approx(0.3)
     assert fused[4] == pytest.approx(0.15) and fused[2] == pytest.approx(0.35)
+
+
+def test_keyword_index_is_repaired_from_the_catalogue(settings, corpus):
+    """A crash after the keyword commit (journal left) or a lost keyword folder (count differs): the next
+    write deletes entries the catalogue lacks and re-adds missing ones from the stored text."""
+    from kb.keyword_index import KeywordIndex
+
+    kb = KnowledgeBase(settings=settings)
+    kb.sync([corpus])
+    real = sorted(kb.catalogue.chunk_ids(kb.collection))
+    kw = KeywordIndex(kb.keyword_dir())
+    kw.stage([real[0]], [(999_999, 1, "phantom zebrafish entry never committed to the catalogue")])
+    kw.commit([real[0]], [999_999])  # journal written, catalogue never told: as if killed right here
+    kw.close()
+    assert not keywords_in_step(kb)
+    r = kb.sync([corpus])
+    assert r.repaired["keyword_entries_repaired"] == 2 and r.embedded == 0
+    assert keywords_in_step(kb)
+    assert not (kb.index_dir() / "keywords.pending.json").exists()
+
+    import shutil
+
+    shutil.rmtree(kb.keyword_dir())  # lost entirely: rebuilt from the catalogue, nothing re-embedded
+    r = kb.sync([corpus])
+    assert r.repaired["keyword_entries_repaired"] == len(real) and r.embedded == 0
+    assert keywords_in_step(kb)
+    assert keyword_search(kb, "XQZ4471").ranking
