@@ -70,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     rc = sub.add_parser("rebuild-catalogue", help="replace a damaged catalogue: re-index every collection "
                                                   "from its recorded folders (the damaged file is kept aside)")
     rc.add_argument("paths", nargs="*", help="folders of --collection (default: the folders it was synced from)")
+    rc.add_argument("--force", action="store_true", help="rebuild even a catalogue that passes its integrity check")
     rc.add_argument("--json", action="store_true")
     return p
 
@@ -319,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "rebuild-catalogue":
             sources = {kb.collection: [str(Path(p).resolve()) for p in args.paths]} if args.paths else None
-            reports = rebuild_catalogue(args.home, settings, sources, progress)
+            reports = rebuild_catalogue(args.home, settings, sources, progress, args.force)
             if not reports:
                 print("kb: no folders recorded for any collection; name them: kb rebuild-catalogue PATH...",
                       file=sys.stderr)

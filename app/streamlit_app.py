@@ -25,28 +25,28 @@ def wait_notice(msg: str) -> None:
     st.info(f"Waiting for another indexing job to finish ({label_escape(msg)})…")
 
 
-def render_sources(answer: Answer, key: str) -> None:
+def render_sources(kb: KnowledgeBase, answer: Answer, key: str) -> None:
     for c in answer.citations:
         name = Path(c.source).name
         title = f"[{c.n}] {name}" + (f" — page {c.page}" if c.page else "") + (f" — {c.heading}" if c.heading else "")
         with st.expander(label_escape(title)):  # expander titles render Markdown: a heading is document text
             st.markdown(highlight(c.text, c.sentences))
-            path = Path(c.source)
-            if path.is_file():
-                st.download_button(label_escape(f"Open {name}"), data=path.read_bytes(), file_name=name,
-                                   mime=MIME.get(path.suffix.lower(), "application/octet-stream"),
+            data = kb.original(c.source)
+            if data is not None:
+                st.download_button(label_escape(f"Open {name}"), data=data, file_name=name,
+                                   mime=MIME.get(Path(c.source).suffix.lower(), "application/octet-stream"),
                                    key=f"dl-{key}-{c.n}")
     for sent in answer.unsupported:
         st.warning("Not supported by its cited source: " + md_escape(sent))
 
 
-def render_answer(answer: Answer, key: str) -> None:
+def render_answer(kb: KnowledgeBase, answer: Answer, key: str) -> None:
     if not answer.found:
         st.info(md_escape(answer.text))
         return
     st.caption(md_escape(answer.label))
     st.markdown(md_escape(answer.text))
-    render_sources(answer, key)
+    render_sources(kb, answer, key)
 
 
 def chat(kb: KnowledgeBase) -> None:
@@ -55,7 +55,7 @@ def chat(kb: KnowledgeBase) -> None:
         with st.chat_message("user"):
             st.markdown(md_escape(question))
         with st.chat_message("assistant"):
-            render_answer(answer, f"h{i}")
+            render_answer(kb, answer, f"h{i}")
     question = st.chat_input("Ask a question about your documents")
     if not question:
         return
@@ -66,9 +66,13 @@ def chat(kb: KnowledgeBase) -> None:
             stream = kb.ask_stream(question)
             if stream.retrieval.relevant:
                 st.caption(md_escape(stream.label))
-                st.write_stream(md_escape(piece) for piece in stream)
+                # The whole text so far is escaped at each piece: a URL split across pieces is still defused.
+                shown, text = st.empty(), ""
+                for piece in stream:
+                    text += piece
+                    shown.markdown(md_escape(text))
                 answer = stream.answer
-                render_sources(answer, f"h{len(history)}")
+                render_sources(kb, answer, f"h{len(history)}")
             else:
                 answer = stream.result()
                 st.info(md_escape(answer.text))
@@ -155,11 +159,25 @@ def status(kb: KnowledgeBase) -> None:
         st.json(evaluation)
 
 
+def guarded(action, kb: KnowledgeBase) -> None:  # noqa: ANN001 - a tab's function
+    """A tab whose work fails (index built with other settings, damaged catalogue, writer lock held)
+    shows the message, never a traceback; the other tabs keep working."""
+    try:
+        action(kb)
+    except KBError as exc:
+        st.error(label_escape(str(exc)))
+
+
 def main() -> None:
     st.set_page_config(page_title="Knowledge base", page_icon="📚", layout="wide")
     settings = Settings()
     home = str(Path(settings.home).resolve())
-    collections = sorted(set(knowledge_base(home, settings.collection).status()["collections"]) | {settings.collection})
+    try:
+        known = knowledge_base(home, settings.collection).status()["collections"]
+    except KBError as exc:
+        st.error(label_escape(str(exc)))
+        known = []
+    collections = sorted(set(known) | {settings.collection})
     with st.sidebar:
         st.title("Knowledge base")
         collection = st.selectbox("Collection", collections, index=collections.index(settings.collection))
@@ -168,11 +186,11 @@ def main() -> None:
         st.caption(md_escape(f"Answers by {kb.generator().label}"))
     tab_chat, tab_docs, tab_status = st.tabs(["Chat", "Documents", "Status"])
     with tab_chat:
-        chat(kb)
+        guarded(chat, kb)
     with tab_docs:
-        documents(kb)
+        guarded(documents, kb)
     with tab_status:
-        status(kb)
+        guarded(status, kb)
 
 
 main()

@@ -59,6 +59,44 @@ def timed_single(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[float
     return float(np.percentile(lat_ms, 50)), float(np.percentile(lat_ms, 95)), len(lat) / float(sum(lat))
 
 
+def approximate_row(index: faiss.Index, label: str, n: int, queries: np.ndarray, exact: np.ndarray, build: float,
+                    memory_bytes: int) -> dict:
+    """Latency, throughput and recall@10 against the exact top 10 of one approximate index."""
+    _, approx = index.search(queries, 10)
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact, strict=True)])
+    p50, p95, qps1 = timed_single(index, queries, 10)
+    t0 = time.perf_counter()
+    index.search(queries, 10)
+    qps_batch = len(queries) / (time.perf_counter() - t0)
+    row = {"chunks": n, "index": label, "build_s": round(build, 1), "p50_ms": round(p50, 3), "p95_ms": round(p95, 3),
+           "qps_single": round(qps1, 1), "qps_batched": round(qps_batch, 1), "recall@10": round(float(recall), 4),
+           "bandwidth_bound_qps": None, "share_of_bound": None, "memory_mb": round(memory_bytes / 1e6, 1)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def ivf_rows(base: np.ndarray, queries: np.ndarray, exact: np.ndarray, nprobes: list[int]) -> list[dict]:
+    """kb's own FaissIndex in 'auto' mode past its threshold: IVF trained on the vectors it holds."""
+    import tempfile
+
+    from kb.settings import IndexSettings
+    from kb.vector_index import FaissIndex
+
+    n = len(base)
+    identity = {"embedding_model": "bench", "dimension": DIM, "normalized": True, "index_type": "auto"}
+    with tempfile.TemporaryDirectory() as tmp:
+        index = FaissIndex(Path(tmp), identity, IndexSettings(auto_ivf_above=0))
+        t0 = time.perf_counter()
+        index.add(np.arange(n, dtype=np.int64), base)  # flat, then trained into IVF
+        build = time.perf_counter() - t0
+        rows = []
+        for nprobe in nprobes:
+            index.cfg = IndexSettings(auto_ivf_above=0, ivf_nprobe=nprobe)
+            rows.append(approximate_row(index._searchable(), f"ivf nlist={index.index.nlist} nprobe={nprobe} (kb auto)",
+                                        n, queries, exact, build, n * (DIM * 4 + 8 + 16)))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -66,6 +104,9 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--home", type=Path, help="an indexed kb home: also time end-to-end retrieval")
     ap.add_argument("--questions", type=Path, help="JSONL with 'question' fields for --home")
+    ap.add_argument("--ivf-nprobe", type=int, nargs="*", default=[16, 32, 64],
+                    help="also kb's IVF index (the structure an 'auto' index turns into) at these nprobe")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "query.json")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     bw = bandwidth_gbs()
@@ -97,18 +138,10 @@ def main() -> None:
             hnsw.add_with_ids(base, np.arange(n, dtype=np.int64))
             build = time.perf_counter() - t0
             inner.hnsw.efSearch = 128
-            _, approx = hnsw.search(queries, 10)
-            recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact, strict=True)])
-            p50, p95, qps1 = timed_single(hnsw, queries, 10)
-            t0 = time.perf_counter()
-            hnsw.search(queries, 10)
-            qps_batch = len(queries) / (time.perf_counter() - t0)
-            rows.append({"chunks": n, "index": "hnsw M=32 ef=128", "build_s": round(build, 1), "p50_ms": round(p50, 3),
-                         "p95_ms": round(p95, 3), "qps_single": round(qps1, 1), "qps_batched": round(qps_batch, 1),
-                         "recall@10": round(float(recall), 4), "bandwidth_bound_qps": None, "share_of_bound": None,
-                         "memory_mb": round(n * (DIM * 4 + 32 * 2 * 4) / 1e6, 1)})
-            print(json.dumps(rows[-1]), flush=True)
+            rows.append(approximate_row(hnsw, "hnsw M=32 ef=128", n, queries, exact, build, n * (DIM * 4 + 32 * 2 * 4)))
             del hnsw
+        if args.ivf_nprobe:
+            rows += ivf_rows(base, queries, exact, args.ivf_nprobe)
         del flat, base
     end_to_end = None
     if args.home and args.questions:
@@ -129,7 +162,7 @@ def main() -> None:
     for r in rows:
         print(f"| {r['chunks']:,} | {r['index']} | {r['build_s']} | {r['p50_ms']} | {r['p95_ms']} | {r['qps_single']} | "
               f"{r['qps_batched']} | {r['recall@10']} | {r['bandwidth_bound_qps'] or '-'} |")
-    out = ROOT / "bench" / "results" / "query.json"
+    out = args.out
     out.write_text(json.dumps({"machine": platform.platform(), "cpus": os.cpu_count(), "bandwidth_gbs": round(bw, 1),
                                "rows": rows, "end_to_end": end_to_end}, indent=2))
 

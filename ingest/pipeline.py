@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import stat
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -79,6 +80,10 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+# Reason prefix of a folder (or given root) that could not be read: nothing under it is removed.
+UNREACHABLE = "folder not searched, nothing under it removed: "
+
+
 def _under(path: Path, roots: list[Path]) -> bool:
     return any(path == r or r in path.parents for r in roots)
 
@@ -95,7 +100,14 @@ def discover(paths: Iterable[Path]) -> tuple[list[Path], list[tuple[Path, str]]]
         if root.is_file():
             files.add(root)  # named explicitly by the user
             continue
-        for folder, dirs, names in os.walk(root, followlinks=False):
+        if not root.exists():
+            skipped.append((root, UNREACHABLE + "not found"))
+            continue
+
+        def unreadable(exc: OSError) -> None:
+            skipped.append((Path(exc.filename or root), UNREACHABLE + f"unreadable ({exc.strerror})"))
+
+        for folder, dirs, names in os.walk(root, followlinks=False, onerror=unreadable):
             base = Path(folder)
             for name in sorted(dirs):
                 p = base / name
@@ -118,6 +130,9 @@ def discover(paths: Iterable[Path]) -> tuple[list[Path], list[tuple[Path, str]]]
                         skipped.append((p, reason))
                         continue
                     p = p.resolve()  # indexed once, under the target's own path
+                    if any(part.startswith(".") for part in p.parts):
+                        skipped.append((base / name, f"link to a hidden file or folder (-> {p})"))
+                        continue
                     if not p.is_file():
                         skipped.append((base / name, "link to something that is not a file"))
                         continue
@@ -129,6 +144,16 @@ def discover(paths: Iterable[Path]) -> tuple[list[Path], list[tuple[Path, str]]]
                 else:
                     skipped.append((p, f"unsupported file type {p.suffix or '(none)'}"))
     return sorted(files), skipped
+
+
+def _same_file(path: Path, before: os.stat_result) -> bool:
+    """Still the very file that was hashed: not replaced, not turned into a link, not rewritten."""
+    try:
+        now = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(now.st_mode) and (now.st_ino, now.st_dev, now.st_size, now.st_mtime_ns) == \
+        (before.st_ino, before.st_dev, before.st_size, before.st_mtime_ns)
 
 
 def _link_problem(link: Path, roots: list[Path]) -> str | None:
@@ -195,7 +220,7 @@ class IndexWriter:
         """The journal names the ids a crash may have left out of step; without one, a count that differs
         from the catalogue's means a full comparison. Suspects are deleted, and those the catalogue holds
         are re-added from their stored text (nothing re-embedded)."""
-        suspects = self.keywords.suspects(len(in_catalogue))
+        suspects = self.keywords.suspects(len(in_catalogue), max(in_catalogue, default=None))
         if suspects is None:
             suspects = self.keywords.ids() ^ in_catalogue
         if suspects:
@@ -296,8 +321,9 @@ class IndexWriter:
 
     def batch_limit(self) -> int:
         """Chunks buffered before a durable write. Each write saves the whole FAISS file, so on a large
-        collection batches grow with it (1/50 of its size): the save cost per chunk stays flat."""
-        return max(self.settings.ingest.write_batch_chunks, self.index.count // 50)
+        collection batches grow with it (1/20 of its size): the save cost per chunk stays flat, and a
+        crash redoes at most that much (embeddings come back from the cache)."""
+        return max(self.settings.ingest.write_batch_chunks, self.index.count // 20)
 
     # -- sync ------------------------------------------------------------------------------
     def sync(self, paths: list[Path], delete_missing: bool, progress: bool = False, command: str = "reindex") -> SyncReport:
@@ -320,9 +346,12 @@ class IndexWriter:
         gone: list[str] = []
         if delete_missing:
             present = {str(f) for f in files}
+            # A folder that could not be read (unmounted share, permissions) is not an empty folder.
+            kept = [str(p) for p, reason in skipped if reason.startswith(UNREACHABLE)]
             for path in known:
                 under = any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
-                if under and path not in present:
+                shielded = any(path.startswith(k.rstrip("/") + "/") for k in kept)
+                if under and not shielded and path not in present:
                     gone.append(path)
 
         pending: list[_Pending] = []
@@ -334,7 +363,7 @@ class IndexWriter:
                 report.skipped.append((path, "turned into a link while indexing, not followed"))
                 continue
             try:
-                size = f.stat().st_size
+                before = os.lstat(f)
                 sha = file_sha256(f)
             except OSError as exc:
                 report.failed.append((path, f"unreadable: {exc}"))
@@ -344,8 +373,10 @@ class IndexWriter:
                 report.unchanged.append(path)
                 continue
             action = "added" if prev is None else "updated"
-            item = self._prepare(f, sha, size, report)
+            item = self._prepare(f, sha, before.st_size, report)
             item.action = action
+            if not item.error and not _same_file(f, before):  # swapped (for a link?) while being read
+                item.drafts, item.vectors, item.error = [], None, "changed while being indexed; the next run retries"
             pending.append(item)
             pending_chunks += len(item.drafts)
             if item.error:
@@ -386,6 +417,8 @@ class IndexWriter:
             return _Pending(str(f), sha, size, mime, doc.pages, drafts, vectors)
         except ExtractionError as exc:
             return _Pending(str(f), sha, size, mime, None, [], None, error=str(exc))
+        except OSError as exc:  # deleted or made unreadable while being indexed
+            return _Pending(str(f), sha, size, mime, None, [], None, error=f"unreadable: {exc.strerror or exc}")
 
     def remove(self, paths: list[str]) -> int:
         report = SyncReport()

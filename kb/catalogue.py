@@ -164,7 +164,10 @@ class Catalogue:
         try:
             Base.metadata.create_all(self.engine)
         except DatabaseError as exc:
-            raise self._damaged(exc) from exc
+            damaged = self._damaged(exc)
+            if damaged is exc:
+                raise
+            raise damaged from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def _damaged(self, exc: DatabaseError) -> Exception:
@@ -189,7 +192,10 @@ class Catalogue:
                     s.rollback()
                 except DatabaseError:
                     pass
-                raise self._damaged(exc) from exc
+                damaged = self._damaged(exc)
+                if damaged is exc:
+                    raise
+                raise damaged from exc
             except BaseException:
                 s.rollback()
                 raise
@@ -224,10 +230,15 @@ class Catalogue:
             )
             return set(s.scalars(q))
 
-    def chunks_by_ids(self, ids: Iterable[int]) -> dict[int, Chunk]:
+    def chunks_by_ids(self, ids: Iterable[int], collection: str | None = None) -> dict[int, Chunk]:
+        """Chunks by id, with their document loaded; with `collection`, only that collection's (an index
+        left ahead of the catalogue by a crash may hold ids that another collection has since taken)."""
         ids = list(ids)
         with self.session() as s:
-            rows = s.scalars(select(Chunk).where(Chunk.id.in_(ids))).all()
+            q = select(Chunk).where(Chunk.id.in_(ids))
+            if collection is not None:
+                q = q.join(Document).join(Collection).where(Collection.name == collection)
+            rows = s.scalars(q).all()
             for r in rows:
                 _ = r.document  # load before the session closes
             return {r.id: r for r in rows}

@@ -7,8 +7,9 @@ same way; the writer; the reader; the repair. Ranking is tantivy's BM25 (k1 1.2,
 never scores most postings of a common term, and only the top candidates cross into Python.
 
 Like the FAISS index it is a derived copy of the catalogue: writes commit here before the catalogue
-commits, and a journal of the ids being changed (`pending.json`) lets reconciliation repair exactly
-those after a crash; a count that differs from the catalogue triggers a full comparison.
+commits, and a journal of the ids being changed (`keywords.pending.json`, beside the folder) lets
+reconciliation repair exactly those after a crash; a count or highest id that differs from the
+catalogue's triggers a full comparison.
 """
 
 from __future__ import annotations
@@ -92,13 +93,10 @@ def terms(text: str) -> list[str]:
     return out
 
 
-def term_counts(text: str) -> Counter[str]:
-    return Counter(terms(text))
-
-
 # -- the index -------------------------------------------------------------------------------------
 
-ENGINE_ID = f"tantivy-{getattr(tantivy, '__version__', '0.27')}-bm25+{TOKENIZER_ID}"
+# tantivy reads its own older index formats; what would make entries stale is the ranking or the terms.
+ENGINE_ID = f"tantivy-bm25+{TOKENIZER_ID}"
 _FIELD = "terms"
 
 
@@ -119,39 +117,67 @@ def _schema() -> tantivy.Schema:
 
 
 class KeywordIndex:
-    """One collection's tantivy index in `directory`; the caller holds the writer lock for writes."""
+    """One collection's tantivy index in `directory`; the caller holds the writer lock for writes.
+    A reader (`for_reading`) never creates files: where no index exists yet it searches an empty one."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, create: bool = True):
         self.directory = Path(directory)
         self.journal = self.directory.parent / "keywords.pending.json"
         self.schema = _schema()
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            if create:
+                self.directory.mkdir(parents=True, exist_ok=True)
+            elif not (self.directory / "meta.json").exists():
+                self.index = tantivy.Index(self.schema)  # in memory, empty
+                self._writer = None
+                return
             self.index = tantivy.Index(self.schema, path=str(self.directory), reuse=True)
         except ValueError as exc:
             raise IndexCorruptError(f"cannot open the keyword index {self.directory}: {exc}") from exc
         self._writer = None
 
     @classmethod
+    def for_reading(cls, directory: Path) -> KeywordIndex:
+        return cls(directory, create=False)
+
+    @classmethod
     def open_or_reset(cls, directory: Path) -> KeywordIndex:
-        """Open it; a damaged one is deleted and started empty (reconciliation refills it from the catalogue)."""
+        """Open it for writing; a damaged one is deleted and started empty, with a journal that makes the
+        next reconciliation compare it in full with the catalogue (and refill it from the stored text)."""
         try:
             return cls(directory)
         except IndexCorruptError:
             shutil.rmtree(directory, ignore_errors=True)
-            return cls(directory)
-
-    def stamp(self) -> tuple[int, int] | None:
-        """Changes whenever a writer commits (readers reload on change)."""
-        meta = self.directory / "meta.json"
-        return (meta.stat().st_mtime_ns, meta.stat().st_size) if meta.exists() else None
-
-    def reload(self) -> None:
-        self.index.reload()
+            index = cls(directory)
+            index.write_journal({"full": True})
+            return index
 
     @property
     def count(self) -> int:
         return int(self.index.searcher().num_docs)
+
+    def max_id(self) -> int | None:
+        """The highest chunk id held (new chunks always get higher ids: a replaced batch changes it)."""
+        searcher = self.index.searcher()
+        if not searcher.num_docs:
+            return None
+        hits = searcher.search(tantivy.Query.all_query(), 1, count=False, order_by_field="chunk_id").hits
+        return int(hits[0][0]) if hits else None
+
+    def write_journal(self, entry: dict) -> None:
+        """Durably: temp file, fsync, rename, fsync the folder."""
+        self.journal.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.journal.with_name(self.journal.name + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(entry, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.journal)
+        fd = os.open(self.journal.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     # -- writes ----------------------------------------------------------------------------
     def _writer_(self):  # noqa: ANN202 - a tantivy.IndexWriter, opened on first write
@@ -170,12 +196,8 @@ class KeywordIndex:
 
     def commit(self, removed: Iterable[int], added: Iterable[int]) -> None:
         """Journal the ids, then commit. The journal stays until `settled()` after the catalogue commits."""
-        tmp = self.journal.with_name(self.journal.name + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump({"remove": [int(i) for i in removed], "add": [int(i) for i in added]}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.journal)
+        if not self.journal.exists():  # a pending {"full": true} (a reset index) must survive until repaired
+            self.write_journal({"remove": [int(i) for i in removed], "add": [int(i) for i in added]})
         self._writer_().commit()
         self.index.reload()
 
@@ -198,16 +220,16 @@ class KeywordIndex:
         hits = searcher.search(tantivy.Query.all_query(), limit=n, count=False).hits
         return {int(v) for v in searcher.fast_field_values("chunk_id", [a for _, a in hits])}
 
-    def suspects(self, catalogue_count: int) -> set[int] | None:
+    def suspects(self, catalogue_count: int, catalogue_max_id: int | None) -> set[int] | None:
         """Ids a crash may have left out of step (from the journal), or None when everything must be
-        compared (no journal, but a count that differs from the catalogue's)."""
+        compared: no journal, but a count or a highest id that differs from the catalogue's."""
         if self.journal.exists():
             try:
                 j = json.loads(self.journal.read_text())
                 return {int(i) for i in j["remove"]} | {int(i) for i in j["add"]}
             except (ValueError, KeyError, TypeError):
-                return None
-        return set() if self.count == catalogue_count else None
+                return None  # {"full": true}, or a journal cut short
+        return set() if (self.count, self.max_id()) == (catalogue_count, catalogue_max_id) else None
 
     # -- search ----------------------------------------------------------------------------
     def search(self, question: str, k: int, document_ids: set[int] | None = None) -> KeywordHits:

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import threading
 import time
 import unicodedata
@@ -103,8 +104,7 @@ class KnowledgeBase:
         return self.home / "collections" / (collection or self.collection)
 
     def open_index(self, collection: str | None = None) -> FaissIndex:
-        cfg = self.settings.index
-        return FaissIndex(self.index_dir(collection), self.index_identity(), cfg.hnsw_m, cfg.hnsw_ef_search)
+        return FaissIndex(self.index_dir(collection), self.index_identity(), self.settings.index)
 
     def keyword_dir(self, collection: str | None = None) -> Path:
         return self.index_dir(collection) / "keywords"
@@ -154,7 +154,7 @@ class KnowledgeBase:
             with self._writing(on_event) as writer:
                 report = writer.sync([Path(p) for p in roots], delete_missing=True, progress=progress,
                                      command="reindex")
-            self._record_sources(roots)
+            self._record_sources()
             return report
 
     def ingest(self, paths: list[str | Path], progress: bool = False, on_event: Event | None = None,
@@ -162,8 +162,10 @@ class KnowledgeBase:
         """Add or update files/folders without removing anything else."""
         with self._write_lock(on_wait):
             with self._writing(on_event) as writer:
-                return writer.sync([Path(p) for p in paths], delete_missing=False, progress=progress,
-                                   command="ingest")
+                report = writer.sync([Path(p) for p in paths], delete_missing=False, progress=progress,
+                                     command="ingest")
+            self._record_sources()
+            return report
 
     # -- full rebuild, aside then swapped in -----------------------------------------------
     def _held_paths(self, collection: str) -> dict[str, int]:
@@ -198,8 +200,14 @@ class KnowledgeBase:
             report = writer.sync([Path(r) for r in roots], delete_missing=True, progress=progress,
                                  command="reindex --full")
         new = self._held_paths(shadow)
+        unread = sorted(p for p in held if p not in new and Path(p).exists())
+        if unread:  # a plain reindex would keep them; a swap would delete them
+            raise ConfigError(
+                f"{len(unread)} file(s) the collection holds could not be read (e.g. {unread[0]}); nothing was "
+                "swapped in and the old collection still answers. Fix their permissions or remove them "
+                "(`kb remove`), then run `kb reindex --full` again: it resumes the rebuild kept aside.")
         self._swap_in(shadow, writer.index)
-        self._record_sources(roots)
+        self._record_sources()
         # The report compares what the collection held before with what it holds now.
         failed = {p for p, _ in report.failed}
         report.added = sorted(p for p in new if p not in held and p not in failed)
@@ -253,7 +261,7 @@ class KnowledgeBase:
             index.save()  # the shadow's files are current; copy them in atomically
             # Until the commit, a crash must make the next writer compare the keyword index in full.
             journal = target / "keywords.pending.json"
-            journal.write_text('{"full": true}')
+            KeywordIndex.for_reading(self.keyword_dir()).write_journal({"full": True})
             old_keywords = target / "keywords.old"
             shutil.rmtree(old_keywords, ignore_errors=True)
             if self.keyword_dir().exists():
@@ -268,13 +276,15 @@ class KnowledgeBase:
         self._reader_indexes.pop(self.collection, None)
         self._reader_keywords.pop(self.collection, None)
 
-    def _record_sources(self, roots: list[str]) -> None:
-        """The folders a collection is synced from, kept beside its index too: `kb rebuild-catalogue`
-        needs them when the catalogue itself is lost."""
+    def _record_sources(self) -> None:
+        """Where the collection's documents come from (every folder or file still holding one, its
+        uploads), kept beside its index after every write: `kb rebuild-catalogue` needs it when the
+        catalogue itself is lost."""
         d = self.index_dir()
         d.mkdir(parents=True, exist_ok=True)
         tmp = d / "sources.json.tmp"
-        tmp.write_text(json.dumps({"roots": roots}, ensure_ascii=False, indent=2))
+        tmp.write_text(json.dumps({"roots": self._held_roots(self._held_paths(self.collection))},
+                                  ensure_ascii=False, indent=2))
         tmp.replace(d / "sources.json")
 
     # -- uploads (the web UI) ----------------------------------------------------------------
@@ -311,11 +321,31 @@ class KnowledgeBase:
             if paths:
                 with self._writing(on_event) as writer:
                     report = writer.sync(paths, delete_missing=False, command="upload")
+                self._record_sources()
         for name, reason in refused:
             report.failed.append((str(target / name), reason))
             if on_event:
                 on_event("failed", str(target / name), reason)
         return report
+
+    def original(self, path: str) -> bytes | None:
+        """An indexed document's original bytes, for download. None unless the path is one of this
+        collection's documents and still the regular file that was indexed there: opened without
+        following a link, so a file swapped for a link after indexing is never served."""
+        with self.catalogue.session() as s:
+            col = self.catalogue.collection(s, self.collection, create=False)
+            known = col is not None and s.scalar(
+                select(Document.id).where(Document.collection_id == col.id, Document.path == path)) is not None
+        if not known:
+            return None
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode) or os.path.realpath(path) != path:
+                return None
+            return f.read()
 
     def remove(self, doc: str, on_wait: Callable[[str], None] | None = None) -> list[str]:
         """Remove documents by id, exact path, or a path suffix that names exactly one."""
@@ -380,46 +410,52 @@ class KnowledgeBase:
 
         return CrossEncoder(name, device=torch_device(self.settings.embedding.device))
 
-    def reader_index(self, collection: str | None = None) -> FaissIndex:
-        """The collection's index for searching: loaded once and reused until a writer saves a new one.
-        A damaged index is rebuilt from the catalogue (under the writer lock) before it is used."""
-        collection = collection or self.collection
-        path = self.index_dir(collection) / "index.faiss"
-        with self._lock:
-            for attempt in range(3):
-                stamp = (path.stat().st_mtime_ns, path.stat().st_size) if path.exists() else None
-                hit = self._reader_indexes.get(collection)
+    @staticmethod
+    def _stamp(path: Path) -> tuple[int, int, int] | None:
+        """Identifies one saved version of a file (writers replace files by rename: a new inode)."""
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def _cached_reader(self, cache: dict, collection: str, stamp_file: Path, opener: Callable):  # noqa: ANN202
+        """Reuse a reader while its file is unchanged; a damaged index is repaired (outside the lock
+        every web session shares, under the writer lock) and opened again. After a killed writer the
+        indexes may be ahead of the catalogue (its last batch, or a full rebuild's swap): repaired first."""
+        if writer_died(self.home):
+            self.repair_index(collection)
+        for attempt in range(3):
+            stamp = self._stamp(stamp_file)
+            with self._lock:
+                hit = cache.get(collection)
                 if hit is not None and hit[0] == stamp:
                     return hit[1]
                 try:
-                    index = self.open_index(collection)
+                    index = opener(collection)
                 except IndexCorruptError:
-                    if attempt == 0:  # a writer may be between renaming the index and its manifest
-                        time.sleep(0.2)
-                    else:
-                        self.repair_index(collection)
-                    continue
-                self._reader_indexes[collection] = (stamp, index)
-                return index
-            return self.open_index(collection)  # still damaged: raise its error
+                    index = None
+                else:
+                    cache[collection] = (stamp, index)
+                    return index
+            if attempt == 0:
+                time.sleep(0.2)  # a writer may be between renaming an index and its manifest
+            else:
+                self.repair_index(collection)
+        return opener(collection)  # still damaged: raise its error
+
+    def reader_index(self, collection: str | None = None) -> FaissIndex:
+        """The collection's FAISS index for searching, loaded once and reused until a writer saves a new one."""
+        collection = collection or self.collection
+        return self._cached_reader(self._reader_indexes, collection, self.index_dir(collection) / "index.faiss",
+                                   self.open_index)
 
     def reader_keywords(self, collection: str | None = None) -> KeywordIndex:
         """The collection's keyword index for searching, reopened when a writer has committed (or a full
-        rebuild has swapped in a new one); a damaged one is rebuilt from the catalogue first."""
+        rebuild has swapped in a new one)."""
         collection = collection or self.collection
-        meta = self.keyword_dir(collection) / "meta.json"
-        with self._lock:
-            stamp = (meta.stat().st_ino, meta.stat().st_mtime_ns) if meta.exists() else None
-            hit = self._reader_keywords.get(collection)
-            if hit is not None and hit[0] == stamp:
-                return hit[1]
-            try:
-                index = KeywordIndex(self.keyword_dir(collection))
-            except IndexCorruptError:
-                self.repair_index(collection)
-                index = KeywordIndex(self.keyword_dir(collection))
-            self._reader_keywords[collection] = (stamp, index)
-            return index
+        return self._cached_reader(self._reader_keywords, collection, self.keyword_dir(collection) / "meta.json",
+                                   lambda c: KeywordIndex.for_reading(self.keyword_dir(c)))
 
     def repair_index(self, collection: str | None = None, on_wait: Callable[[str], None] | None = None) -> dict:
         """Rebuild a damaged or missing index from the catalogue's stored embeddings (no re-embedding)."""
@@ -432,7 +468,7 @@ class KnowledgeBase:
     def retriever(self, collection: str | None = None) -> Retriever:
         collection = collection or self.collection
         return Retriever(self.settings.retrieval, self.embedder, self.reader_index(collection),
-                         self.reader_keywords(collection), self.catalogue, self.reranker)
+                         self.reader_keywords(collection), self.catalogue, collection, self.reranker)
 
     def retrieve(self, question: str, top_k: int | None = None, documents: list[str] | None = None) -> Retrieval:
         """The hybrid retriever's result: contexts (top-k), whether anything relevant was found, timings."""
@@ -591,6 +627,10 @@ class KnowledgeBase:
         if ids != chunks:
             problems["index"] = [f"{len(ids - chunks)} vectors not in the catalogue, {len(chunks - ids)} chunks "
                                  "without a vector (the next write repairs this)"]
+        words = self.reader_keywords().ids()
+        if words != chunks:
+            problems["index"].append(f"{len(words - chunks)} keyword entries not in the catalogue, "
+                                     f"{len(chunks - words)} chunks without one (the next write repairs this)")
         return problems
 
     def status(self) -> dict:
@@ -625,7 +665,8 @@ class KnowledgeBase:
             "embedding_model": self.embedder.name,
             "dimension": self.embedder.dimension,
             "chunking": chunker_identity(self.settings.chunking),
-            "index_type": self.settings.index.type,
+            "index_type": self.settings.index.type if index.kind == self.settings.index.type
+            else f"{self.settings.index.type} ({index.kind})",
             "index_vectors": index.count,
             "keyword_entries": keywords.count,
             "index_bytes": manifest.get("index_bytes", 0),
@@ -639,7 +680,8 @@ class KnowledgeBase:
 
 
 def rebuild_catalogue(home: str | Path | None = None, settings: Settings | None = None,
-                      sources: dict[str, list[str]] | None = None, progress: bool = False) -> dict[str, SyncReport]:
+                      sources: dict[str, list[str]] | None = None, progress: bool = False,
+                      force: bool = False) -> dict[str, SyncReport]:
     """Replace a damaged SQLite catalogue: the file is kept aside, every collection's index is dropped
     (its ids belong to the old catalogue) and each collection is re-indexed from its recorded folders
     (`sources.json` beside its index, plus its uploads) or from `sources` {collection: [paths]}."""
@@ -651,6 +693,16 @@ def rebuild_catalogue(home: str | Path | None = None, settings: Settings | None 
     if settings.database_url:
         raise ConfigError("kb rebuild-catalogue rebuilds the embedded SQLite catalogue only; restore your "
                           "database server's catalogue from its backup")
+    if not force and db.exists():
+        try:
+            existing = Catalogue(settings.catalogue_url)
+            problems = existing.check()
+            existing.engine.dispose()
+        except CatalogueError as exc:
+            problems = [str(exc)]
+        if not problems:
+            raise ConfigError(f"the catalogue {db} passes its integrity check; rebuilding it would drop the query "
+                              "log, evaluations and embedding cache. Add --force to rebuild it anyway.")
     reports: dict[str, SyncReport] = {}
     with writer_lock(home, settings.ingest.lock_timeout_s):
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")

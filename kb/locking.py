@@ -12,7 +12,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from kb.errors import LockedError
+from kb.errors import CatalogueError, LockedError
 
 DIRTY = "writer.dirty"
 
@@ -39,8 +39,13 @@ def writer_lock(home: Path, timeout_s: float, on_wait: Callable[[str], None] | N
     try:
         marker.touch()
         yield unclean
-    finally:  # reached on success and on any exception; only a killed process leaves the marker
         marker.unlink(missing_ok=True)
+    except CatalogueError:
+        raise  # the marker stays: every later command checks the catalogue again until it is rebuilt
+    except BaseException:
+        marker.unlink(missing_ok=True)  # an ordinary error is a clean finish; only a kill leaves the marker
+        raise
+    finally:
         lock.release()
 
 

@@ -37,9 +37,14 @@ class ChunkingSettings(BaseModel):
 
 
 class IndexSettings(BaseModel):
-    type: Literal["flat", "hnsw"] = Field(
-        "flat", description="'flat' = exact inner product; 'hnsw' = approximate, for large collections."
+    type: Literal["auto", "flat", "hnsw"] = Field(
+        "auto", description="'auto' = exact (flat) up to `auto_ivf_above` chunks, then IVF (approximate, "
+        "deletes in place); 'flat' = always exact; 'hnsw' = approximate graph (a removal rebuilds it)."
     )
+    auto_ivf_above: int = Field(
+        100_000, description="Chunks above which an 'auto' index becomes IVF (measured: docs/benchmarks.md)."
+    )
+    ivf_nprobe: int = Field(32, description="IVF lists scanned per question (higher = better recall, slower).")
     hnsw_m: int = Field(32, description="HNSW graph degree.")
     hnsw_ef_search: int = Field(128, description="HNSW search breadth (higher = better recall, slower).")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import numpy as np
 
 from kb.device import faiss_gpu_count
 from kb.errors import IndexCorruptError, IndexMismatchError
+from kb.settings import IndexSettings
 
 FORMAT_VERSION = 1
 # A manifest without these was cut short or hand-edited: the index is treated as damaged.
@@ -40,13 +42,14 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 class FaissIndex:
-    """An `IndexIDMap2` over a flat inner-product index (exact) or HNSW (approximate)."""
+    """Exact (`IndexIDMap2` over `IndexFlatIP`), HNSW (`IndexIDMap2` over `IndexHNSWFlat`), or IVF
+    (`IndexIVFFlat` holding the ids itself, with a hash-table direct map for reconstruct). `auto` starts
+    exact and turns into IVF, trained on the vectors it holds, once it passes `cfg.auto_ivf_above`."""
 
-    def __init__(self, directory: Path, identity: dict[str, Any], hnsw_m: int = 32, ef_search: int = 128):
+    def __init__(self, directory: Path, identity: dict[str, Any], cfg: IndexSettings | None = None):
         self.directory = Path(directory)
         self.identity = identity
-        self.hnsw_m = hnsw_m
-        self.ef_search = ef_search
+        self.cfg = cfg or IndexSettings(type=identity["index_type"])
         self.index_path = self.directory / "index.faiss"
         self.manifest_path = self.directory / "manifest.json"
         self._gpu_index = None
@@ -56,11 +59,36 @@ class FaissIndex:
     def _new(self) -> faiss.Index:
         dim = int(self.identity["dimension"])
         if self.identity["index_type"] == "hnsw":
-            inner = faiss.IndexHNSWFlat(dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            inner = faiss.IndexHNSWFlat(dim, self.cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             inner.hnsw.efConstruction = 80
         else:
             inner = faiss.IndexFlatIP(dim)
         return faiss.IndexIDMap2(inner)
+
+    @property
+    def kind(self) -> str:
+        """The structure in use: flat, hnsw or ivf (an `auto` index is flat, then ivf)."""
+        if isinstance(self.index, faiss.IndexIVF):
+            return "ivf"
+        return "hnsw" if self.identity["index_type"] == "hnsw" else "flat"
+
+    @staticmethod
+    def _nlist_for(n: int) -> int:
+        return 1 << round(math.log2(4 * math.sqrt(max(n, 1))))  # the usual 4*sqrt(N), a power of two
+
+    def _to_ivf(self) -> None:
+        """Train an IVF index on the vectors held (a sample of at most 64 per list) and move them in."""
+        ids = self.ids()
+        vectors = self.reconstruct(ids.tolist())
+        dim = vectors.shape[1]
+        nlist = self._nlist_for(len(ids))
+        quantizer = faiss.IndexFlatIP(dim)
+        ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        sample = vectors[np.random.default_rng(0).permutation(len(ids))[: 64 * nlist]]
+        ivf.train(np.ascontiguousarray(sample))
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        ivf.add_with_ids(vectors, ids)
+        self.index = ivf
 
     def read_manifest(self) -> dict[str, Any] | None:
         """The manifest, None when there is none; IndexCorruptError when it is unreadable or incomplete."""
@@ -128,20 +156,31 @@ class FaissIndex:
         return int(self.index.ntotal)
 
     def ids(self) -> np.ndarray:
-        return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        if self.kind != "ivf":
+            return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        lists = self.index.invlists
+        parts = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+                 for i in range(self.index.nlist) if lists.list_size(i)]
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids) == 0:
             return
         self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64))
         self._gpu_index = None
+        if self.identity["index_type"] == "auto" and self.kind == "flat" and self.count > self.cfg.auto_ivf_above:
+            self._to_ivf()
+        elif self.kind == "ivf" and self._nlist_for(self.count) >= 4 * self.index.nlist:
+            self._to_ivf()  # grown 16x since training: more lists (and fresh centroids) keep the scan short
 
     def remove(self, ids: list[int] | np.ndarray) -> None:
         ids = np.asarray(list(ids), dtype=np.int64)
         if len(ids) == 0:
             return
-        if self.identity["index_type"] == "hnsw":
+        if self.kind == "hnsw":
             self._rebuild_without(set(ids.tolist()))  # HNSW graphs cannot delete in place
+        elif self.kind == "ivf":  # its hash-table direct map accepts only an array selector
+            self.index.remove_ids(faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids)))
         else:
             self.index.remove_ids(faiss.IDSelectorBatch(ids))
         self._gpu_index = None
@@ -156,14 +195,26 @@ class FaissIndex:
         dim = int(self.identity["dimension"])
         if not ids:
             return np.zeros((0, dim), dtype=np.float32)
+        if self.kind == "flat":  # one vectorised copy instead of a call per id
+            flat = faiss.downcast_index(self.index.index)
+            stored = faiss.rev_swig_ptr(flat.get_xb(), self.count * dim).reshape(self.count, dim)
+            pos = {int(i): n for n, i in enumerate(faiss.vector_to_array(self.index.id_map))}
+            return stored[[pos[int(i)] for i in ids]].astype(np.float32)
         return np.vstack([self.index.reconstruct(int(i)) for i in ids]).astype(np.float32)
+
+    def holding(self, ids: list[int]) -> list[int]:
+        """The ids this index holds, in order (a reader's index may be older than the catalogue)."""
+        held = set(self.ids().tolist())
+        return [i for i in ids if i in held]
 
     # -- search ----------------------------------------------------------------------------
     def _searchable(self) -> faiss.Index:
-        if self.identity["index_type"] == "hnsw":
-            faiss.downcast_index(self.index.index).hnsw.efSearch = self.ef_search
+        if self.kind == "hnsw":
+            faiss.downcast_index(self.index.index).hnsw.efSearch = self.cfg.hnsw_ef_search
+        if self.kind == "ivf":
+            self.index.nprobe = self.cfg.ivf_nprobe
         # Only move to GPU when FAISS sees one: on a CPU machine faiss-gpu silently returns an empty index.
-        if self.identity["index_type"] == "flat" and self.count and faiss_gpu_count() > 0:
+        if self.kind == "flat" and self.count and faiss_gpu_count() > 0:
             if self._gpu_index is None:
                 self._gpu_index = faiss.index_cpu_to_all_gpus(self.index)
             return self._gpu_index

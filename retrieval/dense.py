@@ -11,6 +11,7 @@ def dense_search(query_vector: np.ndarray, index: FaissIndex, k: int,
                  restrict_to: list[int] | None = None) -> list[tuple[int, float]]:
     """(chunk id, cosine) best first. With `restrict_to` (a document filter) score exactly those chunks."""
     if restrict_to is not None:
+        restrict_to = index.holding(restrict_to)
         if not restrict_to:
             return []
         vectors = index.reconstruct(restrict_to)

@@ -65,12 +65,13 @@ def weighted_fusion(dense: list[tuple[int, float]], keyword: list[tuple[int, flo
 
 class Retriever:
     def __init__(self, cfg: RetrievalSettings, embedder: Embedder, index: FaissIndex, keywords: KeywordIndex,
-                 catalogue: Catalogue, reranker=None):  # noqa: ANN001 - a CrossEncoder-like .predict(pairs)
+                 catalogue: Catalogue, collection: str, reranker=None):  # noqa: ANN001 - CrossEncoder-like
         self.cfg = cfg
         self.embedder = embedder
         self.index = index
         self.keywords = keywords
         self.catalogue = catalogue
+        self.collection = collection
         self.reranker = reranker
 
     def _document_chunks(self, document_ids: set[int]) -> list[int]:
@@ -113,8 +114,9 @@ class Retriever:
         for name, ranking in (("dense", dense), ("bm25", keyword)):
             for i, s in ranking:
                 signals[i][name] = s
-        rows = self.catalogue.chunks_by_ids(order[: max(top_k, cfg.rerank_candidates if self.reranker else 0)])
-        order = [i for i in order if i in rows]  # an id missing from the catalogue is an orphan vector
+        rows = self.catalogue.chunks_by_ids(order[: max(top_k, cfg.rerank_candidates if self.reranker else 0)],
+                                            self.collection)
+        order = [i for i in order if i in rows]  # an id not in this collection's catalogue is an orphan
         timings["fuse"] = time.perf_counter() - t0
         scores = {i: fused[i] for i in order}
         if self.reranker is not None and order:

@@ -116,6 +116,8 @@ def test_damaged_catalogue_header_is_a_clear_error_then_rebuilt(indexed):
     assert consistent(kb)[0] == 3
     assert kb.search(QUESTION, log=False)
     assert kb_cli(home, "status", "--check").returncode == 0
+    healthy = kb_cli(home, "rebuild-catalogue")  # a healthy catalogue is not thrown away by mistake
+    assert healthy.returncode == 2 and "--force" in healthy.stderr
 
 
 def test_partly_damaged_catalogue_is_found_by_the_check(indexed):

@@ -26,3 +26,20 @@ def test_search_finds_the_pdf_page(tmp_path, monkeypatch, capsys):
     pages = {b.page: b.text for b in extract(docs / "faq.pdf").blocks}
     assert top["text"] in pages[top["page"]]
     assert sum(top["text"] in t for t in pages.values()) == 1
+
+
+def test_hash_stand_in_embedder_is_selected_by_name_and_labelled(tmp_path, monkeypatch, capsys):
+    """`KB_EMBEDDING__MODEL=hash-384` (benchmarks, tests) works from any command and says it is a stand-in."""
+    monkeypatch.setenv("KB_EMBEDDING__MODEL", "hash-384")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "pump.md").write_text("# Pumps\n\nError XQZ4471 means the impeller is blocked.\n")
+    home = str(tmp_path / "home")
+    assert cli(["--home", home, "reindex", str(docs)]) == 0
+    capsys.readouterr()
+    assert cli(["--home", home, "status", "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["embedding_model"] == "hash-384:stand-in-no-semantic-meaning" and st["dimension"] == 384
+    assert st["consistent"] and st["chunks"] == st["index_vectors"] == st["keyword_entries"] == 1
+    assert cli(["--home", home, "search", "XQZ4471", "--json"]) == 0  # found by its keyword
+    assert json.loads(capsys.readouterr().out)[0]["source"].endswith("pump.md")

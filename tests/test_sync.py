@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from app.cli import main as cli
 from kb.catalogue import Chunk, Document
-from kb.errors import IndexMismatchError
+from kb.errors import ConfigError, IndexMismatchError
 from kb.knowledge_base import KnowledgeBase
 from kb.settings import ChunkingSettings
 from tests.conftest import FAST_MODEL, SAMPLES, pdf_excerpt
@@ -247,3 +247,46 @@ def test_readers_keep_the_old_collection_while_a_full_rebuild_runs(settings, fol
     assert not new_ids & old_ids
     assert {c.chunk_id for c in reader.search(questions[0], log=False)} <= new_ids  # the swap reached readers
     consistent(kb)
+
+
+def test_originals_are_served_only_as_the_indexed_regular_file(settings, folder, tmp_path):
+    """The web page's download: a document later swapped for a link (say to the catalogue or a key) is not served."""
+    kb = KnowledgeBase(settings=settings)
+    kb.sync([folder])
+    md = folder / "getting.md"
+    assert kb.original(str(md)) == md.read_bytes()
+    assert kb.original(str(tmp_path / "not-indexed.md")) is None
+    secret = tmp_path / "secret.txt"
+    secret.write_text("api_key = hunter2")
+    md.unlink()
+    md.symlink_to(secret)
+    assert kb.original(str(md)) is None
+
+
+def test_a_folder_that_cannot_be_reached_is_not_emptied(settings, folder, tmp_path):
+    """An unmounted share or a renamed folder is not an empty folder: nothing under it is removed."""
+    kb = KnowledgeBase(settings=settings)
+    kb.sync([folder])
+    before = consistent(kb)
+    folder.rename(tmp_path / "elsewhere")
+    r = kb.sync([])  # the previous folders, as `kb reindex` and the web page's "Re-index" do
+    assert not r.removed and any(reason.startswith("folder not searched") for _, reason in r.skipped)
+    assert consistent(kb) == before
+
+
+def test_full_rebuild_refuses_to_drop_files_it_could_not_read(settings, folder, tmp_path):
+    kb = KnowledgeBase(settings=settings)
+    kb.sync([folder])
+    before = (kb.documents(), kb.catalogue.chunk_ids(kb.collection))
+    outside = tmp_path / "outside.md"
+    outside.write_text("# Elsewhere\n\nNot part of the collection.\n")
+    html = folder / "software.html"
+    html.unlink()
+    html.symlink_to(outside)  # still there, but no longer something kb may read
+    with pytest.raises(ConfigError, match="could not be read"):
+        kb.sync([], full=True)
+    assert (kb.documents(), kb.catalogue.chunk_ids(kb.collection)) == before  # the old collection still answers
+    assert kb.search("How do I get Debian?", log=False)
+    html.unlink()
+    r = kb.sync([], full=True)  # resumes the rebuild kept aside; the gone file is now removed
+    assert r.removed == [str(html)] and len(r.updated) == 2
