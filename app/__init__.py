@@ -1,1 +1,1 @@
-"""Entry points: the `kb` CLI (and, later, the Streamlit UI). Only this package turns errors into messages."""
+"""Entry points: the `kb` CLI and the Streamlit UI. Only this package turns errors into messages."""

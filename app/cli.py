@@ -11,63 +11,68 @@ from pathlib import Path
 
 from kb.errors import CatalogueError, ConfigError, KBError, LockedError, NotFoundError
 from kb.settings import Settings
+from retrieval.generators import GENERATORS
 
 
 def _parser() -> argparse.ArgumentParser:
+    # The global options are accepted before or after the subcommand (`kb --home H eval …` and
+    # `kb eval … --home H`); after it, SUPPRESS keeps an absent option from overwriting one given before.
     p = argparse.ArgumentParser(prog="kb", description="Enterprise knowledge base: index folders, ask questions.")
-    p.add_argument("--home", help="data home (env KB_HOME, default indexes/)")
-    p.add_argument("--collection", help="collection name (default: 'default')")
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="also print the libraries' warnings (always written to HOME/kb.log)")
+    common = argparse.ArgumentParser(add_help=False)
+    for parser, default in ((p, None), (common, argparse.SUPPRESS)):
+        parser.add_argument("--home", default=default, help="data home (env KB_HOME, default indexes/)")
+        parser.add_argument("--collection", default=default, help="collection name (default: 'default')")
+        parser.add_argument("-v", "--verbose", action="store_true", default=default or False,
+                            help="also print kb's info messages and the libraries' warnings (always in HOME/kb.log)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("reindex", help="make the index match folders: add new, update changed, remove deleted")
+    r = sub.add_parser("reindex", parents=[common], help="make the index match folders: add new, update changed, remove deleted")
     r.add_argument("paths", nargs="*", help="files or folders (default: those of the previous reindex)")
     r.add_argument("--full", action="store_true", help="rebuild everything (after changing model or chunking)")
     r.add_argument("--json", action="store_true")
 
-    i = sub.add_parser("ingest", help="add or update files/folders without removing others")
+    i = sub.add_parser("ingest", parents=[common], help="add or update files/folders without removing others")
     i.add_argument("paths", nargs="+")
     i.add_argument("--json", action="store_true")
 
-    rm = sub.add_parser("remove", help="remove a document (id, path or file name)")
+    rm = sub.add_parser("remove", parents=[common], help="remove a document (id, path or file name)")
     rm.add_argument("doc")
 
-    se = sub.add_parser("search", help="ranked contexts for a question: rank, source, page, score, chunk id, text")
+    se = sub.add_parser("search", parents=[common], help="ranked contexts for a question: rank, source, page, score, chunk id, text")
     se.add_argument("question", nargs="?")
     se.add_argument("--queries", type=Path, help='batch: a JSONL file of {"id", "question"}; writes one JSONL row each')
     se.add_argument("--top-k", type=int, help="contexts returned (default: settings, 3)")
     se.add_argument("--document", action="append", help="only these documents (id, path or file name); repeatable")
     se.add_argument("--json", action="store_true")
 
-    a = sub.add_parser("ask", help="answer a question from the documents, with cited sources and pages")
+    a = sub.add_parser("ask", parents=[common], help="answer a question from the documents, with cited sources and pages")
     a.add_argument("question")
-    a.add_argument("--backend", choices=["extractive", "transformers", "openai"],
+    a.add_argument("--backend", choices=sorted(GENERATORS),
                    help="answer generator (default: transformers on a GPU with a local model, else extractive)")
     a.add_argument("--top-k", type=int, help="contexts given to the generator (default 3)")
     a.add_argument("--document", action="append", help="only these documents (id, path or file name); repeatable")
     a.add_argument("--show-reasoning", action="store_true", help="also print the model's <think> reasoning")
     a.add_argument("--json", action="store_true")
 
-    ev = sub.add_parser("eval", help="measure retrieval (recall@k, MRR, nDCG) and answers on a QA set")
+    ev = sub.add_parser("eval", parents=[common], help="measure retrieval (recall@k, MRR, nDCG) and answers on a QA set")
     ev.add_argument("qa", type=Path, help='JSONL of {"id", "question", "answer", "source"}')
     ev.add_argument("--corpus", type=Path, help="documents to index first (into a temporary home unless --home)")
-    ev.add_argument("--backend", choices=["extractive", "transformers", "openai"],
+    ev.add_argument("--backend", choices=sorted(GENERATORS),
                     help="also answer each question and score the answers")
     ev.add_argument("--answers", type=int, help="answer only the first N questions")
     ev.add_argument("--results", type=Path, help="write the retrieved contexts as score.py results JSONL")
     ev.add_argument("--json", action="store_true")
 
-    u = sub.add_parser("ui", help="start the web UI (Streamlit) on http://localhost:8501")
+    u = sub.add_parser("ui", parents=[common], help="start the web UI (Streamlit) on http://localhost:8501")
     u.add_argument("--port", type=int, default=8501)
     u.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all interfaces)")
 
-    st = sub.add_parser("status", help="documents, chunks, failures, model, index")
+    st = sub.add_parser("status", parents=[common], help="documents, chunks, failures, model, index")
     st.add_argument("--check", action="store_true",
                     help="also check the catalogue's and the index's integrity (exit 1 when damaged)")
     st.add_argument("--json", action="store_true")
 
-    rc = sub.add_parser("rebuild-catalogue", help="replace a damaged catalogue: re-index every collection "
+    rc = sub.add_parser("rebuild-catalogue", parents=[common], help="replace a damaged catalogue: re-index every collection "
                                                   "from its recorded folders (the damaged file is kept aside)")
     rc.add_argument("paths", nargs="*", help="folders of --collection (default: the folders it was synced from)")
     rc.add_argument("--force", action="store_true", help="rebuild even a catalogue that passes its integrity check")

@@ -4,7 +4,8 @@ holding `<script>`, links, images or `:color[...]` directives shows as plain tex
 from __future__ import annotations
 
 import re
-import unicodedata
+
+from kb.text import single_spaced
 
 _SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&])")
 
@@ -35,16 +36,12 @@ def label_escape(text: object) -> str:
     return md_escape(one_line)
 
 
-def _norm(text: str) -> str:
-    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip()
-
-
 def highlight(passage: str, sentences: list[str]) -> str:
     """The passage escaped, with each cited sentence that occurs in it marked with a background."""
-    text = _norm(passage)
+    text = single_spaced(passage)
     spans = []
     for sent in sentences:
-        s = _norm(sent).rstrip("…").strip()
+        s = single_spaced(sent).rstrip("…").strip()
         i = text.find(s) if s else -1
         if i >= 0:
             spans.append((i, i + len(s)))

@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kb.knowledge_base import KnowledgeBase  # noqa: E402
-from kb.settings import EmbeddingSettings, Settings  # noqa: E402
-from retrieval.dense import dense_search  # noqa: E402
+from kb.settings import EmbeddingSettings, RetrievalSettings, Settings  # noqa: E402
+from kb.vector_index import embedded_text  # noqa: E402
 
 SETS = ["debian_faq_zh", "debian_faq_en", "debian_faq_zh_bodies"]
 
@@ -41,17 +41,18 @@ def run(model: str, eval_dir: Path, sets: list[str]) -> list[dict]:
     rows = []
     for name in sets:
         with tempfile.TemporaryDirectory() as home:
-            settings = Settings(home=Path(home), embedding=EmbeddingSettings(model=model))
+            settings = Settings(home=Path(home), embedding=EmbeddingSettings(model=model),
+                                retrieval=RetrievalSettings(mode="dense"))
             kb = KnowledgeBase(settings=settings)
             t0 = time.perf_counter()
             report = kb.sync([eval_dir / name / "corpus"])
             ingest_s = time.perf_counter() - t0
-            index = kb.open_index()
+            retriever = kb.retriever()
             with kb.catalogue.session() as s:
                 from sqlalchemy import select
 
                 from kb.catalogue import Chunk
-                texts = [c.heading + "\n" + c.text if c.heading else c.text for c in s.scalars(select(Chunk))]
+                texts = [embedded_text(c.heading, c.text) for c in s.scalars(select(Chunk))]
             t0 = time.perf_counter()
             kb.embedder.embed_passages(texts[:256])
             embed_rate = min(256, len(texts)) / (time.perf_counter() - t0)
@@ -59,8 +60,11 @@ def run(model: str, eval_dir: Path, sets: list[str]) -> list[dict]:
             results = []
             t0 = time.perf_counter()
             for q in qa:
-                ctx = dense_search(q["question"], kb.embedder, index, kb.catalogue, k=10)
-                results.append({"id": q["id"], "contexts": [{"source": Path(c.source).name, "text": c.text[:1500]} for c in ctx]})
+                dense, _, _ = retriever.candidates(q["question"])
+                found = kb.catalogue.chunks_by_ids([i for i, _ in dense[:10]], kb.collection)
+                ctx = [found[i] for i, _ in dense[:10] if i in found]
+                results.append({"id": q["id"], "contexts": [{"source": Path(c.document.path).name,
+                                                             "text": c.text[:1500]} for c in ctx]})
             query_ms = (time.perf_counter() - t0) / len(qa) * 1000
             m = score(eval_dir, eval_dir / name / "qa.jsonl", results)
             row = {"model": kb.embedder.name, "set": name, "chunks": report.chunks_added,

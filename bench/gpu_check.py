@@ -102,7 +102,7 @@ def check_generator(device: str, small: bool, prompt_tokens: int, new_tokens: in
     from kb.settings import GeneratorSettings
     from retrieval.generators import TransformersGenerator
     from retrieval.prompt import build_prompt
-    from retrieval.retriever import Context
+    from retrieval.types import Context
     from tests.tiny_models import CHATML_TEMPLATE, corpus, train_tokenizer
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32

@@ -25,6 +25,7 @@ from sqlalchemy import select  # noqa: E402
 
 from kb.catalogue import Chunk  # noqa: E402
 from kb.knowledge_base import KnowledgeBase  # noqa: E402
+from kb.vector_index import embedded_text  # noqa: E402
 from kb.settings import EmbeddingSettings, Settings  # noqa: E402
 
 EVAL = ROOT.parent / "shared" / "eval"
@@ -43,7 +44,7 @@ def bench(corpus: Path, model: str) -> dict:
         again = kb.sync([corpus])
         noop_s = time.perf_counter() - t0
         with kb.catalogue.session() as s:
-            texts = [f"{c.heading}\n{c.text}" if c.heading else c.text for c in s.scalars(select(Chunk))]
+            texts = [embedded_text(c.heading, c.text) for c in s.scalars(select(Chunk))]
         t0 = time.perf_counter()
         kb.embedder.embed_passages(texts)
         encode_s = time.perf_counter() - t0

@@ -15,6 +15,7 @@ from langchain_text_splitters import RecursiveCharacterTextSplitter
 from ingest.extract import Extracted
 from kb.embeddings import Embedder
 from kb.settings import ChunkingSettings
+from kb.vector_index import embedded_text
 
 # Paragraphs, lines, then sentence ends (Chinese full-width and English), then clauses, words, chars.
 SEPARATORS = ["\n\n", "\n", "。", "！", "？", "；", ". ", "! ", "? ", "; ", "，", "、", ", ", " ", ""]
@@ -33,7 +34,7 @@ class ChunkDraft:
 
     @property
     def embed_text(self) -> str:
-        return f"{self.heading}\n{self.text}" if self.heading else self.text
+        return embedded_text(self.heading, self.text)
 
 
 def chunker_identity(cfg: ChunkingSettings) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import stat
 import time
@@ -32,8 +33,9 @@ from kb.embeddings import Embedder, text_hash
 from kb.errors import ExtractionError
 from kb.keyword_index import KeywordIndex
 from kb.settings import Settings
-from kb.vector_index import FaissIndex
+from kb.vector_index import FaissIndex, embedded_text
 
+log = logging.getLogger(__name__)
 Event = Callable[[str, str, str], None]  # (action, path, detail)
 
 
@@ -241,7 +243,7 @@ class IndexWriter:
 
     @staticmethod
     def _embed_text(row) -> str:  # noqa: ANN001 - a chunk row with text and heading
-        return ChunkDraft(row.text, None, row.heading, 0, 0, 0).embed_text
+        return embedded_text(row.heading, row.text)
 
     # -- embedding with cache --------------------------------------------------------------
     def _vectors(self, s: Session, items: list[tuple[str, str]], report: SyncReport) -> np.ndarray:
@@ -330,6 +332,8 @@ class IndexWriter:
         t0 = time.perf_counter()
         report = SyncReport()
         report.repaired = self.reconcile()
+        if any(report.repaired.values()):
+            log.warning("%s: repaired after an interrupted write: %s", self.collection, report.repaired)
         if self.rebuilt_damaged_index:
             report.repaired["damaged_index_rebuilt"] = 1
             self.index.save()
@@ -410,6 +414,8 @@ class IndexWriter:
         mime = MIME.get(f.suffix.lower())
         try:
             doc = extract(f, password, int(cfg.max_file_mb * 1e6))
+            for warning in doc.warnings:  # shown by `kb -v`, always in HOME/kb.log
+                log.info("%s: %s", f, warning)
             drafts = chunk_document(doc, self.embedder, self.settings.chunking)
             report.pages += doc.pages or 0
             with self.catalogue.session() as s:

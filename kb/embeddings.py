@@ -19,6 +19,7 @@ from tqdm import tqdm
 from kb.device import torch_device
 from kb.errors import EmbeddingError
 from kb.settings import EmbeddingSettings
+from kb.text import CJK
 
 
 class Embedder(Protocol):
@@ -219,7 +220,7 @@ class HashStandInEmbedder(_BatchedEmbedder):
     measured at a million chunks, which the real models would need hours to embed on two cores."""
 
     relevance_floor = 0.0
-    _WORDS = re.compile(r"[\u3400-\u9fff]|\w+")
+    _WORDS = re.compile(f"[{CJK}]|\\w+")
 
     def __init__(self, dim: int = 384, batch_size: int = 1024):
         self.name = f"hash-{dim}:stand-in-no-semantic-meaning"
@@ -242,8 +243,21 @@ class HashStandInEmbedder(_BatchedEmbedder):
         return np.vstack([np.random.default_rng(s).standard_normal(self._dim, dtype=np.float32) for s in seeds])
 
 
+_EMBEDDERS: dict[str, Embedder] = {}
+_EMBEDDERS_LOCK = threading.Lock()
+
+
 def make_embedder(cfg: EmbeddingSettings) -> Embedder:
-    """The embedder named by the settings (weights are loaded on first use)."""
+    """The embedder named by the settings, one per process for the same settings (every collection and
+    web session shares the loaded weights; calls are serialised per model anyway)."""
+    key = cfg.model_dump_json()
+    with _EMBEDDERS_LOCK:
+        if key not in _EMBEDDERS:
+            _EMBEDDERS[key] = _new_embedder(cfg)
+        return _EMBEDDERS[key]
+
+
+def _new_embedder(cfg: EmbeddingSettings) -> Embedder:
     name = cfg.model
     if re.fullmatch(r"hash-\d+", name):
         return HashStandInEmbedder(int(name.split("-")[1]))

@@ -29,6 +29,7 @@ import rjieba
 import tantivy
 
 from kb.errors import IndexCorruptError
+from kb.text import CJK, CJK_CHAR
 
 # -- terms -----------------------------------------------------------------------------------------
 # Part of the index identity (in the manifest): changing the rules makes every entry stale, and the
@@ -36,8 +37,7 @@ from kb.errors import IndexCorruptError
 TOKENIZER_ID = "jieba-rs-search+en-words-v2"
 
 # Runs of CJK ideographs, or ASCII words with inner dots/dashes/apostrophes (apt-get, 2.6.32, don't).
-_TOKEN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+|[a-z0-9_]+(?:[.\-'][a-z0-9_]+)*")
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_TOKEN = re.compile(f"[{CJK}]+|[a-z0-9_]+(?:[.\\-'][a-z0-9_]+)*")
 
 # Words so common they only add noise to BM25 (small on purpose: recall matters more than size).
 STOP_EN = frozenset(
@@ -76,7 +76,7 @@ def terms(text: str) -> list[str]:
     runs: list[str] = []
     for m in _TOKEN.finditer(text):
         tok = m.group()
-        if _CJK.match(tok):
+        if CJK_CHAR.match(tok):
             pieces.append(len(runs))
             runs.append(tok)
         elif tok not in STOP_EN:

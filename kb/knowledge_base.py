@@ -10,42 +10,39 @@ import datetime as dt
 import json
 import logging
 import os
-import re
 import shutil
 import stat
 import threading
 import time
-import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import select
 
 from ingest.chunking import chunker_identity
 from ingest.pipeline import Event, IndexWriter, SyncReport
-from kb.catalogue import Catalogue, Collection, Document, Evaluation, IngestRun, QueryLog
+from ingest.rebuild import CollectionLayout, full_rebuild, record_sources
+from ingest.uploads import Upload, store_uploads
+from kb import monitoring
+from kb.catalogue import Catalogue, Document, IngestRun
+from kb.monitoring import REBUILD_PREFIX
 from kb.device import faiss_gpu_count, torch_device
 from kb.embeddings import Embedder, make_embedder
-from kb.crash_points import crash_point
 from kb.errors import CatalogueError, ConfigError, IndexCorruptError, IndexMismatchError, NotFoundError
 from kb.keyword_index import ENGINE_ID, KeywordIndex
 from kb.locking import writer_died, writer_lock
 from kb.settings import Settings
 from kb.vector_index import FaissIndex
 from retrieval.answer import Answer, AnswerStream
-from retrieval.evaluation import RetrievalScores, hit, latency_table, load_qa, rouge_l
+from retrieval.evaluation import evaluate, load_qa
 from retrieval.generators import Generator, make_generator
-from retrieval.retriever import Context, Retrieval, Retriever, documents_named
+from retrieval.rerank import make_reranker
+from retrieval.retriever import Retriever, documents_named
+from retrieval.types import Context, Retrieval
 
 log = logging.getLogger(__name__)
-# A full rebuild fills this hidden collection, then swaps it in: readers keep the old one until then.
-REBUILD_PREFIX = "~rebuild~"
-
-
-def _under(path: str, roots: list[str]) -> bool:
-    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
 
 
 class KnowledgeBase:
@@ -167,165 +164,39 @@ class KnowledgeBase:
             self._record_sources()
             return report
 
-    # -- full rebuild, aside then swapped in -----------------------------------------------
-    def _held_paths(self, collection: str) -> dict[str, int]:
-        """Path -> chunk count of every document (indexed or failed) the collection holds."""
-        with self.catalogue.session() as s:
-            col = self.catalogue.collection(s, collection, create=False)
-            if col is None:
-                return {}
-            return dict(s.execute(select(Document.path, Document.chunk_count).where(Document.collection_id == col.id)).all())
-
+    # -- full rebuild, aside then swapped in (ingest/rebuild.py) ---------------------------
     def _rebuild(self, roots: list[str], progress: bool, on_event: Event | None) -> SyncReport:
-        """Re-extract and re-embed everything the collection holds into a hidden collection and index,
-        then swap both in at once. Readers keep the old documents until the swap; an interrupted rebuild
-        leaves the old collection untouched and the next `--full` resumes where it stopped."""
-        held = self._held_paths(self.collection)
-        if roots:
-            outside = sorted(p for p in held if not _under(p, roots))
-            if outside:
-                raise ConfigError(
-                    f"`--full` rebuilds the whole collection {self.collection!r}, and it also holds "
-                    f"{len(outside)} document(s) outside {', '.join(roots)} (e.g. {outside[0]}), which a rebuild "
-                    "from these folders alone would delete. Run `kb reindex --full` with no folders to rebuild "
-                    "everything it holds, name all of its folders, or remove those documents first (`kb remove`).")
-        else:
-            roots = self._held_roots(held)
-            if not roots:
-                raise ConfigError(f"collection {self.collection!r} holds nothing to rebuild; "
-                                  "name the folders: kb reindex --full PATH...")
-        shadow = REBUILD_PREFIX + self.collection
-        self._start_shadow(shadow, roots)
-        with self._writing(on_event, shadow) as writer:
-            report = writer.sync([Path(r) for r in roots], delete_missing=True, progress=progress,
-                                 command="reindex --full")
-        new = self._held_paths(shadow)
-        unread = sorted(p for p in held if p not in new and Path(p).exists())
-        if unread:  # a plain reindex would keep them; a swap would delete them
-            raise ConfigError(
-                f"{len(unread)} file(s) the collection holds could not be read (e.g. {unread[0]}); nothing was "
-                "swapped in and the old collection still answers. Fix their permissions or remove them "
-                "(`kb remove`), then run `kb reindex --full` again: it resumes the rebuild kept aside.")
-        self._swap_in(shadow, writer.index)
-        self._record_sources()
-        # The report compares what the collection held before with what it holds now.
-        failed = {p for p, _ in report.failed}
-        report.added = sorted(p for p in new if p not in held and p not in failed)
-        report.updated = sorted(p for p in new if p in held and p not in failed)
-        report.removed = sorted(p for p in held if p not in new)
-        report.unchanged = []
-        report.chunks_removed = sum(held.values())
-        report.chunks_added = sum(new.values())
-        return report
-
-    def _held_roots(self, held: dict[str, int]) -> list[str]:
-        """Where the collection's documents come from: every folder or file given to a reindex or an
-        ingest that still holds one of its documents, its uploads, and any other document's own path."""
-        with self.catalogue.session() as s:
-            col = self.catalogue.collection(s, self.collection, create=False)
-            runs = [] if col is None else s.scalars(select(IngestRun.roots).where(IngestRun.collection_id == col.id))
-            given = [r for roots in runs for r in roots or []]
-        if self.uploads_dir().exists():
-            given.append(str(self.uploads_dir().resolve()))
-        roots = [r for r in dict.fromkeys(given) if any(_under(p, [r]) for p in held)]
-        return roots + sorted(p for p in held if not _under(p, roots))
-
-    def _start_shadow(self, shadow: str, roots: list[str]) -> None:
-        """Keep what an interrupted rebuild with the same settings already did; otherwise start afresh."""
-        try:
-            self.open_index(shadow)
-            stale = [p for p in self._held_paths(shadow) if not _under(p, roots)]
-            if stale:
-                with self._writing(None, shadow) as writer:
-                    writer.remove(stale)
-        except (IndexMismatchError, IndexCorruptError):
-            with self.catalogue.session() as s:
-                s.execute(delete(Collection).where(Collection.name == shadow))
-            shutil.rmtree(self.index_dir(shadow), ignore_errors=True)
-
-    def _swap_in(self, shadow: str, index: FaissIndex) -> None:
-        """One catalogue transaction moves the rebuilt documents (with their chunks, postings and run)
-        into the collection and deletes the old ones; the rebuilt index file replaces the old one just
-        before it commits. A crash in between leaves the index ahead of the catalogue, which the next
-        writer's reconciliation repairs, and the rebuild is still there to swap in again."""
-        target = self.index_dir()
-        target.mkdir(parents=True, exist_ok=True)
-        with self.catalogue.session() as s:
-            col = self.catalogue.collection(s, self.collection)
-            aside = self.catalogue.collection(s, shadow)
-            s.execute(delete(Document).where(Document.collection_id == col.id))  # chunks cascade
-            for table in (Document, IngestRun):
-                s.execute(update(table).where(table.collection_id == aside.id).values(collection_id=col.id))
-            s.execute(delete(Collection).where(Collection.id == aside.id))
-            s.flush()
-            index.save()  # the shadow's files are current; copy them in atomically
-            # Until the commit, a crash must make the next writer compare the keyword index in full.
-            journal = target / "keywords.pending.json"
-            KeywordIndex.for_reading(self.keyword_dir()).write_journal({"full": True})
-            old_keywords = target / "keywords.old"
-            shutil.rmtree(old_keywords, ignore_errors=True)
-            if self.keyword_dir().exists():
-                self.keyword_dir().replace(old_keywords)
-            (index.directory / "keywords").replace(self.keyword_dir())
-            for name in ("index.faiss", "manifest.json"):
-                os.replace(index.directory / name, target / name)
-            crash_point("before_swap_commit", self.settings.crash_at)
-        journal.unlink(missing_ok=True)
-        shutil.rmtree(old_keywords, ignore_errors=True)
-        shutil.rmtree(index.directory, ignore_errors=True)
+        report = full_rebuild(self._layout(), roots, lambda c, e=None: self._writing(e, c), self.open_index,
+                              progress, on_event, self.settings.crash_at)
         self._reader_indexes.pop(self.collection, None)
         self._reader_keywords.pop(self.collection, None)
+        return report
+
+    def _layout(self) -> CollectionLayout:
+        return CollectionLayout(self.catalogue, self.collection, self.home / "collections", self.uploads_dir())
 
     def _record_sources(self) -> None:
-        """Where the collection's documents come from (every folder or file still holding one, its
-        uploads), kept beside its index after every write: `kb rebuild-catalogue` needs it when the
-        catalogue itself is lost."""
-        d = self.index_dir()
-        d.mkdir(parents=True, exist_ok=True)
-        tmp = d / "sources.json.tmp"
-        tmp.write_text(json.dumps({"roots": self._held_roots(self._held_paths(self.collection))},
-                                  ensure_ascii=False, indent=2))
-        tmp.replace(d / "sources.json")
+        record_sources(self._layout())
 
     # -- uploads (the web UI) ----------------------------------------------------------------
     def uploads_dir(self) -> Path:
         return self.home / "uploads" / self.collection
 
-    @staticmethod
-    def safe_upload_name(name: str) -> str:
-        """A file name that stays inside the uploads folder: no directories, no hidden or odd characters."""
-        name = unicodedata.normalize("NFC", name).replace("\\", "/").rsplit("/", 1)[-1]
-        name = re.sub(r"[^\w.\- ()\u3000-\u9fff]", "_", name).strip(" .")
-        return name[:200] or "upload"
-
-    def ingest_uploads(self, files: Iterable[tuple[str, int, Callable[[], bytes]]],
-                       on_event: Event | None = None, on_wait: Callable[[str], None] | None = None) -> SyncReport:
+    def ingest_uploads(self, files: Iterable[Upload], on_event: Event | None = None,
+                       on_wait: Callable[[str], None] | None = None) -> SyncReport:
         """Store uploaded files (name, size, read) in the data home and index them. A file over the size
         limit is refused before it is read; an upload with a known name is a new version of that document."""
-        limit = int(self.settings.ingest.max_file_mb * 1e6)
-        target = self.uploads_dir()
-        refused: list[tuple[str, str]] = []
-        paths: list[Path] = []
+        report = SyncReport()
         with self._write_lock(on_wait):
-            target.mkdir(parents=True, exist_ok=True)
-            for name, size, read in files:
-                safe = self.safe_upload_name(name)
-                if size > limit:
-                    refused.append((safe, f"too large: {size / 1e6:.1f} MB > {self.settings.ingest.max_file_mb:g} MB"))
-                    continue
-                tmp = target / f".{safe}.part"
-                tmp.write_bytes(read())
-                tmp.replace(target / safe)  # atomic: the document's file is never half-written
-                paths.append(target / safe)
-            report = SyncReport()
+            paths, refused = store_uploads(files, self.uploads_dir(), self.settings.ingest.max_file_mb)
             if paths:
                 with self._writing(on_event) as writer:
                     report = writer.sync(paths, delete_missing=False, command="upload")
                 self._record_sources()
-        for name, reason in refused:
-            report.failed.append((str(target / name), reason))
+        for path, reason in refused:
+            report.failed.append((path, reason))
             if on_event:
-                on_event("failed", str(target / name), reason)
+                on_event("failed", path, reason)
         return report
 
     def original(self, path: str) -> bytes | None:
@@ -403,12 +274,7 @@ class KnowledgeBase:
     # -- reads -----------------------------------------------------------------------------
     @cached_property
     def reranker(self):  # noqa: ANN201 - a sentence-transformers CrossEncoder, or None
-        name = self.settings.retrieval.reranker
-        if not name:
-            return None
-        from sentence_transformers import CrossEncoder
-
-        return CrossEncoder(name, device=torch_device(self.settings.embedding.device))
+        return make_reranker(self.settings.retrieval.reranker, self.settings.embedding.device)
 
     @staticmethod
     def _stamp(path: Path) -> tuple[int, int, int] | None:
@@ -508,105 +374,33 @@ class KnowledgeBase:
 
     def evaluate(self, qa_path: str | Path, backend: str | None = None, answer_limit: int | None = None,
                  results_out: str | Path | None = None, progress: bool = False) -> dict:
-        """Retrieval metrics (recall@1/3/5, MRR@10, nDCG@10; score.py's hit rule on the contexts as the
-        prompt sees them), latency per stage and queries/s; with a backend, answer metrics too."""
-        import time
-
-        from tqdm import tqdm
-
-        qa = load_qa(Path(qa_path))
-        chars = self.settings.retrieval.context_chars
-        top_k = self.settings.retrieval.top_k
-        retriever = self.retriever()
-        scores, timings, rows, retrievals = RetrievalScores(), [], [], []
-        t0 = time.perf_counter()
-        for q in tqdm(qa, desc="retrieving", unit="q", disable=not progress or None):
-            r = retriever.search(q["question"], top_k=max(10, top_k))
-            timings.append(r.timings)
-            scores.add([hit(c.source, c.text[:chars], q["source"], q["answer"]) for c in r.contexts])
-            rows.append({"id": q["id"], "contexts": [
-                {"source": Path(c.source).name, "page": c.page, "text": c.text[:chars], "score": round(c.score, 5),
-                 "chunk_id": c.chunk_id} for c in r.contexts]})
-            retrievals.append(r)
-        seconds = time.perf_counter() - t0
-        out = {"questions": len(qa), "collection": self.collection, "chunks": self.catalogue.counts(self.collection)["chunks"],
-               "chunk_tokens": self.settings.chunking.chunk_tokens, "context_chars": chars, **scores.metrics(),
-               "latency": latency_table(timings), "queries_per_s": round(len(qa) / seconds, 2)}
-        if results_out:
-            Path(results_out).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        if backend:
-            gen = self.generator(backend)
-            cited = cited_hits = sentences = supported = 0
-            rouge, answer_timings = [], []
-            for q, r in tqdm(list(zip(qa, retrievals))[:answer_limit], desc="answering", unit="q",
-                             disable=not progress or None):
-                top = Retrieval(r.question, r.contexts[:top_k], r.relevant, dict(r.timings))
-                a = AnswerStream(q["question"], top, gen, chars).result()
-                answer_timings.append(a.timings)
-                cited += len(a.citations)
-                cited_hits += sum(hit(c.source, c.text, q["source"], q["answer"]) for c in a.citations)
-                sentences += len(a.sentences)
-                supported += sum(1 for s in a.sentences if s["supported"])
-                rouge.append(rouge_l(re.sub(r"\[\d+\]", "", a.text), q["answer"]))
-            out["answers"] = {
-                "backend": gen.backend, "model": gen.model, "questions": len(rouge),
-                "citation_precision": round(cited_hits / cited, 4) if cited else 0.0,
-                "answer_support": round(supported / sentences, 4) if sentences else 0.0,
-                "rouge_l": round(sum(rouge) / len(rouge), 4) if rouge else 0.0,
-                "latency": latency_table(answer_timings),
-            }
-        return out
+        """Retrieval metrics on a QA set (and answer metrics with a backend): see retrieval/evaluation.py."""
+        metrics = evaluate(self.retriever(), load_qa(Path(qa_path)), self.settings.retrieval,
+                           self.generator(backend) if backend else None, answer_limit, results_out, progress)
+        return {"collection": self.collection, "chunks": self.catalogue.counts(self.collection)["chunks"],
+                "chunk_tokens": self.settings.chunking.chunk_tokens, **metrics}
 
     def record_evaluation(self, metrics: dict, qa_file: str, corpus: str | None) -> None:
-        with self.catalogue.session() as s:
-            col = self.catalogue.collection(s, self.collection)
-            s.add(Evaluation(collection_id=col.id, qa_file=qa_file, corpus=corpus, metrics=metrics))
+        monitoring.record_evaluation(self.catalogue, self.collection, metrics, qa_file, corpus)
 
     def _log(self, kind: str, question: str, r: Retrieval, answer: Answer | None) -> None:
-        with self.catalogue.session() as s:
-            col = self.catalogue.collection(s, self.collection)
-            s.add(QueryLog(
-                collection_id=col.id, kind=kind, question=question,
-                retrieved=[{"chunk_id": c.chunk_id, "score": round(c.score, 5)} for c in r.contexts],
-                found=answer.found if answer else r.relevant,
-                backend=answer.backend if answer else None, model=answer.model if answer else None,
-                timings={k: round(v, 5) for k, v in (answer.timings if answer else r.timings).items()},
-                prompt_tokens=(answer.usage or {}).get("prompt_tokens") if answer else None,
-                completion_tokens=(answer.usage or {}).get("completion_tokens") if answer else None,
-                answer=answer.text if answer else None,
-                citations=[{"n": c.n, "chunk_id": c.chunk_id, "page": c.page} for c in answer.citations] if answer else [],
-            ))
+        monitoring.log_query(
+            self.catalogue, self.collection, kind=kind, question=question,
+            retrieved=[{"chunk_id": c.chunk_id, "score": round(c.score, 5)} for c in r.contexts],
+            found=answer.found if answer else r.relevant,
+            backend=answer.backend if answer else None, model=answer.model if answer else None,
+            timings={k: round(v, 5) for k, v in (answer.timings if answer else r.timings).items()},
+            prompt_tokens=(answer.usage or {}).get("prompt_tokens") if answer else None,
+            completion_tokens=(answer.usage or {}).get("completion_tokens") if answer else None,
+            answer=answer.text if answer else None,
+            citations=[{"n": c.n, "chunk_id": c.chunk_id, "page": c.page} for c in answer.citations] if answer else [])
 
     def documents(self) -> list[dict]:
-        with self.catalogue.session() as s:
-            col = self.catalogue.collection(s, self.collection, create=False)
-            if col is None:
-                return []
-            return [
-                {"id": d.id, "path": d.path, "type": d.mime, "pages": d.pages, "chunks": d.chunk_count,
-                 "status": d.status, "error": d.error, "sha256": d.sha256, "size": d.size,
-                 "indexed_at": d.indexed_at.isoformat(timespec="seconds") + "Z"}
-                for d in s.scalars(select(Document).where(Document.collection_id == col.id).order_by(Document.path))
-            ]
+        return monitoring.documents(self.catalogue, self.collection)
 
     def metrics(self, last: int = 1000) -> dict:
         """Monitoring from the query log: latency p50/p95 per stage (ms) and queries per minute."""
-        import datetime as dt
-
-        with self.catalogue.session() as s:
-            col = self.catalogue.collection(s, self.collection, create=False)
-            rows = [] if col is None else s.execute(
-                select(QueryLog.asked_at, QueryLog.timings, QueryLog.found).where(QueryLog.collection_id == col.id)
-                .order_by(QueryLog.id.desc()).limit(last)).all()
-        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-        recent = [r for r in rows if (now - r.asked_at).total_seconds() <= 3600]
-        span_min = max(1.0, (now - min(r.asked_at for r in recent)).total_seconds() / 60) if recent else 1.0
-        return {
-            "queries": len(rows),
-            "not_found": sum(1 for r in rows if not r.found),
-            "queries_per_minute": round(len(recent) / span_min, 2),
-            "latency": latency_table([r.timings for r in rows if r.timings]),
-        }
+        return monitoring.query_metrics(self.catalogue, self.collection, last)
 
     def check(self) -> dict[str, list[str]]:
         """Integrity problems per part (`kb status --check`): the catalogue's own check, the index's
@@ -638,28 +432,14 @@ class KnowledgeBase:
         index = self.reader_index()
         keywords = self.reader_keywords()
         manifest = index.read_manifest() or {}
-        with self.catalogue.session() as s:
-            col = self.catalogue.collection(s, self.collection, create=False)
-            last = None
-            if col is not None:
-                run = s.scalar(select(IngestRun).where(IngestRun.collection_id == col.id)
-                               .order_by(IngestRun.id.desc()).limit(1))
-                if run is not None:
-                    last = {"command": run.command, "started_at": run.started_at.isoformat(timespec="seconds") + "Z",
-                            "finished": run.finished_at is not None, "seconds": run.seconds, "counts": run.counts}
-            collections = [n for n in s.scalars(select(Collection.name).order_by(Collection.name))
-                           if not n.startswith(REBUILD_PREFIX)]
-            evaluation = None if col is None else s.scalar(
-                select(Evaluation).where(Evaluation.collection_id == col.id).order_by(Evaluation.id.desc()).limit(1))
-            last_evaluation = None if evaluation is None else {
-                "finished_at": evaluation.finished_at.isoformat(timespec="seconds") + "Z", "qa_file": evaluation.qa_file,
-                "corpus": evaluation.corpus, **{k: v for k, v in evaluation.metrics.items() if k != "latency"}}
-        failures = [{"path": d["path"], "error": d["error"]} for d in self.documents() if d["status"] == "failed"]
+        last_run, last_evaluation = monitoring.history(self.catalogue, self.collection)
+        failures = [{"path": d["path"], "error": d["error"]}
+                    for d in monitoring.documents(self.catalogue, self.collection, failed_only=True)]
         db_file = self.home / "catalogue.sqlite3"
         return {
             "home": str(self.home.resolve()),
             "collection": self.collection,
-            "collections": collections,
+            "collections": monitoring.collection_names(self.catalogue),
             **counts,
             "failures": failures,
             "embedding_model": self.embedder.name,
@@ -674,7 +454,7 @@ class KnowledgeBase:
             "catalogue_url": self.settings.catalogue_url.split("@")[-1],
             "catalogue_bytes": db_file.stat().st_size if db_file.exists() else None,
             "device": {"torch": torch_device(self.settings.embedding.device), "faiss_gpus": faiss_gpu_count()},
-            "last_run": last,
+            "last_run": last_run,
             "last_evaluation": last_evaluation,
         }
 

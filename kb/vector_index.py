@@ -27,6 +27,11 @@ FORMAT_VERSION = 1
 REQUIRED_KEYS = frozenset({"format_version", "count", "checksum"})
 
 
+def embedded_text(heading: str | None, text: str) -> str:
+    """What is embedded (and keyword-indexed) for a chunk: its heading path, a newline, its text."""
+    return f"{heading}\n{text}" if heading else text
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:

@@ -8,10 +8,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from retrieval.citations import ParsedAnswer, ThinkSplitter, parse_answer
-from retrieval.generators import ExtractiveGenerator, Generator, TransformersGenerator
+from retrieval.citations import ParsedAnswer, parse_answer
+from retrieval.think import ThinkSplitter
+from retrieval.generators import Generator
 from retrieval.prompt import NOT_FOUND, build_prompt, language
-from retrieval.retriever import Context, Retrieval
+from retrieval.types import Context, Retrieval
 
 
 @dataclass
@@ -79,7 +80,7 @@ class AnswerStream:
                                  timings=timings)
             return
         prompt = build_prompt(self.question, r.contexts, self.context_chars)
-        splitter = ThinkSplitter(isinstance(gen, TransformersGenerator) and gen.starts_in_reasoning(prompt))
+        splitter = ThinkSplitter(gen.starts_in_reasoning(prompt))
         usage: dict = {}
         answer_parts: list[str] = []
         t0 = time.perf_counter()
@@ -110,7 +111,7 @@ class AnswerStream:
         return self._label(language(self.question))
 
     def _label(self, lang: str) -> str:
-        return ExtractiveGenerator.LABELS[lang] if isinstance(self.generator, ExtractiveGenerator) else self.generator.label
+        return self.generator.label_for(lang)
 
     def _finish(self, text: str, contexts: list[Context], lang: str, timings: dict, usage: dict) -> Answer:
         t0 = time.perf_counter()

@@ -1,13 +1,12 @@
-"""Citations in generated text: sentence splitting, [n] markers mapped to contexts, support checks,
-and keeping R1-style <think>…</think> reasoning apart from the answer (also while streaming)."""
+"""Citations in generated text: sentence splitting, [n] markers mapped to contexts, support checks."""
 
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import dataclass, field
 
 from kb.keyword_index import terms
+from kb.text import squashed
 
 # [1] [1, 2] [1][2] 【1】 — the forms models actually write.
 MARKER = re.compile(r"\[(\d+(?:\s*[,，、]\s*\d+)*)\]|【(\d+)】")
@@ -33,10 +32,6 @@ def split_sentences(text: str) -> list[str]:
     return out
 
 
-def _norm(text: str) -> str:
-    return re.sub(r"\s+", "", unicodedata.normalize("NFKC", text)).lower()
-
-
 @dataclass
 class CitedSentence:
     text: str  # without markers
@@ -58,8 +53,8 @@ class ParsedAnswer:
 
 def support(sentence: str, sources: list[str]) -> float:
     """1.0 when the sentence occurs verbatim in a source; else the share of its terms found there."""
-    norm = _norm(sentence)
-    if norm and any(norm in _norm(src) for src in sources):
+    norm = squashed(sentence)
+    if norm and any(norm in squashed(src) for src in sources):
         return 1.0
     words = set(terms(sentence))
     if not words:
@@ -94,42 +89,3 @@ def parse_answer(text: str, context_texts: list[str]) -> ParsedAnswer:
             cs.supported = cs.support >= SUPPORT_SHARE
         sentences.append(cs)
     return ParsedAnswer(clean.strip(), sentences, dropped)
-
-
-class ThinkSplitter:
-    """Splits streamed text into ('reasoning', …) and ('answer', …) pieces at <think> / </think>,
-    even when a tag arrives cut across two pieces."""
-
-    OPEN, CLOSE = "<think>", "</think>"
-
-    def __init__(self, in_think: bool = False):
-        self.in_think = in_think
-        self.buffer = ""
-
-    def feed(self, piece: str) -> list[tuple[str, str]]:
-        self.buffer += piece
-        out: list[tuple[str, str]] = []
-        while True:
-            tag = self.CLOSE if self.in_think else self.OPEN
-            i = self.buffer.find(tag)
-            if i >= 0:
-                self._emit(out, self.buffer[:i])
-                self.buffer = self.buffer[i + len(tag):]
-                self.in_think = not self.in_think
-                continue
-            # keep a possible partial tag at the end for the next piece
-            keep = next((n for n in range(min(len(tag) - 1, len(self.buffer)), 0, -1)
-                         if tag.startswith(self.buffer[-n:])), 0)
-            self._emit(out, self.buffer[: len(self.buffer) - keep])
-            self.buffer = self.buffer[len(self.buffer) - keep:]
-            return out
-
-    def flush(self) -> list[tuple[str, str]]:
-        out: list[tuple[str, str]] = []
-        self._emit(out, self.buffer)
-        self.buffer = ""
-        return out
-
-    def _emit(self, out: list[tuple[str, str]], text: str) -> None:
-        if text:
-            out.append(("reasoning" if self.in_think else "answer", text))

@@ -7,24 +7,29 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
+from tqdm import tqdm
+
+from kb.monitoring import latency_table
+from kb.settings import RetrievalSettings
+from kb.text import CJK, squashed
+from retrieval.answer import AnswerStream
+from retrieval.generators import Generator
+from retrieval.retriever import Retriever
+from retrieval.types import Retrieval
 
 KS = (1, 3, 5)
 MRR_K = NDCG_K = 10
 
 
-def norm(text: str) -> str:
-    return re.sub(r"\s+", "", unicodedata.normalize("NFKC", text)).lower()
-
-
 def hit(context_source: str, context_text: str, gold_source: str, gold_answer: str) -> bool:
     if Path(context_source).name != Path(gold_source).name:
         return False
-    gold, text = norm(gold_answer), norm(context_text)
+    gold, text = squashed(gold_answer), squashed(context_text)
     t = max(1, math.ceil(min(40, 0.5 * len(gold))))
     grams = {gold[i:i + t] for i in range(len(gold) - t + 1)}
     return any(text[i:i + t] in grams for i in range(len(text) - t + 1))
@@ -44,7 +49,7 @@ def load_qa(path: Path) -> list[dict]:
 
 def _tokens(text: str) -> list[str]:
     """Characters for Chinese, lower-cased words otherwise (the usual ROUGE-L units for each)."""
-    return re.findall(r"[\u3400-\u9fff]|[a-z0-9]+", unicodedata.normalize("NFKC", text).lower())
+    return re.findall(f"[{CJK}]|[a-z0-9]+", unicodedata.normalize("NFKC", text).lower())
 
 
 def rouge_l(candidate: str, reference: str) -> float:
@@ -80,11 +85,45 @@ class RetrievalScores:
         return {k: round(v, 4) for k, v in out.items()}
 
 
-def latency_table(timings: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    stages: dict[str, list[float]] = {}
-    for t in timings:
-        for k, v in t.items():
-            stages.setdefault(k, []).append(v * 1000)
-        stages.setdefault("total", []).append(sum(v for k, v in t.items() if k != "first_token") * 1000)
-    return {k: {"p50_ms": round(float(np.percentile(v, 50)), 2), "p95_ms": round(float(np.percentile(v, 95)), 2)}
-            for k, v in stages.items()}
+def evaluate(retriever: Retriever, qa: list[dict], cfg: RetrievalSettings, generator: Generator | None = None,
+             answer_limit: int | None = None, results_out: str | Path | None = None, progress: bool = False) -> dict:
+    """Retrieval metrics (recall@1/3/5, MRR@10, nDCG@10; score.py's hit rule on the contexts as the
+    prompt sees them), latency per stage and queries/s; with a generator, answer metrics too
+    (citation precision, answer support, ROUGE-L)."""
+    chars, top_k = cfg.context_chars, cfg.top_k
+    scores, timings, rows, retrievals = RetrievalScores(), [], [], []
+    t0 = time.perf_counter()
+    for q in tqdm(qa, desc="retrieving", unit="q", disable=not progress or None):
+        r = retriever.search(q["question"], top_k=max(10, top_k))
+        timings.append(r.timings)
+        scores.add([hit(c.source, c.text[:chars], q["source"], q["answer"]) for c in r.contexts])
+        rows.append({"id": q["id"], "contexts": [
+            {"source": Path(c.source).name, "page": c.page, "text": c.text[:chars], "score": round(c.score, 5),
+             "chunk_id": c.chunk_id} for c in r.contexts]})
+        retrievals.append(r)
+    seconds = time.perf_counter() - t0
+    out = {"questions": len(qa), "context_chars": chars, **scores.metrics(), "latency": latency_table(timings),
+           "queries_per_s": round(len(qa) / seconds, 2)}
+    if results_out:
+        Path(results_out).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    if generator is not None:
+        cited = cited_hits = sentences = supported = 0
+        rouge, answer_timings = [], []
+        for q, r in tqdm(list(zip(qa, retrievals))[:answer_limit], desc="answering", unit="q",
+                         disable=not progress or None):
+            top = Retrieval(r.question, r.contexts[:top_k], r.relevant, dict(r.timings))
+            a = AnswerStream(q["question"], top, generator, chars).result()
+            answer_timings.append(a.timings)
+            cited += len(a.citations)
+            cited_hits += sum(hit(c.source, c.text, q["source"], q["answer"]) for c in a.citations)
+            sentences += len(a.sentences)
+            supported += sum(1 for s in a.sentences if s["supported"])
+            rouge.append(rouge_l(re.sub(r"\[\d+\]", "", a.text), q["answer"]))
+        out["answers"] = {
+            "backend": generator.backend, "model": generator.model, "questions": len(rouge),
+            "citation_precision": round(cited_hits / cited, 4) if cited else 0.0,
+            "answer_support": round(supported / sentences, 4) if sentences else 0.0,
+            "rouge_l": round(sum(rouge) / len(rouge), 4) if rouge else 0.0,
+            "latency": latency_table(answer_timings),
+        }
+    return out

@@ -8,7 +8,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -17,6 +17,7 @@ from kb.errors import GeneratorError
 from kb.keyword_index import terms
 from kb.optional import require
 from kb.settings import GeneratorSettings
+from kb.text import CJK
 from retrieval.citations import split_sentences
 from retrieval.prompt import Prompt
 
@@ -32,15 +33,31 @@ class Generator(Protocol):
 
     def generate(self, prompt: Prompt, usage: dict | None = None) -> str: ...
 
+    def label_for(self, lang: str) -> str:
+        """The label in the question's language ("zh" or "en")."""
+        ...
+
+    def starts_in_reasoning(self, prompt: Prompt) -> bool:
+        """True when the output begins inside <think> (the prompt itself opened it)."""
+        ...
+
 
 class _Generate:
+    label: str
+
     def generate(self, prompt: Prompt, usage: dict | None = None) -> str:
         return "".join(self.stream(prompt, usage))
 
+    def label_for(self, lang: str) -> str:
+        return self.label
+
+    def starts_in_reasoning(self, prompt: Prompt) -> bool:
+        return False
+
 
 # -- extractive ------------------------------------------------------------------------------
-_CJK_END = re.compile(r"[\u3400-\u9fff\uff00-\uffef\u3000-\u303f]$")
-_CJK_START = re.compile(r"^[\u3400-\u9fff\uff00-\uffef\u3000-\u303f]")
+_CJK_END = re.compile(f"[{CJK}\uff00-\uffef\u3000-\u303f]$")  # ideographs and CJK punctuation
+_CJK_START = re.compile(f"^[{CJK}\uff00-\uffef\u3000-\u303f]")
 
 
 def unwrap_lines(text: str) -> str:
@@ -77,6 +94,9 @@ class ExtractiveGenerator(_Generate):
     MAX_SENTENCE_CHARS = 400
     RANK_PENALTY = 0.15  # per place in the retriever's ranking; measured with `kb eval --backend extractive`
     KEEP_SHARE = 0.5
+
+    def label_for(self, lang: str) -> str:
+        return self.LABELS[lang]
 
     def __init__(self, cfg: GeneratorSettings, context_chars: int = 1500):
         self.sentences = cfg.extract_sentences
@@ -331,10 +351,13 @@ def choose_backend(cfg: GeneratorSettings, device: str = "auto") -> str:
     return "transformers" if torch_device(device) == "cuda" and model_available_locally(cfg.model) else "extractive"
 
 
+# Every backend by name; the CLI's choices come from here. Each takes (settings, device, context_chars).
+GENERATORS: dict[str, Callable[[GeneratorSettings, str, int], Generator]] = {
+    "extractive": lambda cfg, device, chars: ExtractiveGenerator(cfg, chars),
+    "transformers": lambda cfg, device, chars: TransformersGenerator(cfg, device),
+    "openai": lambda cfg, device, chars: OpenAIGenerator(cfg),
+}
+
+
 def make_generator(cfg: GeneratorSettings, device: str = "auto", context_chars: int = 1500) -> Generator:
-    backend = choose_backend(cfg, device)
-    if backend == "transformers":
-        return TransformersGenerator(cfg, device)
-    if backend == "openai":
-        return OpenAIGenerator(cfg)
-    return ExtractiveGenerator(cfg, context_chars)
+    return GENERATORS[choose_backend(cfg, device)](cfg, device, context_chars)

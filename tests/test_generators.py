@@ -10,7 +10,7 @@ from kb.settings import GeneratorSettings
 from retrieval.answer import AnswerStream
 from retrieval.generators import TransformersGenerator, choose_backend, make_generator
 from retrieval.prompt import build_prompt
-from retrieval.retriever import Context, Retrieval
+from retrieval.types import Context, Retrieval
 from tests.tiny_models import build_deepseek_v3, build_qwen2
 
 CONTEXTS = [Context(1, 0.9, "Debian 是一个自由的操作系统。", 2, None, "/docs/guide.pdf", 1),

@@ -21,7 +21,7 @@ from kb.knowledge_base import KnowledgeBase
 from kb.settings import GeneratorSettings
 from retrieval.generators import OpenAIGenerator
 from retrieval.prompt import build_prompt
-from retrieval.retriever import Context
+from retrieval.types import Context
 from tests.tiny_models import build_qwen2
 
 CONTEXTS = [Context(1, 0.9, "Nightly backups run at 02:00.", None, None, "/docs/backup.md", 1)]

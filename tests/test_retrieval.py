@@ -75,11 +75,12 @@ def test_bm25_ranking_matches_the_textbook_formula(settings, corpus):
     from collections import Counter
 
     from kb.keyword_index import terms
+    from kb.vector_index import embedded_text
 
     kb = KnowledgeBase(settings=settings)
     kb.sync([corpus])
     chunks = kb.catalogue.chunks_by_ids(kb.catalogue.chunk_ids(kb.collection))
-    docs = {i: Counter(terms(f"{c.heading}\n{c.text}" if c.heading else c.text)) for i, c in chunks.items()}
+    docs = {i: Counter(terms(embedded_text(c.heading, c.text))) for i, c in chunks.items()}
     n, avgdl = len(docs), sum(sum(c.values()) for c in docs.values()) / len(docs)
     question = "clean the impeller of the pump; boil pasta"
     q = Counter(terms(question))

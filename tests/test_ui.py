@@ -6,6 +6,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app.render import WORD_JOINER, highlight, label_escape, md_escape
+from ingest.uploads import safe_upload_name
 from kb.knowledge_base import KnowledgeBase
 from tests.conftest import FAST_MODEL, ROOT
 
@@ -81,7 +82,7 @@ def test_markdown_escaping_and_highlighting():
     assert md_escape("<b>x</b> :red[y] [z](http://a)") == f"\\<b\\>x\\</b\\> \\:red\\[y\\] \\[z\\]\\(http{wj}\\://a\\)"
     assert md_escape("HTTPS://a.b www.a.b me@a.b") == f"HTTPS{wj}\\://a\\.b www{wj}\\.a\\.b me{wj}@a\\.b"
     # one-line labels: whitespace and line breaks collapsed, control and bidi-override characters dropped
-    assert label_escape(" [1] a\n\n# b\t![i](x)\u202egpj.exe\x00 ") == f"\\[1\\] a \\# b \\!\\[i\\]\\(x\\) gpj\\.exe"
+    assert label_escape(" [1] a\n\n# b\t![i](x)\u202egpj.exe\x00 ") == "\\[1\\] a \\# b \\!\\[i\\]\\(x\\) gpj\\.exe"
     marked = highlight("One. Two <i>three</i>. Four.", ["Two <i>three</i>."])
     assert marked == "One\\. :orange-background[Two \\<i\\>three\\</i\\>\\.] Four\\."
 
@@ -106,7 +107,7 @@ def test_uploads_are_sanitised_size_checked_and_indexed(settings, tmp_path):
     assert read_calls == [len(small)]  # the oversized file was refused before it was read
     assert report.failed and "too large" in report.failed[0][1]
     assert not (tmp_path / "etc").exists()
-    assert KnowledgeBase.safe_upload_name("..\\..\\a<b>.pdf") == "a_b_.pdf"
+    assert safe_upload_name("..\\..\\a<b>.pdf") == "a_b_.pdf"
     # a second upload with the same name is a new version of that document, not a second copy
     v2 = small.replace(b"twenty-five", b"thirty")
     report = kb.ingest_uploads([("leave policy.md", len(v2), reader(v2))])

@@ -1,0 +1,100 @@
+"""What status pages and `kb status` show, read straight from the catalogue: documents, the query log
+and its latency percentiles, ingest runs, evaluations. Each read is bounded (one row per document or
+per logged question, never a scan of every chunk)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+from sqlalchemy import select
+
+from kb.catalogue import Catalogue, Collection, Document, Evaluation, IngestRun, QueryLog, utcnow
+
+# A full rebuild fills this hidden collection, then swaps it in: never listed to users.
+REBUILD_PREFIX = "~rebuild~"
+
+
+def _iso(t: dt.datetime) -> str:
+    return t.isoformat(timespec="seconds") + "Z"
+
+
+def latency_table(timings: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    stages: dict[str, list[float]] = {}
+    for t in timings:
+        for k, v in t.items():
+            stages.setdefault(k, []).append(v * 1000)
+        stages.setdefault("total", []).append(sum(v for k, v in t.items() if k != "first_token") * 1000)
+    return {k: {"p50_ms": round(float(np.percentile(v, 50)), 2), "p95_ms": round(float(np.percentile(v, 95)), 2)}
+            for k, v in stages.items()}
+
+
+def collection_names(catalogue: Catalogue) -> list[str]:
+    with catalogue.session() as s:
+        return [n for n in s.scalars(select(Collection.name).order_by(Collection.name))
+                if not n.startswith(REBUILD_PREFIX)]
+
+
+def documents(catalogue: Catalogue, collection: str, failed_only: bool = False) -> list[dict]:
+    with catalogue.session() as s:
+        col = catalogue.collection(s, collection, create=False)
+        if col is None:
+            return []
+        q = select(Document).where(Document.collection_id == col.id)
+        if failed_only:
+            q = q.where(Document.status == "failed")
+        return [
+            {"id": d.id, "path": d.path, "type": d.mime, "pages": d.pages, "chunks": d.chunk_count,
+             "status": d.status, "error": d.error, "sha256": d.sha256, "size": d.size,
+             "indexed_at": _iso(d.indexed_at)}
+            for d in s.scalars(q.order_by(Document.path))
+        ]
+
+
+def log_query(catalogue: Catalogue, collection: str, **row) -> None:  # noqa: ANN003 - QueryLog's columns
+    with catalogue.session() as s:
+        col = catalogue.collection(s, collection)
+        s.add(QueryLog(collection_id=col.id, **row))
+
+
+def query_metrics(catalogue: Catalogue, collection: str, last: int = 1000) -> dict:
+    """From the last `last` logged questions: latency p50/p95 per stage (ms), queries per minute over
+    the last hour, how many found nothing."""
+    with catalogue.session() as s:
+        col = catalogue.collection(s, collection, create=False)
+        rows = [] if col is None else s.execute(
+            select(QueryLog.asked_at, QueryLog.timings, QueryLog.found).where(QueryLog.collection_id == col.id)
+            .order_by(QueryLog.id.desc()).limit(last)).all()
+    now = utcnow()
+    recent = [r for r in rows if (now - r.asked_at).total_seconds() <= 3600]
+    span_min = max(1.0, (now - min(r.asked_at for r in recent)).total_seconds() / 60) if recent else 1.0
+    return {
+        "queries": len(rows),
+        "not_found": sum(1 for r in rows if not r.found),
+        "queries_per_minute": round(len(recent) / span_min, 2),
+        "latency": latency_table([r.timings for r in rows if r.timings]),
+    }
+
+
+def record_evaluation(catalogue: Catalogue, collection: str, metrics: dict, qa_file: str, corpus: str | None) -> None:
+    with catalogue.session() as s:
+        col = catalogue.collection(s, collection)
+        s.add(Evaluation(collection_id=col.id, qa_file=qa_file, corpus=corpus, metrics=metrics))
+
+
+def history(catalogue: Catalogue, collection: str) -> tuple[dict | None, dict | None]:
+    """The collection's last ingest run and last evaluation (None when there is none)."""
+    with catalogue.session() as s:
+        col = catalogue.collection(s, collection, create=False)
+        if col is None:
+            return None, None
+        run = s.scalar(select(IngestRun).where(IngestRun.collection_id == col.id).order_by(IngestRun.id.desc()).limit(1))
+        ev = s.scalar(select(Evaluation).where(Evaluation.collection_id == col.id)
+                      .order_by(Evaluation.id.desc()).limit(1))
+        last_run = None if run is None else {
+            "command": run.command, "started_at": _iso(run.started_at), "finished": run.finished_at is not None,
+            "seconds": run.seconds, "counts": run.counts}
+        last_evaluation = None if ev is None else {
+            "finished_at": _iso(ev.finished_at), "qa_file": ev.qa_file, "corpus": ev.corpus,
+            **{k: v for k, v in ev.metrics.items() if k != "latency"}}
+        return last_run, last_evaluation

@@ -1,0 +1,25 @@
+"""What retrieval hands to answers, the CLI and the UI: ranked contexts and the retrieval around them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Context:
+    chunk_id: int
+    score: float  # the final ranking score (fused, or reranker's)
+    text: str
+    page: int | None
+    heading: str | None
+    source: str  # document path
+    document_id: int
+    signals: dict[str, float] = field(default_factory=dict)  # dense cosine, bm25, rrf, rerank
+
+
+@dataclass
+class Retrieval:
+    question: str
+    contexts: list[Context]
+    relevant: bool  # False: nothing in the collection passed the relevance floor
+    timings: dict[str, float]  # seconds per stage
