@@ -232,7 +232,8 @@ def _print_status(st: dict, as_json: bool) -> None:
         return
     print(f"home        {st['home']}  (collection {st['collection']!r}; all: {', '.join(st['collections']) or '-'})")
     print(f"documents   {st['documents']} ({st['indexed']} indexed, {st['failed']} failed)   chunks {st['chunks']}")
-    print(f"index       {st['index_type']}, {st['index_vectors']} vectors, {st['index_bytes'] / 1e6:.1f} MB, "
+    print(f"index       {st['index_type']}, {st['index_vectors']} vectors, {st['index_bytes'] / 1e6:.1f} MB; "
+          f"keywords {st['keyword_entries']}; "
           f"{'consistent' if st['consistent'] else 'INCONSISTENT (next reindex repairs it)'}")
     print(f"embedding   {st['embedding_model']} (dim {st['dimension']}) on {st['device']['torch']}; "
           f"chunks of {st['chunking']['chunk_tokens']} tokens")

@@ -2,6 +2,7 @@
 next run finishes the job without redoing committed files or duplicating chunks."""
 
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -28,16 +29,29 @@ def _env(home: Path, crash_at: str = "") -> dict:
     return env
 
 
-def _reindex(home: Path, corpus: Path, crash_at: str = "", kill_after_s: float | None = None) -> int:
+def _reindex(home: Path, corpus: Path, crash_at: str = "", kill_after_first_commit_s: float | None = None) -> int:
     cmd = [sys.executable, "-m", "app.cli", "reindex", str(corpus)]
     proc = subprocess.Popen(cmd, env=_env(home, crash_at), stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
-    if kill_after_s is not None:
-        try:
-            proc.wait(timeout=kill_after_s)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
+    if kill_after_first_commit_s is not None:
+        db = home / "catalogue.sqlite3"
+        while proc.poll() is None and _committed_documents(db) == 0:
+            time.sleep(0.05)
+        time.sleep(kill_after_first_commit_s)
+        proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=600)
     return proc.returncode
+
+
+def _committed_documents(db: Path) -> int:
+    import sqlite3
+
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
+            return conn.execute("SELECT count(*) FROM documents").fetchone()[0]
+    except sqlite3.Error:
+        return 0  # tables not created yet
 
 
 @pytest.fixture
@@ -66,11 +80,11 @@ def _committed_docs_are_whole(home: Path) -> int:
                                       "after_commit:1", "timed"])
 def test_sigkill_then_reindex_is_consistent(tmp_path, corpus, crash_at, monkeypatch):
     home = tmp_path / "home"
-    if crash_at == "timed":
-        code = _reindex(home, corpus, kill_after_s=9.0)  # wherever it happens to be
+    if crash_at == "timed":  # mid-way at a random moment: after the first committed file, before the end
+        code = _reindex(home, corpus, kill_after_first_commit_s=random.uniform(0.0, 1.0))
     else:
         code = _reindex(home, corpus, crash_at=crash_at)
-        assert code == -signal.SIGKILL
+    assert code == -signal.SIGKILL  # it really was killed, not finished
     committed = _committed_docs_are_whole(home) if (home / "catalogue.sqlite3").exists() else 0
 
     monkeypatch.setenv("KB_EMBEDDING__MODEL", FAST_MODEL)

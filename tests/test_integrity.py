@@ -99,6 +99,7 @@ def _damage_catalogue(home: Path, how: str) -> None:
         Path(str(db) + suffix).unlink(missing_ok=True)
 
 
+@pytest.mark.slow  # six CLI runs in subprocesses
 def test_damaged_catalogue_header_is_a_clear_error_then_rebuilt(indexed):
     home, corpus, _ = indexed
     _damage_catalogue(home, "header")
@@ -131,6 +132,7 @@ def test_partly_damaged_catalogue_is_found_by_the_check(indexed):
         assert r.returncode == 2 and "Traceback" not in r.stderr and "kb rebuild-catalogue" in r.stderr, r.stderr
 
 
+@pytest.mark.slow
 def test_library_warnings_go_to_the_log_not_the_terminal(tmp_path):
     """pypdf logs a warning per broken object (11,278 lines in one run): stderr stays quiet."""
     corpus = tmp_path / "corpus"

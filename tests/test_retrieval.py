@@ -108,7 +108,9 @@ def test_hybrid_search_ranks_exact_identifiers_and_reports_signals(settings, cor
     contexts = kb.search("what does XQZ4471 mean?")
     assert contexts[0].source.endswith("pump.md")
     assert {"dense", "bm25", "fused"} <= set(contexts[0].signals)
-    assert len(contexts) <= settings.retrieval.top_k == 3
+    assert len(contexts) == settings.retrieval.top_k == 3  # three documents, all retrieved, each once
+    assert len({c.chunk_id for c in contexts}) == 3 and [c.score for c in contexts] == sorted(
+        (c.score for c in contexts), reverse=True)
 
 
 def test_relevance_floor_says_nothing_relevant(settings, corpus):
@@ -184,3 +186,57 @@ def test_keyword_index_is_repaired_from_the_catalogue(settings, corpus):
     assert r.repaired["keyword_entries_repaired"] == len(real) and r.embedded == 0
     assert keywords_in_step(kb)
     assert keyword_search(kb, "XQZ4471").ranking
+
+
+def test_readers_see_a_writers_new_index(settings, corpus):
+    """A reader (a web session) keeps its loaded indexes and picks up what a writer saves afterwards."""
+    writer = KnowledgeBase(settings=settings)
+    writer.sync([corpus])
+    reader = KnowledgeBase(settings=settings)
+    reader.search("When does the cafeteria serve lasagne?", log=False)  # loads both indexes
+    before = reader.reader_index(), reader.reader_keywords()
+    (corpus / "menu.md").write_text("# Cafeteria\n\nThe cafeteria serves lasagne every Thursday at noon.\n")
+    writer.sync([corpus])
+    assert (reader.reader_index(), reader.reader_keywords()) != before  # reopened, not the stale copies
+    hits = keyword_search(reader, "lasagne cafeteria")
+    assert hits.ranking and reader.catalogue.chunks_by_ids([hits.ranking[0][0]])[hits.ranking[0][0]].document.path.endswith("menu.md")
+    assert reader.reader_index().count == writer.catalogue.counts(writer.collection)["chunks"]
+
+
+def test_reindex_all_resyncs_folders_and_uploads(settings, corpus):
+    kb = KnowledgeBase(settings=settings)
+    kb.sync([corpus])
+    kb.ingest_uploads([("policy.md", 40, lambda: b"# Policy\n\nLeave is twenty-five days a year.\n")])
+    (corpus / "pasta.md").unlink()
+    uploaded = kb.uploads_dir() / "policy.md"
+    uploaded.write_text("# Policy\n\nLeave is thirty days a year.\n")
+    r = kb.reindex_all()
+    assert r.removed == [str(corpus / "pasta.md")] and r.updated == [str(uploaded)]
+    assert keywords_in_step(kb) and keyword_search(kb, "thirty").ranking
+
+
+def test_a_cross_encoder_reranks_the_fused_candidates(settings, corpus, tmp_path):
+    """A real (tiny, random) sentence-transformers CrossEncoder built here: its scores decide the order."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from kb.embeddings import _bundled_minilm
+
+    path = tmp_path / "tiny-cross-encoder"
+    tok = AutoTokenizer.from_pretrained(_bundled_minilm())
+    tok.save_pretrained(path)
+    BertForSequenceClassification(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1,
+                                             num_attention_heads=2, intermediate_size=64,
+                                             num_labels=1)).save_pretrained(path)
+    ranked = settings.model_copy(update={"retrieval": settings.retrieval.model_copy(
+        update={"reranker": str(path), "min_dense_score": 0.0})})
+    kb = KnowledgeBase(settings=ranked)
+    kb.sync([corpus])
+    contexts = kb.search("what does XQZ4471 mean?", top_k=3, log=False)
+    scores = [c.signals["rerank"] for c in contexts]
+    assert contexts and scores == sorted(scores, reverse=True) and [c.score for c in contexts] == scores
+
+    from kb.errors import ConfigError
+    from retrieval.rerank import make_reranker
+
+    with pytest.raises(ConfigError, match="cannot load the reranker"):
+        make_reranker(str(tmp_path / "no-such-model"))

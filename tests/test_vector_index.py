@@ -56,3 +56,32 @@ def test_flat_index_stays_exact(tmp_path):
     assert np.allclose(index.reconstruct([5, 2_999, 7]), v[[5, 2_999, 7]])  # the vectorised copy keeps order
     _, got = index.search(v[:20], 1)
     assert got[:, 0].tolist() == list(range(20))
+
+
+def test_hnsw_removal_rebuilds_the_graph_without_the_removed_ids(tmp_path):
+    rng = np.random.default_rng(2)
+    v = clustered(2_000, rng)
+    identity = {"embedding_model": "test", "dimension": DIM, "normalized": True, "index_type": "hnsw"}
+    index = FaissIndex(tmp_path, identity, IndexSettings(type="hnsw"))
+    index.add(np.arange(2_000, dtype=np.int64), v)
+    index.remove([0, 1, 2])
+    assert index.kind == "hnsw" and index.count == 1_997 and not {0, 1, 2} & set(index.ids().tolist())
+    _, got = index.search(v[:3], 5)
+    assert not {0, 1, 2} & set(got.ravel().tolist())  # removed vectors are never returned
+    _, got = index.search(v[10:13], 1)
+    assert got[:, 0].tolist() == [10, 11, 12]  # the rest are still found
+
+
+def test_a_missing_optional_package_names_its_extra(monkeypatch):
+    import sys
+
+    import pytest
+
+    from kb.errors import MissingDependencyError
+    from kb.optional import require
+
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "peft", None)  # Python's own way to make an import fail
+        with pytest.raises(MissingDependencyError, match=r"pip install 'kb\[lora\]'"):
+            require("peft", "lora")
+    assert require("json", "none").dumps([1]) == "[1]"
