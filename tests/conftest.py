@@ -7,7 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 
+from kb.catalogue import Chunk, Document
 from kb.settings import ChunkingSettings, EmbeddingSettings, IngestSettings, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,3 +110,17 @@ def docs(tmp_path: Path) -> dict[str, Path]:
     }
     out["txt"].write_text("Debian 是一个自由的操作系统。它由志愿者开发！你想参与吗？\n\nDebian is free. Anyone may join.\n")
     return out
+
+
+def consistent(kb) -> tuple[int, int]:
+    """Index ids == catalogue ids, no duplicate chunk; returns (documents, chunks)."""
+    index_ids = kb.open_index().ids().tolist()
+    assert len(index_ids) == len(set(index_ids)), "duplicate vectors"
+    cat_ids = kb.catalogue.chunk_ids(kb.collection)
+    assert set(index_ids) == cat_ids, "index and catalogue disagree"
+    with kb.catalogue.session() as s:
+        dup = s.execute(select(Chunk.document_id, Chunk.ordinal, func.count()).group_by(
+            Chunk.document_id, Chunk.ordinal).having(func.count() > 1)).all()
+        assert not dup, dup
+        docs = s.scalar(select(func.count(Document.id)))
+    return docs, len(cat_ids)

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from kb.knowledge_base import KnowledgeBase
-from tests.conftest import FAST_MODEL, ROOT, SAMPLES
-from tests.test_sync import consistent
+from tests.conftest import FAST_MODEL, ROOT, SAMPLES, consistent
 
 QUESTION = "How do I get Debian?"
 

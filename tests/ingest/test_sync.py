@@ -5,28 +5,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
 
 from app.cli import main as cli
-from kb.catalogue import Chunk, Document
 from kb.errors import ConfigError, IndexMismatchError
 from kb.knowledge_base import KnowledgeBase
 from kb.settings import ChunkingSettings
-from tests.conftest import FAST_MODEL, SAMPLES, pdf_excerpt
-
-
-def consistent(kb: KnowledgeBase) -> tuple[int, int]:
-    """Index ids == catalogue ids, no duplicate chunk; returns (documents, chunks)."""
-    index_ids = kb.open_index().ids().tolist()
-    assert len(index_ids) == len(set(index_ids)), "duplicate vectors"
-    cat_ids = kb.catalogue.chunk_ids(kb.collection)
-    assert set(index_ids) == cat_ids, "index and catalogue disagree"
-    with kb.catalogue.session() as s:
-        dup = s.execute(select(Chunk.document_id, Chunk.ordinal, func.count()).group_by(
-            Chunk.document_id, Chunk.ordinal).having(func.count() > 1)).all()
-        assert not dup, dup
-        docs = s.scalar(select(func.count(Document.id)))
-    return docs, len(cat_ids)
+from tests.conftest import FAST_MODEL, SAMPLES, consistent, pdf_excerpt
 
 
 @pytest.fixture

@@ -16,10 +16,8 @@ from sqlalchemy import func, select
 from kb.catalogue import Chunk, Document
 from kb.knowledge_base import KnowledgeBase
 from kb.settings import Settings
-from tests.conftest import FAST_MODEL, SAMPLES
-from tests.test_sync import consistent
+from tests.conftest import FAST_MODEL, ROOT, SAMPLES, consistent
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _env(home: Path, crash_at: str = "") -> dict:
