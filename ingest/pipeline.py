@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
@@ -293,18 +293,17 @@ class IndexWriter:
                 doc.chunk_count = len(p.drafts)
                 doc.indexed_at = utcnow()
                 s.flush()
-                rows = [
-                    Chunk(document_id=doc.id, ordinal=i, text=d.text, page=d.page, heading=d.heading,
-                          char_start=d.char_start, char_end=d.char_end, token_count=d.token_count,
-                          embed_sha256=text_hash(d.embed_text))
-                    for i, d in enumerate(p.drafts)
-                ]
-                s.add_all(rows)
-                s.flush()  # assigns the chunk ids that become FAISS and keyword ids
-                if rows:
-                    new_ids += [r.id for r in rows]
-                    new_vecs.append(p.vectors)
-                    new_keywords += [(r.id, doc.id, d.embed_text) for r, d in zip(rows, p.drafts, strict=True)]
+                if not p.drafts:
+                    continue
+                # One bulk INSERT … RETURNING: the ids, in the drafts' order, become FAISS and keyword ids.
+                ids = list(s.scalars(insert(Chunk).returning(Chunk.id, sort_by_parameter_order=True), [
+                    {"document_id": doc.id, "ordinal": i, "text": d.text, "page": d.page, "heading": d.heading,
+                     "char_start": d.char_start, "char_end": d.char_end, "token_count": d.token_count,
+                     "terms": 0, "embed_sha256": text_hash(d.embed_text)}
+                    for i, d in enumerate(p.drafts)]))
+                new_ids += ids
+                new_vecs.append(p.vectors)
+                new_keywords += [(i, doc.id, d.embed_text) for i, d in zip(ids, p.drafts, strict=True)]
             # Both indexes commit before the catalogue: a crash in between leaves them ahead of it, which
             # reconciliation repairs (the keyword journal names the ids involved).
             self.keywords.stage(old_ids, new_keywords)

@@ -23,13 +23,14 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import rjieba
 import tantivy
 
 from kb.errors import IndexCorruptError
-from kb.text import CJK, CJK_CHAR
+from kb.text import CJK
 
 # -- terms -----------------------------------------------------------------------------------------
 # Part of the index identity (in the manifest): changing the rules makes every entry stale, and the
@@ -38,6 +39,7 @@ TOKENIZER_ID = "jieba-rs-search+en-words-v2"
 
 # Runs of CJK ideographs, or ASCII words with inner dots/dashes/apostrophes (apt-get, 2.6.32, don't).
 _TOKEN = re.compile(f"[{CJK}]+|[a-z0-9_]+(?:[.\\-'][a-z0-9_]+)*")
+_CJK_FIRST = CJK[0]  # the lowest code point of the CJK ranges
 
 # Words so common they only add noise to BM25 (small on purpose: recall matters more than size).
 STOP_EN = frozenset(
@@ -69,28 +71,37 @@ def _cjk_words(runs: list[str]) -> list[list[str]]:
     return out
 
 
+@lru_cache(maxsize=1 << 18)
+def _english(token: str) -> str | None:
+    """The term of an English token, None for a stop word (cached: words repeat, Zipf's law)."""
+    return None if token in STOP_EN else _stem(token)
+
+
 def terms(text: str) -> list[str]:
     """The keyword terms of a text, in order (repeats kept: term frequency matters)."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    pieces: list[str | int] = []  # an English term, or the index of a CJK run
-    runs: list[str] = []
-    for m in _TOKEN.finditer(text):
-        tok = m.group()
-        if CJK_CHAR.match(tok):
-            pieces.append(len(runs))
-            runs.append(tok)
-        elif tok not in STOP_EN:
-            pieces.append(_stem(tok))
+    tokens = _TOKEN.findall(unicodedata.normalize("NFKC", text).lower())
+    runs = [t for t in tokens if t[0] >= _CJK_FIRST]  # an ASCII token never starts that high
     if not runs:
-        return pieces  # type: ignore[return-value]
-    words = _cjk_words(runs)
+        return [w for w in map(_english, tokens) if w]
+    words = iter(_cjk_words(runs))
     out: list[str] = []
-    for p in pieces:
-        if isinstance(p, int):
-            out += words[p]
-        else:
-            out.append(p)
+    for t in tokens:
+        if t[0] >= _CJK_FIRST:
+            out += next(words)
+        elif w := _english(t):
+            out.append(w)
     return out
+
+
+def index_text(text: str) -> str:
+    """The same terms as `terms`, space-joined for the index, English first: the index keeps only
+    frequencies, so the order does not matter and the interleaving step is skipped (writes are hot)."""
+    tokens = _TOKEN.findall(unicodedata.normalize("NFKC", text).lower())
+    english = [w for t in tokens if t[0] < _CJK_FIRST and (w := _english(t))]
+    runs = [t for t in tokens if t[0] >= _CJK_FIRST]
+    if runs:
+        english += [w for w in rjieba.cut_for_search("\n".join(runs)) if w != "\n" and w not in STOP_ZH]
+    return " ".join(english)
 
 
 # -- the index -------------------------------------------------------------------------------------
@@ -191,8 +202,7 @@ class KeywordIndex:
         for cid in remove:
             w.delete_documents_by_term("chunk_id", int(cid))
         for cid, doc_id, text in add:
-            words = " ".join(t for t in terms(text) if len(t) <= 64)
-            w.add_document(tantivy.Document(chunk_id=int(cid), document_id=int(doc_id), **{_FIELD: words}))
+            w.add_document(tantivy.Document(chunk_id=int(cid), document_id=int(doc_id), **{_FIELD: index_text(text)}))
 
     def commit(self, removed: Iterable[int], added: Iterable[int]) -> None:
         """Journal the ids, then commit. The journal stays until `settled()` after the catalogue commits."""
@@ -234,7 +244,7 @@ class KeywordIndex:
     # -- search ----------------------------------------------------------------------------
     def search(self, question: str, k: int, document_ids: set[int] | None = None) -> KeywordHits:
         """BM25 top-k inside tantivy; document filters applied inside the engine too."""
-        query = Counter(t for t in terms(question) if len(t) <= 64)
+        query = Counter(terms(question))
         searcher = self.index.searcher()
         n = searcher.num_docs
         if not query or not n or document_ids == set():
