@@ -58,6 +58,7 @@ class FaissIndex:
         self.index_path = self.directory / "index.faiss"
         self.manifest_path = self.directory / "manifest.json"
         self._gpu_index = None
+        self._positions: dict[int, int] | None = None  # id -> row (flat; membership for all), until a change
         self.index = self._load_or_create()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -94,6 +95,7 @@ class FaissIndex:
         ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
         ivf.add_with_ids(vectors, ids)
         self.index = ivf
+        self._changed()
 
     def read_manifest(self) -> dict[str, Any] | None:
         """The manifest, None when there is none; IndexCorruptError when it is unreadable or incomplete."""
@@ -172,7 +174,7 @@ class FaissIndex:
         if len(ids) == 0:
             return
         self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64))
-        self._gpu_index = None
+        self._changed()
         if self.identity["index_type"] == "auto" and self.kind == "flat" and self.count > self.cfg.auto_ivf_above:
             self._to_ivf()
         elif self.kind == "ivf" and self._nlist_for(self.count) >= 4 * self.index.nlist:
@@ -188,7 +190,7 @@ class FaissIndex:
             self.index.remove_ids(faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids)))
         else:
             self.index.remove_ids(faiss.IDSelectorBatch(ids))
-        self._gpu_index = None
+        self._changed()
 
     def _rebuild_without(self, drop: set[int]) -> None:
         keep = [i for i in self.ids().tolist() if i not in drop]
@@ -203,13 +205,23 @@ class FaissIndex:
         if self.kind == "flat":  # one vectorised copy instead of a call per id
             flat = faiss.downcast_index(self.index.index)
             stored = faiss.rev_swig_ptr(flat.get_xb(), self.count * dim).reshape(self.count, dim)
-            pos = {int(i): n for n, i in enumerate(faiss.vector_to_array(self.index.id_map))}
+            pos = self._id_rows()
             return stored[[pos[int(i)] for i in ids]].astype(np.float32)
         return np.vstack([self.index.reconstruct(int(i)) for i in ids]).astype(np.float32)
 
+    def _id_rows(self) -> dict[int, int]:
+        """id -> row, built once per version of the index (a reader's index never changes)."""
+        if self._positions is None:
+            self._positions = {int(i): n for n, i in enumerate(self.ids())}
+        return self._positions
+
+    def _changed(self) -> None:
+        self._gpu_index = None
+        self._positions = None
+
     def holding(self, ids: list[int]) -> list[int]:
         """The ids this index holds, in order (a reader's index may be older than the catalogue)."""
-        held = set(self.ids().tolist())
+        held = self._id_rows()
         return [i for i in ids if i in held]
 
     # -- search ----------------------------------------------------------------------------
