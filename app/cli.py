@@ -67,6 +67,15 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--port", type=int, default=8501)
     u.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all interfaces)")
 
+    sv = sub.add_parser("serve", parents=[common], help="start the HTTP API (REST + OpenAI-compatible) with a job worker")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--workers", type=int, default=1, help="server processes (each also runs queued jobs)")
+    sv.add_argument("--no-jobs", action="store_true", help="run no jobs here (a separate `kb worker` does)")
+
+    w = sub.add_parser("worker", parents=[common], help="run queued upload/re-index jobs (for deployments)")
+    w.add_argument("--once", action="store_true", help="run the jobs waiting now, then exit")
+
     st = sub.add_parser("status", parents=[common], help="documents, chunks, failures, model, index")
     st.add_argument("--check", action="store_true",
                     help="also check the catalogue's and the index's integrity (exit 1 when damaged)")
@@ -209,37 +218,37 @@ def _eval(settings: Settings, args, progress: bool) -> int:  # noqa: ANN001
                 print(f"indexed {args.corpus}: {report.counts()['added']} added, {report.counts()['unchanged']} "
                       f"unchanged, {kb.catalogue.counts(kb.collection)['chunks']} chunks, {report.seconds:.1f}s",
                       file=sys.stderr)
-        metrics = kb.evaluate(args.qa, args.backend, args.answers, args.results, progress)
-    target.record_evaluation(metrics, str(args.qa.resolve()), str(args.corpus.resolve()) if args.corpus else None)
+        report = kb.evaluate(args.qa, args.backend, args.answers, args.results, progress)
+    target.record_evaluation(report, str(args.qa.resolve()), str(args.corpus.resolve()) if args.corpus else None)
     if args.json:
-        print(json.dumps(metrics, ensure_ascii=False, indent=2))
+        print(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
         return 0
-    print(f"{metrics['questions']} questions · {metrics['chunks']} chunks of {metrics['chunk_tokens']} tokens · "
-          f"contexts cut at {metrics['context_chars']} chars")
-    print("  " + "  ".join(f"{k} {metrics[k]:.3f}" for k in ("recall@1", "recall@3", "recall@5", "mrr@10", "ndcg@10")))
-    print(f"  {metrics['queries_per_s']} queries/s; latency p50/p95 ms: " + ", ".join(
-        f"{k} {v['p50_ms']:.1f}/{v['p95_ms']:.1f}" for k, v in metrics["latency"].items()))
-    if "answers" in metrics:
-        a = metrics["answers"]
+    print(f"{report.questions} questions · {report.chunks} chunks of {report.chunk_tokens} tokens · "
+          f"contexts cut at {report.context_chars} chars")
+    print("  " + "  ".join(f"{k} {v:.3f}" for k, v in report.retrieval.items()))
+    print(f"  {report.queries_per_s} queries/s; latency p50/p95 ms: " + ", ".join(
+        f"{k} {v['p50_ms']:.1f}/{v['p95_ms']:.1f}" for k, v in report.latency.items()))
+    if report.answers:
+        a = report.answers
         print(f"  answers ({a['backend']}, {a['questions']} questions): citation precision "
               f"{a['citation_precision']:.3f}, answer support {a['answer_support']:.3f}, ROUGE-L {a['rouge_l']:.3f}")
     return 0
 
 
-def _print_status(st: dict, as_json: bool) -> None:
+def _print_status(st, as_json: bool) -> None:  # noqa: ANN001 - kb.status.Status
     if as_json:
-        print(json.dumps(st, ensure_ascii=False, indent=2))
+        print(json.dumps(st.to_dict(), ensure_ascii=False, indent=2))
         return
-    print(f"home        {st['home']}  (collection {st['collection']!r}; all: {', '.join(st['collections']) or '-'})")
-    print(f"documents   {st['documents']} ({st['indexed']} indexed, {st['failed']} failed)   chunks {st['chunks']}")
-    print(f"index       {st['index_type']}, {st['index_vectors']} vectors, {st['index_bytes'] / 1e6:.1f} MB; "
-          f"keywords {st['keyword_entries']}; "
-          f"{'consistent' if st['consistent'] else 'INCONSISTENT (next reindex repairs it)'}")
-    print(f"embedding   {st['embedding_model']} (dim {st['dimension']}) on {st['device']['torch']}; "
-          f"chunks of {st['chunking']['chunk_tokens']} tokens")
-    for f in st["failures"]:
+    print(f"home        {st.home}  (collection {st.collection!r}; all: {', '.join(st.collections) or '-'})")
+    print(f"documents   {st.documents} ({st.indexed} indexed, {st.failed} failed)   chunks {st.chunks}")
+    print(f"index       {st.index_type}, {st.index_vectors} vectors, {st.index_bytes / 1e6:.1f} MB; "
+          f"keywords {st.keyword_entries}; "
+          f"{'consistent' if st.consistent else 'INCONSISTENT (next reindex repairs it)'}")
+    print(f"embedding   {st.embedding_model} (dim {st.dimension}) on {st.device['torch']}; "
+          f"chunks of {st.chunking['chunk_tokens']} tokens")
+    for f in st.failures:
         print(f"  FAILED {_shown(f['path'])}: {f['error']}")
-    for part, problems in st.get("check", {}).items():
+    for part, problems in st.check.items():
         print(f"check       {part}: " + ("ok" if not problems else "DAMAGED: " + "; ".join(problems)))
 
 
@@ -263,6 +272,39 @@ def _ui(settings: Settings, args) -> int:  # noqa: ANN001
         return 0
 
 
+def _serve(settings: Settings, args) -> int:  # noqa: ANN001
+    """uvicorn with the API; settings reach every server process through the environment."""
+    import os
+
+    import uvicorn
+
+    os.environ["KB_HOME"] = str(Path(args.home or settings.home).resolve())
+    os.environ["KB_COLLECTION"] = args.collection or settings.collection
+    os.environ["KB_SERVE_JOBS"] = "0" if args.no_jobs else "1"
+    print(f"kb: API for {os.environ['KB_HOME']} at http://{args.host}:{args.port} (docs at /docs)", flush=True)
+    uvicorn.run("app.api:app_from_environment", factory=True, host=args.host, port=args.port,
+                workers=args.workers, log_level="warning")
+    return 0
+
+
+def _worker(settings: Settings, args) -> int:  # noqa: ANN001
+    from app.worker import Worker
+
+    if args.home:
+        settings = settings.model_copy(update={"home": Path(args.home)})
+    worker = Worker(settings)
+    if args.once:
+        while (job := worker.run_once()) is not None:
+            print(f"job {job.id} ({job.kind}, {job.collection}): {job.status}" + (f": {job.error}" if job.error else ""))
+        return 0
+    print(f"kb: worker {worker.name} waiting for jobs in {settings.catalogue_url.split('@')[-1]}", flush=True)
+    try:
+        worker.run_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -270,11 +312,16 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - invalid env/toml values
         print(f"kb: configuration error: {exc}", file=sys.stderr)
         return 2
-    from kb.knowledge_base import KnowledgeBase, rebuild_catalogue
+    from app.recovery import rebuild_catalogue
+    from kb.knowledge_base import KnowledgeBase
 
     _configure_logging(Path(args.home or settings.home), args.verbose)
     if args.command == "ui":
         return _ui(settings, args)
+    if args.command == "serve":
+        return _serve(settings, args)
+    if args.command == "worker":
+        return _worker(settings, args)
     if args.command == "eval":
         try:
             return _eval(settings, args, sys.stderr.isatty())
@@ -314,13 +361,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             if args.check:  # before status, which would otherwise stop at the first damage it meets
                 problems = kb.check()
-                st = kb.status() if not any(problems.values()) else {"home": str(kb.home), "check": problems}
-                st["check"] = problems
-                if args.json or any(problems.values()):
-                    print(json.dumps(st, ensure_ascii=False, indent=2) if args.json else
-                          "\n".join(f"{k}: DAMAGED: {'; '.join(v)}" for k, v in problems.items() if v))
+                if not any(problems.values()):
+                    st = kb.status()
+                    st.check = problems
+                    _print_status(st, args.json)
+                elif args.json:
+                    print(json.dumps({"home": str(kb.home), "check": problems}, ensure_ascii=False, indent=2))
                 else:
-                    _print_status(st, False)
+                    print("\n".join(f"{k}: DAMAGED: {'; '.join(v)}" for k, v in problems.items() if v))
                 return 1 if any(problems.values()) else 0
             _print_status(kb.status(), args.json)
             return 0

@@ -3,11 +3,13 @@ documents; status and monitoring. Every action is one KnowledgeBase call; all te
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import streamlit as st
 
 from app.render import highlight, label_escape, md_escape
+from app.worker import Worker
 from ingest.extract import MIME
 from kb.errors import KBError
 from kb.knowledge_base import KnowledgeBase
@@ -82,79 +84,104 @@ def chat(kb: KnowledgeBase) -> None:
     history.append((question, answer))
 
 
+@st.cache_resource(show_spinner=False)
+def job_worker(home: str) -> Worker:
+    """The embedded default runs queued uploads and re-indexing in a thread of this server (deployments
+    run `kb worker` instead and set KB_UI_JOBS=0); the page only submits and watches."""
+    return Worker(Settings()).start()
+
+
+def job_line(job) -> str:  # noqa: ANN001 - kb.jobs.Job
+    p = job.progress
+    if job.status == "queued":
+        return f"Job {job.id} ({job.kind}): queued"
+    if job.status == "running":
+        where = p.get("waiting") or (Path(p["current"]).name if p.get("current") else "starting")
+        of = f"/{p['total']}" if p.get("total") is not None else ""
+        return f"Job {job.id} ({job.kind}): {p.get('done', 0)}{of} files — {where}"
+    return f"Job {job.id} ({job.kind}): {job.status}" + (f" — {job.error}" if job.error else "")
+
+
+@st.fragment(run_every=1.0)
+def job_progress(kb: KnowledgeBase) -> None:
+    """Re-runs on its own every second while the rest of the page stays usable; when a job this page
+    follows finishes, its per-file results are shown and the document list refreshed."""
+    followed = st.session_state.setdefault(("jobs", kb.collection), [])
+    for job in [j for j in kb.jobs.recent(kb.collection, 10) if not j.finished]:
+        st.progress(min(1.0, job.progress.get("done", 0) / max(1, job.progress.get("total") or 1)),
+                    text=label_escape(job_line(job)))
+    for job_id in list(followed):
+        job = kb.jobs.get(job_id)
+        if job.finished:
+            followed.remove(job_id)
+            st.session_state["upload_results"] = [
+                {"file": Path(f["path"]).name, "result": f["result"] + (f": {f['reason']}" if f.get("reason") else "")}
+                for f in (job.result or {}).get("files", [])] or [{"file": "-", "result": job_line(job)}]
+            st.rerun(scope="app")
+
+
 def documents(kb: KnowledgeBase) -> None:
+    if os.environ.get("KB_UI_JOBS", "1") == "1":
+        job_worker(str(kb.home))
     limit = kb.settings.ingest.max_file_mb
     round_key = st.session_state.setdefault("upload_round", 0)
     files = st.file_uploader(f"Add documents (up to {limit:g} MB each)", accept_multiple_files=True,
                              type=sorted(ext.lstrip(".") for ext in MIME), key=f"upload-{round_key}")
+    followed = st.session_state.setdefault(("jobs", kb.collection), [])
     if files and st.button("Add to the knowledge base", type="primary"):
-        bar = st.progress(0.0, text="Extracting and embedding…")
-        done: list[tuple[str, str, str]] = []
-
-        def on_event(action: str, path: str, detail: str) -> None:
-            done.append((Path(path).name, action, detail))
-            bar.progress(min(1.0, len(done) / len(files)), text=label_escape(f"{Path(path).name}: {action} {detail}"))
-
-        try:
-            report = kb.ingest_uploads([(f.name, f.size, f.getvalue) for f in files], on_event=on_event,
-                                       on_wait=wait_notice)
-        except KBError as exc:
-            st.error(md_escape(str(exc)))
-            return
-        bar.progress(1.0, text="Done")
-        st.session_state["upload_results"] = [
-            {"file": name, "result": ("failed: " + detail) if action == "failed" else f"{action}: {detail}"}
-            for name, action, detail in done] + [
-            {"file": Path(p).name, "result": "unchanged (already indexed)"} for p in report.unchanged]
+        job, refused = kb.submit_uploads([(f.name, f.size, f.getvalue) for f in files])
+        if job is not None:
+            followed.append(job.id)
+            if os.environ.get("KB_UI_JOBS", "1") == "1":
+                job_worker(str(kb.home)).wake.set()
+        st.session_state["upload_results"] = [{"file": Path(p).name, "result": f"refused: {r}"} for p, r in refused]
         st.session_state["upload_round"] = round_key + 1  # clears the uploader
         st.rerun()
+    job_progress(kb)
     if st.session_state.get("upload_results"):
         st.dataframe(st.session_state["upload_results"], hide_index=True, width="stretch")
 
     docs = kb.documents()
     st.subheader(f"{len(docs)} documents")
     if docs:
-        st.dataframe([{"name": Path(d["path"]).name, "type": d["type"], "pages": d["pages"], "chunks": d["chunks"],
-                       "status": d["status"], "indexed": d["indexed_at"], "error": d["error"] or ""} for d in docs],
+        st.dataframe([{"name": Path(d.path).name, "type": d.type, "pages": d.pages, "chunks": d.chunks,
+                       "status": d.status, "indexed": d.indexed_at, "error": d.error or ""} for d in docs],
                      hide_index=True, width="stretch")
         left, right = st.columns(2)
         with left:
-            choice = st.selectbox("Document", [d["id"] for d in docs],
-                                  format_func=lambda i: next(Path(d["path"]).name for d in docs if d["id"] == i))
+            choice = st.selectbox("Document", [d.id for d in docs],
+                                  format_func=lambda i: next(Path(d.path).name for d in docs if d.id == i))
             if st.button("Delete document"):
                 removed = kb.remove(str(choice), on_wait=wait_notice)
                 st.success(label_escape(f"Removed {Path(removed[0]).name}"))
                 st.rerun()
         with right:
             if st.button("Re-index collection"):
-                with st.spinner("Re-indexing…"):
-                    report = kb.reindex_all(on_wait=wait_notice)
-                c = report.counts()
-                st.success(f"added {c['added']} · updated {c['updated']} · removed {c['removed']} · "
-                           f"unchanged {c['unchanged']} · failed {c['failed']}")
+                followed.append(kb.submit_reindex().id)
+                st.rerun()
 
 
 def status(kb: KnowledgeBase) -> None:
     st_ = kb.status()
     gen = kb.generator()
     cols = st.columns(4)
-    cols[0].metric("Documents", st_["documents"], help=f"{st_['failed']} failed")
-    cols[1].metric("Chunks", st_["chunks"])
-    cols[2].metric("Index vectors", st_["index_vectors"], help="consistent" if st_["consistent"] else "inconsistent")
-    cols[3].metric("Device", st_["device"]["torch"].upper())
-    st.markdown(md_escape(f"Answers: {gen.label}. Embeddings: {st_['embedding_model']} (dim {st_['dimension']}). "
-                          f"Index: {st_['index_type']}, {st_['index_bytes'] / 1e6:.1f} MB. "
-                          f"FAISS GPUs: {st_['device']['faiss_gpus']}."))
+    cols[0].metric("Documents", st_.documents, help=f"{st_.failed} failed")
+    cols[1].metric("Chunks", st_.chunks)
+    cols[2].metric("Index vectors", st_.index_vectors, help="consistent" if st_.consistent else "inconsistent")
+    cols[3].metric("Device", st_.device["torch"].upper())
+    st.markdown(md_escape(f"Answers: {gen.label}. Embeddings: {st_.embedding_model} (dim {st_.dimension}). "
+                          f"Index: {st_.index_type}, {st_.index_bytes / 1e6:.1f} MB. "
+                          f"FAISS GPUs: {st_.device['faiss_gpus']}."))
     m = kb.metrics()
     st.subheader("Queries")
     c = st.columns(3)
-    c[0].metric("Logged", m["queries"])
-    c[1].metric("Per minute (last hour)", m["queries_per_minute"])
-    c[2].metric("Not found", m["not_found"])
-    if m["latency"]:
-        st.dataframe([{"stage": k, "p50 ms": v["p50_ms"], "p95 ms": v["p95_ms"]} for k, v in m["latency"].items()],
+    c[0].metric("Logged", m.queries)
+    c[1].metric("Per minute (last hour)", m.queries_per_minute)
+    c[2].metric("Not found", m.not_found)
+    if m.latency:
+        st.dataframe([{"stage": k, "p50 ms": v["p50_ms"], "p95 ms": v["p95_ms"]} for k, v in m.latency.items()],
                      hide_index=True)
-    if evaluation := st_.get("last_evaluation"):
+    if evaluation := st_.last_evaluation:
         st.subheader("Latest evaluation")
         st.json(evaluation)
 
@@ -173,7 +200,7 @@ def main() -> None:
     settings = Settings()
     home = str(Path(settings.home).resolve())
     try:
-        known = knowledge_base(home, settings.collection).status()["collections"]
+        known = knowledge_base(home, settings.collection).status().collections
     except KBError as exc:
         st.error(label_escape(str(exc)))
         known = []

@@ -70,7 +70,7 @@ def kb_run(corpus: Path, qa_path: Path, model: str) -> dict:
         t0 = time.perf_counter()
         kb.sync([docs])
         ingest_s = time.perf_counter() - t0
-        m = kb.evaluate(qa_path)
+        m = kb.evaluate(qa_path).to_dict()
         # re-indexing: nothing changed, then one file edited (LangChain's pipeline rebuilds everything)
         t0 = time.perf_counter()
         kb.sync([docs])

@@ -154,7 +154,7 @@ def main() -> None:
         retriever.search(qs[0])  # warm-up: model and jieba load
         t0 = time.perf_counter()
         timings = [retriever.search(q).timings for q in qs]
-        end_to_end = {"home": str(args.home), "chunks": kb.status()["chunks"], "questions": len(qs),
+        end_to_end = {"home": str(args.home), "chunks": kb.status().chunks, "questions": len(qs),
                       "qps": round(len(qs) / (time.perf_counter() - t0), 1), "latency": latency_table(timings)}
         print(json.dumps(end_to_end), flush=True)
     print("\n| chunks | index | build s | p50 ms | p95 ms | q/s single | q/s batched | recall@10 | bound q/s (flat) |")

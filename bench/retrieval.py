@@ -79,7 +79,7 @@ def main() -> None:
         status = kb.status()
         for v, results in runs.items():
             m = scorer.score(qa, results)
-            row = {"set": name, "variant": v, "chunks": status["chunks"], "chunk_tokens": args.chunk_tokens,
+            row = {"set": name, "variant": v, "chunks": status.chunks, "chunk_tokens": args.chunk_tokens,
                    "ingest_s": round(ingest_s, 1), "candidates_ms": round(query_ms, 1),
                    **{k: round(m[k], 3) for k in ("recall@1", "recall@3", "recall@5", "mrr@10")}}
             rows.append(row)

@@ -147,22 +147,14 @@ def extract_pdf(path: Path, password: str | None = None) -> Extracted:
 # -- formats handled by unstructured -------------------------------------------------------------
 
 def _partition(kind: str) -> Callable:
+    """unstructured's partitioner for a kind (imported on first use: unstructured is slow to import)."""
+    import importlib
+
     from ingest.unstructured_offline import prepare_unstructured
 
     prepare_unstructured()
-    if kind == "docx":
-        from unstructured.partition.docx import partition_docx as fn
-    elif kind == "pptx":
-        from unstructured.partition.pptx import partition_pptx as fn
-    elif kind == "xlsx":
-        from unstructured.partition.xlsx import partition_xlsx as fn
-    elif kind == "html":
-        from unstructured.partition.html import partition_html as fn
-    elif kind == "md":
-        from unstructured.partition.md import partition_md as fn
-    else:
-        from unstructured.partition.text import partition_text as fn
-    return fn
+    module = "text" if kind == "text" else kind
+    return getattr(importlib.import_module(f"unstructured.partition.{module}"), f"partition_{module}")
 
 
 @dataclass
@@ -254,20 +246,48 @@ def _docx_hard_page_numbers(path: Path, blocks: list[Block]) -> int | None:
     return page
 
 
-MIME = {
-    ".pdf": "application/pdf",
-    ".docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
-    ".pptx": "application/vnd.openxmlformats-officedocument.presentationml.presentation",
-    ".xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-    ".html": "text/html",
-    ".htm": "text/html",
-    ".md": "text/markdown",
-    ".markdown": "text/markdown",
-    ".txt": "text/plain",
+@dataclass(frozen=True)
+class Format:
+    """One supported file type: its MIME type, how it is read, and (for ZIP containers) the part a real
+    file of this type must hold."""
+    mime: str
+    extract: Callable[[Path, str | None], Extracted]  # (path, PDF password) -> Extracted
+    container_part: str | None = None
+
+
+def _unstructured(kind: str, mime: str) -> Callable[[Path, str | None], Extracted]:
+    def extract_with_unstructured(path: Path, password: str | None) -> Extracted:
+        try:
+            elements = _partition(kind)(filename=str(path))
+        except ExtractionError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - parsers raise many types on hostile input
+            raise ExtractionError(CORRUPT, f"{type(exc).__name__}: {exc}") from exc
+        blocks, pages = _elements_to_blocks(elements, kind)
+        if kind == "docx" and pages is None:
+            pages = _docx_hard_page_numbers(path, blocks)
+        return Extracted(blocks, mime, pages)
+    return extract_with_unstructured
+
+
+def _read_by_unstructured(kind: str, mime: str, container_part: str | None = None) -> Format:
+    return Format(mime, _unstructured(kind, mime), container_part)
+
+
+_OOXML = "application/vnd.openxmlformats-officedocument."
+# Every supported suffix: adding a format is one entry here (the web page's file types follow).
+FORMATS: dict[str, Format] = {
+    ".pdf": Format("application/pdf", extract_pdf),
+    ".docx": _read_by_unstructured("docx", _OOXML + "wordprocessingml.document", "word/document.xml"),
+    ".pptx": _read_by_unstructured("pptx", _OOXML + "presentationml.presentation", "ppt/presentation.xml"),
+    ".xlsx": _read_by_unstructured("xlsx", _OOXML + "spreadsheetml.sheet", "xl/workbook.xml"),
+    ".html": _read_by_unstructured("html", "text/html"),
+    ".htm": _read_by_unstructured("html", "text/html"),
+    ".md": _read_by_unstructured("md", "text/markdown"),
+    ".markdown": _read_by_unstructured("md", "text/markdown"),
+    ".txt": _read_by_unstructured("text", "text/plain"),
 }
-_KIND = {".docx": "docx", ".pptx": "pptx", ".xlsx": "xlsx", ".html": "html", ".htm": "html",
-         ".md": "md", ".markdown": "md", ".txt": "text"}
-_OOXML_PART = {"docx": "word/document.xml", "pptx": "ppt/presentation.xml", "xlsx": "xl/workbook.xml"}
+MIME = {suffix: f.mime for suffix, f in FORMATS.items()}
 
 
 def supported_suffixes() -> list[str]:
@@ -278,18 +298,19 @@ def _check_content(path: Path, suffix: str) -> None:
     """The bytes must be what the extension claims: a renamed or truncated file is 'corrupt'."""
     with open(path, "rb") as f:
         head = f.read(1024)
+    part = FORMATS[suffix].container_part
     if suffix == ".pdf":
         if b"%PDF-" not in head:
             raise ExtractionError(CORRUPT, "not a PDF (no %PDF header)")
-    elif _KIND.get(suffix) in _OOXML_PART:
-        kind = _KIND[suffix]
+    elif part:
+        kind = suffix.lstrip(".").upper()
         if not zipfile.is_zipfile(path):
             if head.startswith(b"\xd0\xcf\x11\xe0"):
                 raise ExtractionError(ENCRYPTED, "password-protected Office file (or legacy .doc format)")
-            raise ExtractionError(CORRUPT, f"not a {kind.upper()} file (not a ZIP container)")
+            raise ExtractionError(CORRUPT, f"not a {kind} file (not a ZIP container)")
         with zipfile.ZipFile(path) as z:
-            if _OOXML_PART[kind] not in z.namelist():
-                raise ExtractionError(CORRUPT, f"not a {kind.upper()} file (no {_OOXML_PART[kind]})")
+            if part not in z.namelist():
+                raise ExtractionError(CORRUPT, f"not a {kind} file (no {part})")
     elif b"\x00" in head and not head.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise ExtractionError(CORRUPT, "binary content in a text file")
 
@@ -298,7 +319,7 @@ def extract(path: Path, pdf_password: str | None = None, max_bytes: int | None =
     """Extract one file or raise ExtractionError(reason, detail)."""
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in MIME:
+    if suffix not in FORMATS:
         raise ExtractionError(UNSUPPORTED, f"{suffix or 'no extension'} (supported: {', '.join(supported_suffixes())})")
     size = path.stat().st_size
     if size == 0:
@@ -306,22 +327,7 @@ def extract(path: Path, pdf_password: str | None = None, max_bytes: int | None =
     if max_bytes is not None and size > max_bytes:
         raise ExtractionError(TOO_LARGE, f"{size / 1e6:.1f} MB > limit {max_bytes / 1e6:.1f} MB")
     _check_content(path, suffix)
-    if suffix == ".pdf":
-        result = extract_pdf(path, pdf_password)
-    else:
-        kind = _KIND[suffix]
-        try:
-            elements = _partition(kind)(filename=str(path))
-        except ExtractionError:
-            raise
-        except (zipfile.BadZipFile, KeyError, ValueError, UnicodeDecodeError, OSError) as exc:
-            raise ExtractionError(CORRUPT, f"{type(exc).__name__}: {exc}") from exc
-        except Exception as exc:  # noqa: BLE001 - parsers raise many types on hostile input
-            raise ExtractionError(CORRUPT, f"{type(exc).__name__}: {exc}") from exc
-        blocks, pages = _elements_to_blocks(elements, kind)
-        if kind == "docx" and pages is None:
-            pages = _docx_hard_page_numbers(path, blocks)
-        result = Extracted(blocks, MIME[suffix], pages)
+    result = FORMATS[suffix].extract(path, pdf_password)
     if not result.blocks:
         raise ExtractionError(NO_TEXT, "no text found (a scanned PDF needs OCR)" if suffix == ".pdf" else "no text found")
     return result

@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from ingest.chunking import ChunkDraft, chunk_document
 from ingest.extract import MIME, extract
-from kb.catalogue import CachedEmbedding, Catalogue, Chunk, Document, IngestRun, utcnow
+from kb.catalogue import CachedEmbedding, Catalogue, Chunk, ChunkChange, Document, IngestRun, utcnow
 from kb.crash_points import crash_point
 from kb.embeddings import Embedder, text_hash
 from kb.errors import ExtractionError
@@ -185,6 +185,16 @@ class _Pending:
     action: str = "added"
 
 
+def log_changes(s: Session, collection_id: int, removed: list[int], added: list[int]) -> int | None:
+    """Record chunk ids removed and added in the catalogue's change sequence, inside the caller's
+    transaction; returns the newest sequence number (None when nothing changed)."""
+    if not removed and not added:
+        return None
+    s.execute(insert(ChunkChange), [{"collection_id": collection_id, "chunk_id": int(i), "added": False} for i in removed]
+              + [{"collection_id": collection_id, "chunk_id": int(i), "added": True} for i in added])
+    return int(s.scalar(select(func.max(ChunkChange.seq)).where(ChunkChange.collection_id == collection_id)))
+
+
 class IndexWriter:
     """One collection's writer. The caller holds the knowledge-base writer lock."""
 
@@ -213,10 +223,40 @@ class IndexWriter:
             with self.catalogue.session() as s:
                 vectors = self._vectors(s, [(r.embed_sha256, self._embed_text(r)) for r in rows], SyncReport())
             self.index.add(np.array([r.id for r in rows], dtype=np.int64), vectors)
-        if orphans or missing:
+        position = self.catalogue.last_change(self.collection)
+        if orphans or missing or position != self.index.change_seq:
+            self.index.change_seq = position  # now exactly the catalogue: other nodes' changes included
             self.index.save()
         return {"orphan_vectors_removed": len(orphans), "missing_vectors_restored": len(missing),
                 "keyword_entries_repaired": self._reconcile_keywords(in_catalogue)}
+
+    def catch_up(self) -> int:
+        """Apply the catalogue's changes since this index's position (writes made by another node):
+        removed ids out, added ids in with their stored vectors and text (nothing re-embedded). Replaying
+        a change is harmless, so a crash mid-way only repeats work. When the counts still differ (a
+        change log cut short), a full reconcile settles it. Returns the number of changes applied."""
+        changes = self.catalogue.changes_since(self.collection, self.index.change_seq)
+        if not changes:
+            return 0
+        latest = {chunk_id: added for _seq, chunk_id, added in changes}
+        present = set(self.index.ids().tolist())
+        removed = [c for c, added in latest.items() if not added and c in present]
+        rows = [r for r in self._chunk_rows({c for c, added in latest.items() if added}) if r.id not in present]
+        self.index.remove(removed)
+        if rows:
+            with self.catalogue.session() as s:
+                vectors = self._vectors(s, [(r.embed_sha256, self._embed_text(r)) for r in rows], SyncReport())
+            self.index.add(np.array([r.id for r in rows], dtype=np.int64), vectors)
+        touched = sorted(set(removed) | {r.id for r in rows})
+        if touched:
+            self.keywords.stage(touched, [(r.id, r.document_id, self._embed_text(r)) for r in rows])
+            self.keywords.commit(touched, [r.id for r in rows])
+            self.keywords.settled()
+        self.index.change_seq = changes[-1][0]
+        if self.index.count != self.catalogue.counts(self.collection)["chunks"]:
+            self.reconcile()
+        self.index.save()
+        return len(changes)
 
     def _reconcile_keywords(self, in_catalogue: set[int]) -> int:
         """The journal names the ids a crash may have left out of step; without one, a count that differs
@@ -304,6 +344,7 @@ class IndexWriter:
                 new_ids += ids
                 new_vecs.append(p.vectors)
                 new_keywords += [(i, doc.id, d.embed_text) for i, d in zip(ids, p.drafts, strict=True)]
+            self.index.change_seq = log_changes(s, col.id, old_ids, new_ids) or self.index.change_seq
             # Both indexes commit before the catalogue: a crash in between leaves them ahead of it, which
             # reconciliation repairs (the keyword journal names the ids involved).
             self.keywords.stage(old_ids, new_keywords)
@@ -338,6 +379,7 @@ class IndexWriter:
             self.index.save()
         files, skipped = discover(paths)
         report.skipped = [(str(p), r) for p, r in skipped]
+        self.on_event("discovered", "", str(len(files)))  # progress: how many files this sync reads
         with self.catalogue.session() as s:
             col = self.catalogue.collection(s, self.collection)
             run = IngestRun(collection_id=col.id, command=command, roots=[str(Path(p).resolve()) for p in paths])
@@ -374,6 +416,7 @@ class IndexWriter:
             prev = known.get(path)
             if prev is not None and prev == (sha, "indexed"):
                 report.unchanged.append(path)
+                self.on_event("unchanged", path, "")
                 continue
             action = "added" if prev is None else "updated"
             item = self._prepare(f, sha, before.st_size, report)

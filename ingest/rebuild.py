@@ -17,8 +17,8 @@ from pathlib import Path
 
 from sqlalchemy import delete, select, update
 
-from ingest.pipeline import Event, IndexWriter, SyncReport
-from kb.catalogue import Catalogue, Collection, Document, IngestRun
+from ingest.pipeline import Event, IndexWriter, SyncReport, log_changes
+from kb.catalogue import Catalogue, Chunk, Collection, Document, IngestRun
 from kb.crash_points import crash_point
 from kb.errors import ConfigError, IndexCorruptError, IndexMismatchError
 from kb.keyword_index import KeywordIndex
@@ -147,6 +147,9 @@ def _swap_in(layout: CollectionLayout, shadow: str, index: FaissIndex, crash_at:
     with layout.catalogue.session() as s:
         col = layout.catalogue.collection(s, layout.collection)
         aside = layout.catalogue.collection(s, shadow)
+        chunk_ids = lambda c: list(s.scalars(select(Chunk.id).join(Document).where(Document.collection_id == c)))  # noqa: E731
+        # Other serving nodes follow the change sequence: the swap is one removal and one addition there.
+        index.change_seq = log_changes(s, col.id, chunk_ids(col.id), chunk_ids(aside.id)) or index.change_seq
         s.execute(delete(Document).where(Document.collection_id == col.id))  # chunks cascade
         for table in (Document, IngestRun):
             s.execute(update(table).where(table.collection_id == aside.id).values(collection_id=col.id))

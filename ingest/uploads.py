@@ -3,7 +3,9 @@ are read, written atomically; indexing them is then an ordinary sync of those pa
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 import unicodedata
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -29,7 +31,7 @@ def store_uploads(files: Iterable[Upload], target: Path, max_mb: float) -> tuple
         if size > max_mb * 1e6:
             refused.append((str(target / safe), f"too large: {size / 1e6:.1f} MB > {max_mb:g} MB"))
             continue
-        tmp = target / f".{safe}.part"
+        tmp = target / f".{safe}.{os.getpid()}-{threading.get_ident()}.part"  # concurrent uploads never share one
         tmp.write_bytes(read())
         tmp.replace(target / safe)
         stored.append(target / safe)

@@ -7,24 +7,29 @@ Works on SQLite (default, WAL) and on any SQLAlchemy URL such as PostgreSQL.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     create_engine,
     event,
     func,
     select,
+    text as sql_text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError
@@ -34,6 +39,21 @@ from kb.errors import CatalogueError
 
 # SQLite only autoincrements an INTEGER PRIMARY KEY; elsewhere use 64-bit ids like FAISS.
 ChunkId = BigInteger().with_variant(Integer(), "sqlite")
+# Held while a PostgreSQL catalogue's tables are created: two processes doing it at once collide.
+_SCHEMA_LOCK = int.from_bytes(hashlib.sha256(b"kb-catalogue-schema").digest()[:8], "big", signed=True)
+
+
+class FreeText(TypeDecorator):
+    """Text from documents and users. PostgreSQL refuses NUL in text (SQLite keeps it): there a NUL becomes
+    U+FFFD, one character for one, so offsets into the text stay right."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect) -> str | None:  # noqa: ANN001
+        if value is not None and dialect.name == "postgresql" and "\x00" in value:
+            return value.replace("\x00", "\ufffd")
+        return value
 
 
 def utcnow() -> dt.datetime:
@@ -61,7 +81,7 @@ class Document(Base):
     size: Mapped[int | None] = mapped_column(BigInteger)
     mime: Mapped[str | None] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(20))  # indexed | failed
-    error: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(FreeText)
     pages: Mapped[int | None] = mapped_column(Integer)
     chunk_count: Mapped[int] = mapped_column(Integer, default=0)
     indexed_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
@@ -75,9 +95,9 @@ class Chunk(Base):
     id: Mapped[int] = mapped_column(ChunkId, primary_key=True, autoincrement=True)  # = FAISS id
     document_id: Mapped[int] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"), index=True)
     ordinal: Mapped[int] = mapped_column(Integer)
-    text: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(FreeText)
     page: Mapped[int | None] = mapped_column(Integer)
-    heading: Mapped[str | None] = mapped_column(Text)  # "Chapter > Section > Subsection"
+    heading: Mapped[str | None] = mapped_column(FreeText)  # "Chapter > Section > Subsection"
     char_start: Mapped[int] = mapped_column(Integer)
     char_end: Mapped[int] = mapped_column(Integer)
     token_count: Mapped[int] = mapped_column(Integer)
@@ -114,7 +134,7 @@ class QueryLog(Base):
     collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), index=True)
     asked_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
     kind: Mapped[str] = mapped_column(String(20))  # search | ask | eval
-    question: Mapped[str] = mapped_column(Text)
+    question: Mapped[str] = mapped_column(FreeText)
     retrieved: Mapped[list] = mapped_column(JSON, default=list)  # [{"chunk_id", "score"}]
     found: Mapped[bool] = mapped_column(default=True)
     backend: Mapped[str | None] = mapped_column(String(50))
@@ -122,7 +142,7 @@ class QueryLog(Base):
     timings: Mapped[dict] = mapped_column(JSON, default=dict)  # seconds per stage
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
-    answer: Mapped[str | None] = mapped_column(Text)
+    answer: Mapped[str | None] = mapped_column(FreeText)
     citations: Mapped[list] = mapped_column(JSON, default=list)  # [{"n", "chunk_id", "page"}]
 
 
@@ -153,6 +173,39 @@ def _sqlite_pragmas(engine: Engine) -> None:
 _DAMAGE = ("not a database", "malformed", "corrupt", "disk image", "file is encrypted")
 
 
+class ChunkChange(Base):
+    """The catalogue's change sequence: every chunk id added or removed, in commit order (one writer at a
+    time). Serving nodes keep their indexes as local copies and catch up from their last `seq`."""
+    __tablename__ = "chunk_changes"
+    seq: Mapped[int] = mapped_column(ChunkId, primary_key=True, autoincrement=True)
+    collection_id: Mapped[int] = mapped_column(Integer, index=True)  # no foreign key: outlives a collection
+    chunk_id: Mapped[int] = mapped_column(BigInteger)
+    added: Mapped[bool] = mapped_column(Boolean)
+
+
+class JobRow(Base):
+    """A background job (kb/jobs.py). A partial unique index: at most one running job per collection."""
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("one_running_job_per_collection", "collection", unique=True,
+              sqlite_where=sql_text("status = 'running'"), postgresql_where=sql_text("status = 'running'")),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    collection: Mapped[str] = mapped_column(String(200), index=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    params: Mapped[dict] = mapped_column(JSON, default=dict)  # {"paths": [...]}
+    status: Mapped[str] = mapped_column(String(20), index=True)  # queued | running | done | failed
+    progress: Mapped[dict] = mapped_column(JSON, default=dict)  # {"total", "done", "current"}
+    result: Mapped[dict | None] = mapped_column(JSON)  # the sync report: counts, failures, files
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
 class Catalogue:
     """Owns the engine and sessions; small query helpers used by ingestion, retrieval and status."""
 
@@ -161,7 +214,10 @@ class Catalogue:
         if self.engine.dialect.name == "sqlite":
             _sqlite_pragmas(self.engine)
         try:
-            Base.metadata.create_all(self.engine)
+            with self.engine.begin() as conn:
+                if self.engine.dialect.name == "postgresql":
+                    conn.execute(sql_text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+                Base.metadata.create_all(conn)
         except DatabaseError as exc:
             damaged = self._damaged(exc)
             if damaged is exc:
@@ -218,6 +274,23 @@ class Catalogue:
             s.add(col)
             s.flush()
         return col
+
+    def last_change(self, collection: str) -> int:
+        """The newest change sequence number of a collection (0 when none)."""
+        with self.session() as s:
+            col = self.collection(s, collection, create=False)
+            return 0 if col is None else int(s.scalar(
+                select(func.max(ChunkChange.seq)).where(ChunkChange.collection_id == col.id)) or 0)
+
+    def changes_since(self, collection: str, seq: int) -> list[tuple[int, int, bool]]:
+        """(seq, chunk id, added) of a collection after `seq`, oldest first."""
+        with self.session() as s:
+            col = self.collection(s, collection, create=False)
+            if col is None:
+                return []
+            return [tuple(r) for r in s.execute(
+                select(ChunkChange.seq, ChunkChange.chunk_id, ChunkChange.added)
+                .where(ChunkChange.collection_id == col.id, ChunkChange.seq > seq).order_by(ChunkChange.seq))]
 
     def chunk_ids(self, collection: str) -> set[int]:
         with self.session() as s:

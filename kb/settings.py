@@ -79,9 +79,10 @@ class RetrievalSettings(BaseModel):
 
 
 class GeneratorSettings(BaseModel):
-    backend: Literal["auto", "extractive", "transformers", "openai"] = Field(
-        "auto", description="'auto': transformers when CUDA is present and the model is available locally, "
-        "else extractive (no language model, quotes the sources)."
+    backend: str = Field(
+        "auto", description="A backend named in retrieval.generators.GENERATORS (extractive, transformers, "
+        "openai), or 'auto': transformers when CUDA is present and the model is available locally, else "
+        "extractive (no language model, quotes the sources)."
     )
     model: str = Field(
         "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",

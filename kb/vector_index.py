@@ -59,6 +59,8 @@ class FaissIndex:
         self.manifest_path = self.directory / "manifest.json"
         self._gpu_index = None
         self._positions: dict[int, int] | None = None  # id -> row (flat; membership for all), until a change
+        # The catalogue change (ChunkChange.seq) this index reflects: a node catches up from there.
+        self.change_seq = 0
         self.index = self._load_or_create()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -123,6 +125,7 @@ class FaissIndex:
                     f"the index in {self.directory} was built with other settings ({lines}). "
                     "Run `kb reindex --full` to rebuild it with the current settings."
                 )
+        self.change_seq = int((manifest or {}).get("change_seq", 0))
         try:
             data = self.index_path.read_bytes()
         except FileNotFoundError:
@@ -154,6 +157,7 @@ class FaissIndex:
             count=int(self.index.ntotal),
             index_bytes=len(data),
             checksum=hashlib.sha256(data).hexdigest(),
+            change_seq=self.change_seq,
         )
         _atomic_write(self.manifest_path, json.dumps(manifest, indent=2, sort_keys=True).encode())
 

@@ -144,3 +144,17 @@ class AnswerStream:
 
 def cite_label(c: Citation) -> str:
     return Path(c.source).name + (f", page {c.page}" if c.page else "")
+
+
+def query_log_row(kind: str, question: str, r: Retrieval, answer: Answer | None) -> dict:
+    """What the query log keeps of one search ("search") or answer ("ask"): the monitoring page's source."""
+    return dict(
+        kind=kind, question=question,
+        retrieved=[{"chunk_id": c.chunk_id, "score": round(c.score, 5)} for c in r.contexts],
+        found=answer.found if answer else r.relevant,
+        backend=answer.backend if answer else None, model=answer.model if answer else None,
+        timings={k: round(v, 5) for k, v in (answer.timings if answer else r.timings).items()},
+        prompt_tokens=(answer.usage or {}).get("prompt_tokens") if answer else None,
+        completion_tokens=(answer.usage or {}).get("completion_tokens") if answer else None,
+        answer=answer.text if answer else None,
+        citations=[{"n": c.n, "chunk_id": c.chunk_id, "page": c.page} for c in answer.citations] if answer else [])

@@ -85,8 +85,29 @@ class RetrievalScores:
         return {k: round(v, 4) for k, v in out.items()}
 
 
+@dataclass
+class EvalReport:
+    questions: int
+    context_chars: int
+    retrieval: dict[str, float]  # recall@1/3/5, mrr@10, ndcg@10
+    latency: dict[str, dict[str, float]]  # stage -> p50/p95 ms
+    queries_per_s: float
+    answers: dict | None = None  # with a generator: citation precision, answer support, ROUGE-L, latency
+    collection: str = ""
+    chunks: int = 0
+    chunk_tokens: int = 0
+
+    def to_dict(self) -> dict:
+        """Flat, as stored in the catalogue and printed by `kb eval --json`."""
+        out = {"collection": self.collection, "chunks": self.chunks, "chunk_tokens": self.chunk_tokens,
+               "questions": self.questions, "context_chars": self.context_chars, **self.retrieval,
+               "latency": self.latency, "queries_per_s": self.queries_per_s}
+        return out | ({"answers": self.answers} if self.answers else {})
+
+
 def evaluate(retriever: Retriever, qa: list[dict], cfg: RetrievalSettings, generator: Generator | None = None,
-             answer_limit: int | None = None, results_out: str | Path | None = None, progress: bool = False) -> dict:
+             answer_limit: int | None = None, results_out: str | Path | None = None,
+             progress: bool = False) -> EvalReport:
     """Retrieval metrics (recall@1/3/5, MRR@10, nDCG@10; score.py's hit rule on the contexts as the
     prompt sees them), latency per stage and queries/s; with a generator, answer metrics too
     (citation precision, answer support, ROUGE-L)."""
@@ -102,8 +123,7 @@ def evaluate(retriever: Retriever, qa: list[dict], cfg: RetrievalSettings, gener
              "chunk_id": c.chunk_id} for c in r.contexts]})
         retrievals.append(r)
     seconds = time.perf_counter() - t0
-    out = {"questions": len(qa), "context_chars": chars, **scores.metrics(), "latency": latency_table(timings),
-           "queries_per_s": round(len(qa) / seconds, 2)}
+    out = EvalReport(len(qa), chars, scores.metrics(), latency_table(timings), round(len(qa) / seconds, 2))
     if results_out:
         Path(results_out).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     if generator is not None:
@@ -119,7 +139,7 @@ def evaluate(retriever: Retriever, qa: list[dict], cfg: RetrievalSettings, gener
             sentences += len(a.sentences)
             supported += sum(1 for s in a.sentences if s["supported"])
             rouge.append(rouge_l(re.sub(r"\[\d+\]", "", a.text), q["answer"]))
-        out["answers"] = {
+        out.answers = {
             "backend": generator.backend, "model": generator.model, "questions": len(rouge),
             "citation_precision": round(cited_hits / cited, 4) if cited else 0.0,
             "answer_support": round(supported / sentences, 4) if sentences else 0.0,

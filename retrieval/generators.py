@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from kb.device import torch_device
-from kb.errors import GeneratorError
+from kb.errors import ConfigError, GeneratorError
 from kb.keyword_index import terms
 from kb.optional import require
 from kb.settings import GeneratorSettings
@@ -359,5 +359,18 @@ GENERATORS: dict[str, Callable[[GeneratorSettings, str, int], Generator]] = {
 }
 
 
+_GENERATORS: dict[str, Generator] = {}
+_GENERATORS_LOCK = threading.Lock()
+
+
 def make_generator(cfg: GeneratorSettings, device: str = "auto", context_chars: int = 1500) -> Generator:
-    return GENERATORS[choose_backend(cfg, device)](cfg, device, context_chars)
+    """The generator these settings name, one per process (a local model is loaded once, whichever
+    collection or web session asks)."""
+    key = f"{cfg.model_dump_json()}|{device}|{context_chars}"
+    backend = choose_backend(cfg, device)
+    if backend not in GENERATORS:
+        raise ConfigError(f"unknown generator backend {backend!r}; choose one of: auto, {', '.join(sorted(GENERATORS))}")
+    with _GENERATORS_LOCK:
+        if key not in _GENERATORS:
+            _GENERATORS[key] = GENERATORS[backend](cfg, device, context_chars)
+        return _GENERATORS[key]

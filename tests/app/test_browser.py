@@ -8,18 +8,18 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 
+from filelock import FileLock
+
 from ingest.extract import extract
+from kb.knowledge_base import KnowledgeBase
+from tests.processes import free_port, running
 from tests.conftest import FAST_MODEL, ROOT, SAMPLES
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -28,68 +28,18 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 UI_ENV = {"KB_EMBEDDING__MODEL": FAST_MODEL, "KB_CHUNKING__CHUNK_TOKENS": "120", "KB_CHUNKING__OVERLAP_TOKENS": "20"}
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in process group PGID, read from /proc."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                state, _ppid, pgrp = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
-            except (OSError, ValueError):
-                continue
-            if int(pgrp) == pgid and state != "Z":
-                pids.append(int(entry.name))
-    return pids
-
-
-def stop_group(proc: subprocess.Popen) -> None:
-    """`kb ui` runs Streamlit as a child process: end the whole process group, not only `kb`, and wait for
-    every member to be gone (SIGTERM, then SIGKILL)."""
-    for sig, grace_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        deadline = time.time() + grace_s
-        while (proc.poll() is None or group_members(proc.pid)) and time.time() < deadline:
-            time.sleep(0.2)
-        if proc.poll() is not None and not group_members(proc.pid):
-            return
-    raise AssertionError(f"kb ui left processes behind: {group_members(proc.pid)}")
 
 
 @contextmanager
 def running_ui(home: Path, log_path: Path):
-    """`kb --home HOME ui` on a free port in its own session (process group); yields the URL once healthy."""
+    """`kb --home HOME ui` on a free port in its own session (process group); yields the URL once healthy.
+    `kb ui` runs Streamlit as a child process: the whole group is stopped."""
     port = free_port()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "--home", str(home), "ui", "--port", str(port),
-                                 "--host", "127.0.0.1"], env={**os.environ, **UI_ENV}, stdout=log,
-                                stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.time() + 90
-            while True:
-                try:
-                    if httpx.get(url + "/_stcore/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError("kb ui did not start: " + log_path.read_text()[-2000:])
-                time.sleep(0.5)
-            yield url
-        finally:
-            stop_group(proc)
+    url = f"http://127.0.0.1:{port}"
+    with running([sys.executable, "-m", "app.cli", "--home", str(home), "ui", "--port", str(port), "--host",
+                  "127.0.0.1"], url + "/_stcore/health", log_path, UI_ENV, cwd=ROOT, timeout_s=90):
+        yield url
 
 
 @pytest.fixture
@@ -133,8 +83,23 @@ def test_upload_ask_and_open_the_cited_page(server, browser, tmp_path):
     wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "input[type=file]"))[0].send_keys(str(pdf))
     add = wait_for(browser, lambda d: next((b for b in d.find_elements(By.TAG_NAME, "button")
                                             if "Add to the knowledge base" in b.text), None))
-    add.click()
+    # Another writer (a long `kb reindex`) holds the lock: the upload becomes a job that waits its turn,
+    # the page says so and stays usable (the chat answers meanwhile); then the job indexes the file.
+    home = tmp_path / "home"  # the server fixture's home
+    with FileLock(str(home / "writer.lock")):
+        add.click()
+        wait_for(browser, lambda d: "another kb writer is running" in d.find_element(By.TAG_NAME, "body").text)
+        next(t for t in browser.find_elements(By.CSS_SELECTOR, "[role=tab]") if "Chat" in t.text).click()
+        box = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "textarea"))[0]
+        box.send_keys("Who created the Debian project?")
+        box.send_keys(Keys.ENTER)
+        wait_for(browser, lambda d: "does not contain information" in d.find_element(By.TAG_NAME, "body").text,
+                 timeout=60)
+        assert KnowledgeBase(home=home).jobs.recent()[0].status == "running"
+    tab.click()
     wait_for(browser, lambda d: "1 documents" in d.find_element(By.TAG_NAME, "body").text, timeout=300)
+    job = KnowledgeBase(home=home).jobs.recent()[0]
+    assert (job.kind, job.status, job.result["added"]) == ("upload", "done", 1)
 
     next(t for t in browser.find_elements(By.CSS_SELECTOR, "[role=tab]") if "Chat" in t.text).click()
     box = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "textarea"))[0]

@@ -6,6 +6,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app.render import WORD_JOINER, highlight, label_escape, md_escape
+from app.worker import Worker
 from ingest.uploads import safe_upload_name
 from kb.knowledge_base import KnowledgeBase
 from tests.conftest import FAST_MODEL, ROOT
@@ -100,38 +101,48 @@ def test_uploads_are_sanitised_size_checked_and_indexed(settings, tmp_path):
 
     small = b"# Leave\n\nEmployees get twenty-five days of annual leave.\n"
     big = b"x" * 5000
-    report = kb.ingest_uploads([("../../etc/leave policy.md", len(small), reader(small)),
-                                ("huge.md", len(big), reader(big))])
+    job, refused = kb.submit_uploads([("../../etc/leave policy.md", len(small), reader(small)),
+                                      ("huge.md", len(big), reader(big))])
     stored = kb.uploads_dir() / "leave policy.md"
-    assert stored.read_bytes() == small and report.added == [str(stored)]
+    assert stored.read_bytes() == small and job.params == {"paths": [str(stored)]} and job.status == "queued"
     assert read_calls == [len(small)]  # the oversized file was refused before it was read
-    assert report.failed and "too large" in report.failed[0][1]
+    assert len(refused) == 1 and refused[0][0].endswith("huge.md") and "too large" in refused[0][1]
+    worker = Worker(kb.settings)
+    done = worker.run_once()
+    assert (done.id, done.status, done.result["added"]) == (job.id, "done", 1)
     assert not (tmp_path / "etc").exists()
     assert safe_upload_name("..\\..\\a<b>.pdf") == "a_b_.pdf"
     # a second upload with the same name is a new version of that document, not a second copy
     v2 = small.replace(b"twenty-five", b"thirty")
-    report = kb.ingest_uploads([("leave policy.md", len(v2), reader(v2))])
-    assert report.updated == [str(stored)] and len(kb.documents()) == 1
+    job, _ = kb.submit_uploads([("leave policy.md", len(v2), reader(v2))])
+    assert worker.run_once().result["files"] == [{"path": str(stored), "result": "updated"}]
+    assert len(kb.documents()) == 1 and worker.run_once() is None
     assert kb.remove("leave policy.md") and not stored.exists()
 
 
-def test_an_upload_during_a_reindex_waits_for_the_writer_lock_and_says_so(settings):
+def test_an_upload_job_during_a_reindex_waits_for_the_writer_lock_and_says_so(settings):
     import subprocess
     import sys
+    import threading
     import time
 
-    settings = settings.model_copy(update={"ingest": settings.ingest.model_copy(update={"lock_timeout_s": 60})})
-    kb = KnowledgeBase(settings=settings)
+    kb = KnowledgeBase(settings=settings)  # lock timeout 2 s: the worker waits longer than that for its turn
     settings.home.mkdir(parents=True, exist_ok=True)
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; from filelock import FileLock; "
         f"l = FileLock({str(settings.home / 'writer.lock')!r}); l.acquire(); print('held', flush=True); time.sleep(3)")],
         stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"  # another writer (e.g. `kb reindex`) holds the lock
-    said: list[str] = []
     t0 = time.perf_counter()
     data = b"# Leave\n\nEmployees get twenty-five days of annual leave.\n"
-    report = kb.ingest_uploads([("leave.md", len(data), lambda: data)], on_wait=said.append)
-    assert said and "waiting" in said[0]
-    assert time.perf_counter() - t0 >= 1.5 and report.added  # it waited, then indexed the file
+    job, _ = kb.submit_uploads([("leave.md", len(data), lambda: data)])
+    waited: list[str] = []
+    worker = Worker(settings, heartbeat_s=0.3)
+    watcher = threading.Thread(target=lambda: [waited.append(kb.jobs.get(job.id).progress.get("waiting", ""))
+                                               or time.sleep(0.2) for _ in range(10)])
+    watcher.start()
+    done = worker.run_once()
+    watcher.join()
+    assert any("another kb writer is running" in w for w in waited)  # the page shows why it waits
+    assert time.perf_counter() - t0 >= 2.5 and done.status == "done" and done.result["added"] == 1
     holder.wait(timeout=10)

@@ -129,7 +129,7 @@ def test_sigkill_during_a_full_rebuild_keeps_the_old_collection(tmp_path, corpus
     assert _reindex(home, corpus) == 0
     monkeypatch.setenv("KB_EMBEDDING__MODEL", FAST_MODEL)
     before = KnowledgeBase(home=home)
-    docs_before = sorted(d["path"] for d in before.documents())
+    docs_before = sorted(d.path for d in before.documents())
     ids_before = before.catalogue.chunk_ids(before.collection)
     answer = [c.chunk_id for c in before.search("How do I get Debian?", log=False)]
 
@@ -138,7 +138,7 @@ def test_sigkill_during_a_full_rebuild_keeps_the_old_collection(tmp_path, corpus
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
 
     kb = KnowledgeBase(home=home)
-    assert sorted(d["path"] for d in kb.documents()) == docs_before
+    assert sorted(d.path for d in kb.documents()) == docs_before
     assert kb.catalogue.chunk_ids(kb.collection) == ids_before  # the catalogue still holds the old chunks
     # readers repair what the killed writer left (even the swap's renamed files) before answering
     assert [c.chunk_id for c in kb.search("How do I get Debian?", log=False)] == answer
@@ -146,4 +146,4 @@ def test_sigkill_during_a_full_rebuild_keeps_the_old_collection(tmp_path, corpus
     assert not report.failed and len(report.updated) == 4 and not report.removed
     docs, chunks = consistent(kb)
     assert docs == 4 and chunks == report.chunks_added
-    assert kb.status()["collections"] == ["default"]
+    assert kb.status().collections == ["default"]

@@ -1,4 +1,6 @@
-"""Every sync case against the real catalogue (SQLite), real FAISS and the real embedding model."""
+"""Every sync case against the real catalogue (SQLite), real FAISS and the real embedding model. The cases
+that write the catalogue (add, update, remove, rename, the embedding cache, failures, counts, the full
+rebuild's swap) also run against a real PostgreSQL (`catalogue_backend`)."""
 
 import json
 import shutil
@@ -23,6 +25,7 @@ def folder(tmp_path):
     return d
 
 
+@pytest.mark.usefixtures("catalogue_backend")
 def test_new_unchanged_modified_deleted_renamed_duplicate(settings, folder):
     kb = KnowledgeBase(settings=settings)
     r = kb.sync([folder])
@@ -53,6 +56,7 @@ def test_new_unchanged_modified_deleted_renamed_duplicate(settings, folder):
     consistent(kb)
 
 
+@pytest.mark.usefixtures("catalogue_backend")
 def test_file_that_turns_corrupt_is_reported_and_its_old_chunks_removed(settings, folder):
     kb = KnowledgeBase(settings=settings)
     kb.sync([folder])
@@ -60,11 +64,12 @@ def test_file_that_turns_corrupt_is_reported_and_its_old_chunks_removed(settings
     pdf.write_bytes(pdf.read_bytes()[:2000])
     r = kb.sync([folder])
     assert [p for p, _ in r.failed] == [str(pdf)] and "corrupt" in r.failed[0][1]
-    doc = next(d for d in kb.documents() if d["path"] == str(pdf))
-    assert doc["status"] == "failed" and doc["chunks"] == 0 and "corrupt" in doc["error"]
+    doc = next(d for d in kb.documents() if d.path == str(pdf))
+    assert doc.status == "failed" and doc.chunks == 0 and "corrupt" in doc.error
     consistent(kb)
 
 
+@pytest.mark.usefixtures("catalogue_backend")
 def test_bad_files_in_a_batch_do_not_stop_the_good_ones(settings, folder, monkeypatch, capsys):
     pdf_excerpt(SAMPLES / "debian-faq-en-chapters-1-2.pdf", folder / "locked.pdf", range(8, 9), "pw")
     (folder / "empty.docx").write_bytes(b"")
@@ -103,9 +108,10 @@ def test_settings_mismatch_is_a_clear_error_until_full_reindex(settings, folder,
     r = kb2.sync([folder], full=True)
     assert len(r.updated) == 3 and not r.added and not r.removed and r.chunks_removed > 0
     consistent(kb2)
-    assert KnowledgeBase(settings=changed).open_index().read_manifest()["chunking"]["chunk_tokens"] == 80
+    assert KnowledgeBase(settings=changed).indexes.open_index("default").read_manifest()["chunking"]["chunk_tokens"] == 80
 
 
+@pytest.mark.usefixtures("catalogue_backend")
 def test_ingest_adds_without_removing_and_remove_deletes(settings, folder, tmp_path):
     kb = KnowledgeBase(settings=settings)
     kb.sync([folder / "getting.md"])
@@ -113,21 +119,22 @@ def test_ingest_adds_without_removing_and_remove_deletes(settings, folder, tmp_p
     other.write_text("Kb keeps page numbers for every citation. 每条引用都有页码。")
     r = kb.ingest([other])
     assert r.added == [str(other)] and not r.removed
-    assert {Path(d["path"]).name for d in kb.documents()} == {"getting.md", "other.txt"}
+    assert {Path(d.path).name for d in kb.documents()} == {"getting.md", "other.txt"}
     assert kb.remove("other.txt") == [str(other)]
-    assert [Path(d["path"]).name for d in kb.documents()] == ["getting.md"]
+    assert [Path(d.path).name for d in kb.documents()] == ["getting.md"]
     consistent(kb)
 
 
+@pytest.mark.usefixtures("catalogue_backend")
 def test_collections_are_separate(settings, folder):
     a = KnowledgeBase(settings=settings, collection="a")
     b = KnowledgeBase(settings=settings, collection="b")
     a.sync([folder / "getting.md"])
     b.sync([folder / "software.html"])
-    assert [Path(d["path"]).name for d in a.documents()] == ["getting.md"]
-    assert [Path(d["path"]).name for d in b.documents()] == ["software.html"]
-    assert a.open_index().count == a.catalogue.counts("a")["chunks"]
-    assert set(a.status()["collections"]) == {"a", "b"}
+    assert [Path(d.path).name for d in a.documents()] == ["getting.md"]
+    assert [Path(d.path).name for d in b.documents()] == ["software.html"]
+    assert a.indexes.open_index("a").count == a.catalogue.counts("a")["chunks"]
+    assert set(a.status().collections) == {"a", "b"}
 
 
 def test_reindex_without_paths_resyncs_the_previous_folders(settings, folder, monkeypatch, capsys):
@@ -141,7 +148,7 @@ def test_reindex_without_paths_resyncs_the_previous_folders(settings, folder, mo
     assert cli(["--home", home, "reindex", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["removed"] == 1
     kb = KnowledgeBase(home=home)
-    assert sorted(Path(d["path"]).name for d in kb.documents()) == ["guide-zh.pdf", "software.html"]
+    assert sorted(Path(d.path).name for d in kb.documents()) == ["guide-zh.pdf", "software.html"]
 
 
 def test_links_out_of_the_folder_are_skipped_and_listed(settings, folder, tmp_path, monkeypatch, capsys):
@@ -173,12 +180,13 @@ def test_links_out_of_the_folder_are_skipped_and_listed(settings, folder, tmp_pa
     for name in skipped:  # every skipped file is listed in the plain output too, not one example
         assert name.replace("\n", "\\n") in out
     kb = KnowledgeBase(home=home)
-    assert sorted(Path(d["path"]).name for d in kb.documents()) == [
+    assert sorted(Path(d.path).name for d in kb.documents()) == [
         "getting.md", "guide-zh.pdf", "software.html", "two\nlines.txt"]
     assert cli(["--home", home, "search", "root bash nologin daemon", "--top-k", "10", "--json"]) == 0
     assert "root:x" not in capsys.readouterr().out
 
 
+@pytest.mark.usefixtures("catalogue_backend")
 def test_full_rebuild_of_a_subset_asks_and_full_keeps_every_folder(settings, folder, tmp_path, monkeypatch, capsys):
     """`kb reindex --full FOLDER` used to delete every other folder's documents and report "removed 0"."""
     other = tmp_path / "other"
@@ -205,13 +213,14 @@ def test_full_rebuild_of_a_subset_asks_and_full_keeps_every_folder(settings, fol
     assert r["removed"] == 1 and r["changed"]["removed"] == [str(other / "b.txt")]
     assert r["updated"] == 4 and r["added"] == 0 and r["chunks_removed"] == before[1]
     assert consistent(kb) == (4, r["chunks_added"])
-    assert kb.status()["collections"] == ["default"]  # the rebuild's hidden collection is gone
+    assert kb.status().collections == ["default"]  # the rebuild's hidden collection is gone
 
     (other / "c.txt").write_text("A new file in a folder of the collection is found by the next rebuild.")
     assert cli(["--home", home, "reindex", "--full", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["changed"]["added"] == [str(other / "c.txt")]
 
 
+@pytest.mark.usefixtures("catalogue_backend")
 def test_readers_keep_the_old_collection_while_a_full_rebuild_runs(settings, folder):
     kb = KnowledgeBase(settings=settings)
     kb.sync([folder])
@@ -221,6 +230,8 @@ def test_readers_keep_the_old_collection_while_a_full_rebuild_runs(settings, fol
     seen: list[list[int]] = []
 
     def ask_while_rebuilding(action, path, detail):  # called after each file of the rebuild
+        if action == "discovered":  # the count of files, before the first one
+            return
         for q in questions:
             seen.append([c.chunk_id for c in reader.search(q, log=False)])
 
@@ -274,3 +285,25 @@ def test_full_rebuild_refuses_to_drop_files_it_could_not_read(settings, folder, 
     html.unlink()
     r = kb.sync([], full=True)  # resumes the rebuild kept aside; the gone file is now removed
     assert r.removed == [str(html)] and len(r.updated) == 2
+
+
+def test_a_nul_character_in_the_text_is_stored_on_both_backends(settings, catalogue_backend, tmp_path):
+    """PostgreSQL refuses NUL in text: there it becomes U+FFFD (one character for one), instead of failing
+    the whole write."""
+    from sqlalchemy import select
+
+    from kb.catalogue import Chunk
+
+    d = tmp_path / "nul"
+    d.mkdir()
+    (d / "notes.txt").write_text("Plain words. " * 100 + "\n\nA NUL \x00 past the first kilobyte, where the binary check "
+                                 "does not look.\n")
+    kb = KnowledgeBase(settings=settings)
+    r = kb.sync([d])
+    assert r.added == [str(d / "notes.txt")] and not r.failed
+    with kb.catalogue.session() as s:
+        texts = [t for t in s.scalars(select(Chunk.text)) if "past the first kilobyte" in t]
+    assert len(texts) == 1
+    assert ("A NUL \ufffd past" if catalogue_backend else "A NUL \x00 past") in texts[0]
+    assert consistent(kb)[0] == 1
+    assert kb.sync([d]).unchanged == [str(d / "notes.txt")]

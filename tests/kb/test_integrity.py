@@ -1,5 +1,6 @@
 """Damaged files in the data home: a manifest cut short, an index that fails its checksum, a damaged
-SQLite catalogue. Each gives a clear message (never a traceback) and is repaired from what is intact."""
+SQLite catalogue. Each gives a clear message (never a traceback) and is repaired from what is intact.
+The index repairs and the check after a killed writer also run with a PostgreSQL catalogue."""
 
 from __future__ import annotations
 
@@ -25,8 +26,11 @@ def kb_cli(home: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def indexed(tmp_path, monkeypatch):
-    """A home with three real documents indexed, and the chunk ids the question finds."""
+def indexed(request, tmp_path, monkeypatch):
+    """A home with three real documents indexed, and the chunk ids the question finds; on the test's
+    `catalogue_backend` when it asks for one (it sets KB_DATABASE_URL for PostgreSQL)."""
+    if "catalogue_backend" in request.fixturenames:
+        request.getfixturevalue("catalogue_backend")
     monkeypatch.setenv("KB_EMBEDDING__MODEL", FAST_MODEL)
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -40,8 +44,11 @@ def indexed(tmp_path, monkeypatch):
     return home, corpus, answer
 
 
-@pytest.mark.parametrize("damage", ["truncated", "empty object", "half zeroed index", "index deleted"])
-def test_damaged_index_is_rebuilt_from_the_catalogue(indexed, damage):
+@pytest.mark.parametrize(("catalogue_backend", "damage"), [
+    *(("sqlite", d) for d in ("truncated", "empty object", "half zeroed index", "index deleted")),
+    ("postgresql", "half zeroed index"),  # the repair reads the catalogue alike whatever the damage
+], indirect=["catalogue_backend"])
+def test_damaged_index_is_rebuilt_from_the_catalogue(indexed, catalogue_backend, damage):
     home, corpus, answer = indexed
     d = home / "collections" / "default"
     manifest, index = d / "manifest.json", d / "index.faiss"
@@ -64,6 +71,7 @@ def test_damaged_index_is_rebuilt_from_the_catalogue(indexed, damage):
     assert list(d.glob("*.damaged-*")) or damage == "index deleted"  # the damaged file is kept for inspection
 
 
+@pytest.mark.usefixtures("catalogue_backend")
 def test_a_writer_rebuilds_a_damaged_index_without_re_embedding(indexed):
     home, corpus, answer = indexed
     index = home / "collections" / "default" / "index.faiss"
@@ -83,6 +91,21 @@ def test_changed_keyword_index_identity_is_a_mismatch(indexed):
     manifest.write_text(json.dumps(m))
     r = kb_cli(home, "search", QUESTION)
     assert r.returncode == 2 and "keyword_index" in r.stderr and "kb reindex --full" in r.stderr
+
+
+@pytest.mark.usefixtures("catalogue_backend")
+def test_a_killed_writer_makes_every_command_check_the_catalogue_first(indexed):
+    """The marker a killed writer leaves: the next commands check the catalogue (SQLite's quick_check, a
+    plain query on PostgreSQL), find it healthy and go on; the next write clears the marker."""
+    home, corpus, answer = indexed
+    (home / "writer.dirty").touch()
+    check = kb_cli(home, "status", "--check")
+    assert check.returncode == 0 and "check       catalogue: ok" in check.stdout, check.stdout + check.stderr
+    kb = KnowledgeBase(home=home)
+    assert kb.catalogue.check() == []
+    assert [c.chunk_id for c in kb.search(QUESTION, log=False)] == answer
+    r = kb.sync([corpus])
+    assert len(r.unchanged) == 3 and not (home / "writer.dirty").exists()
 
 
 def _damage_catalogue(home: Path, how: str) -> None:

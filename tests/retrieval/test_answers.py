@@ -14,6 +14,7 @@ from sqlalchemy import select
 from app.cli import main as cli
 from ingest.extract import extract
 from kb.catalogue import QueryLog
+from kb.errors import KBError
 from kb.knowledge_base import KnowledgeBase
 from retrieval.citations import parse_answer, split_sentences
 from retrieval.think import ThinkSplitter
@@ -153,3 +154,19 @@ def test_default_model_floor_in_chinese(tmp_path):
     assert "十五个工作日" in found.text and "摘录式" in found.label
     missing = kb.ask("世界杯冠军是哪个国家？")
     assert not missing.found and missing.text.startswith("知识库中没有")
+
+
+def test_a_backend_registered_by_name_answers_through_the_protocol_alone(sample_kb, monkeypatch):
+    """A new backend is one registry entry: the CLI's choices and the answer path follow (no isinstance)."""
+    from retrieval import generators
+    from tests.fakes import EchoGenerator
+
+    monkeypatch.setitem(generators.GENERATORS, "echo", EchoGenerator)
+    en = sample_kb.ask("How do I report a bug in Debian?", backend="echo")
+    zh = sample_kb.ask("如何报告错误？", backend="echo")
+    assert (en.backend, en.label, zh.label) == ("echo", "echo (en)", "echo (zh)")
+    first_line = en.contexts[0].text.strip().splitlines()[0]
+    assert [c.chunk_id for c in en.citations] == [en.contexts[0].chunk_id]
+    assert norm(first_line) in norm(en.text) and en.usage["completion_tokens"] == len(first_line)
+    with pytest.raises(KBError, match="unknown generator backend 'nope'.*echo"):
+        sample_kb.ask("How do I report a bug?", backend="nope")

@@ -48,7 +48,7 @@ def test_kb_eval_agrees_with_score_py(slice_, tmp_path, monkeypatch, capsys):
     assert a["questions"] == n and 0 < a["citation_precision"] <= 1 and a["answer_support"] > 0.9
     assert 0 < a["rouge_l"] < 1
     # stored for the UI's status page
-    assert KnowledgeBase(home=home).status()["last_evaluation"]["recall@3"] == ours["recall@3"]
+    assert KnowledgeBase(home=home).status().last_evaluation["recall@3"] == ours["recall@3"]
 
 
 def test_hit_rule_and_rouge():

@@ -4,16 +4,12 @@ and against real local HTTP servers that are down, hang, fail once, or answer ga
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import pytest
 
 from kb.errors import GeneratorError
@@ -22,15 +18,10 @@ from kb.settings import GeneratorSettings
 from retrieval.generators import OpenAIGenerator
 from retrieval.prompt import build_prompt
 from retrieval.types import Context
+from tests.processes import free_port, running
 from tests.tiny_models import build_qwen2
 
 CONTEXTS = [Context(1, 0.9, "Nightly backups run at 02:00.", None, None, "/docs/backup.md", 1)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -39,24 +30,9 @@ def served(tmp_path_factory):
     model = build_qwen2(tmp_path_factory.mktemp("served") / "qwen2")
     port = free_port()
     exe = Path(sys.executable).with_name("transformers")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([str(exe), "serve", str(model), "--host", "127.0.0.1", "--port", str(port),
-                             "--device", "cpu"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("transformers serve did not start: " + proc.stdout.read().decode()[-2000:])
-            time.sleep(0.5)
+    with running([str(exe), "serve", str(model), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
+                 f"http://127.0.0.1:{port}/health", model.parent / "serve.log", {"HF_HUB_OFFLINE": "1"}):
         yield f"http://127.0.0.1:{port}/v1", str(model)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_streams_from_a_real_openai_compatible_server(served):

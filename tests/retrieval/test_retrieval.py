@@ -7,6 +7,7 @@ import json
 
 import pytest
 from app.cli import main as cli
+from app.worker import Worker
 from kb.knowledge_base import KnowledgeBase
 from retrieval.retriever import rrf, weighted_fusion
 from tests.conftest import FAST_MODEL
@@ -28,11 +29,11 @@ def corpus(tmp_path):
 
 
 def keywords_in_step(kb: KnowledgeBase) -> bool:
-    return kb.reader_keywords().ids() == kb.catalogue.chunk_ids(kb.collection)
+    return kb.indexes.reader_keywords(kb.collection).ids() == kb.catalogue.chunk_ids(kb.collection)
 
 
 def keyword_search(kb: KnowledgeBase, question: str, k: int = 10, documents: set[int] | None = None):
-    return kb.reader_keywords().search(question, k, documents)
+    return kb.indexes.reader_keywords(kb.collection).search(question, k, documents)
 
 
 def test_bm25_stays_in_step_after_a_reindex_that_removes_a_file(settings, corpus):
@@ -60,7 +61,7 @@ def test_bm25_stays_in_step_after_a_reindex_that_removes_a_file(settings, corpus
 def test_keyword_filters_apply_inside_the_engine(settings, corpus):
     kb = KnowledgeBase(settings=settings)
     kb.sync([corpus])
-    ids = {d["path"].rsplit("/", 1)[-1]: d["id"] for d in kb.documents()}
+    ids = {d.path.rsplit("/", 1)[-1]: d.id for d in kb.documents()}
     everywhere = keyword_search(kb, "impeller pasta backups", 10)
     assert len({kb.catalogue.chunks_by_ids([i])[i].document_id for i, _ in everywhere.ranking}) == 3
     only = keyword_search(kb, "impeller pasta backups", 10, {ids["pasta.md"]})
@@ -169,7 +170,7 @@ def test_keyword_index_is_repaired_from_the_catalogue(settings, corpus):
     kb = KnowledgeBase(settings=settings)
     kb.sync([corpus])
     real = sorted(kb.catalogue.chunk_ids(kb.collection))
-    kw = KeywordIndex(kb.keyword_dir())
+    kw = KeywordIndex(kb.indexes.keyword_dir(kb.collection))
     kw.stage([real[0]], [(999_999, 1, "phantom zebrafish entry never committed to the catalogue")])
     kw.commit([real[0]], [999_999])  # journal written, catalogue never told: as if killed right here
     kw.close()
@@ -177,11 +178,11 @@ def test_keyword_index_is_repaired_from_the_catalogue(settings, corpus):
     r = kb.sync([corpus])
     assert r.repaired["keyword_entries_repaired"] == 2 and r.embedded == 0
     assert keywords_in_step(kb)
-    assert not (kb.index_dir() / "keywords.pending.json").exists()
+    assert not (kb.indexes.index_dir(kb.collection) / "keywords.pending.json").exists()
 
     import shutil
 
-    shutil.rmtree(kb.keyword_dir())  # lost entirely: rebuilt from the catalogue, nothing re-embedded
+    shutil.rmtree(kb.indexes.keyword_dir(kb.collection))  # lost entirely: rebuilt from the catalogue, nothing re-embedded
     r = kb.sync([corpus])
     assert r.repaired["keyword_entries_repaired"] == len(real) and r.embedded == 0
     assert keywords_in_step(kb)
@@ -194,19 +195,20 @@ def test_readers_see_a_writers_new_index(settings, corpus):
     writer.sync([corpus])
     reader = KnowledgeBase(settings=settings)
     reader.search("When does the cafeteria serve lasagne?", log=False)  # loads both indexes
-    before = reader.reader_index(), reader.reader_keywords()
+    before = reader.indexes.reader_index("default"), reader.indexes.reader_keywords("default")
     (corpus / "menu.md").write_text("# Cafeteria\n\nThe cafeteria serves lasagne every Thursday at noon.\n")
     writer.sync([corpus])
-    assert (reader.reader_index(), reader.reader_keywords()) != before  # reopened, not the stale copies
+    assert (reader.indexes.reader_index("default"), reader.indexes.reader_keywords("default")) != before  # reopened, not the stale copies
     hits = keyword_search(reader, "lasagne cafeteria")
     assert hits.ranking and reader.catalogue.chunks_by_ids([hits.ranking[0][0]])[hits.ranking[0][0]].document.path.endswith("menu.md")
-    assert reader.reader_index().count == writer.catalogue.counts(writer.collection)["chunks"]
+    assert reader.indexes.reader_index("default").count == writer.catalogue.counts(writer.collection)["chunks"]
 
 
 def test_reindex_all_resyncs_folders_and_uploads(settings, corpus):
     kb = KnowledgeBase(settings=settings)
     kb.sync([corpus])
-    kb.ingest_uploads([("policy.md", 40, lambda: b"# Policy\n\nLeave is twenty-five days a year.\n")])
+    kb.submit_uploads([("policy.md", 40, lambda: b"# Policy\n\nLeave is twenty-five days a year.\n")])
+    assert Worker(settings).run_once().result["added"] == 1
     (corpus / "pasta.md").unlink()
     uploaded = kb.uploads_dir() / "policy.md"
     uploaded.write_text("# Policy\n\nLeave is thirty days a year.\n")

@@ -1,0 +1,297 @@
+"""`kb serve`: the HTTP API (FastAPI). REST under /v1 (search, ask with SSE streaming, documents, jobs,
+status), an OpenAI-compatible chat endpoint (a collection is a "model"), /healthz and Prometheus
+/metrics. Every route is one KnowledgeBase call; errors are JSON with the status
+code that says what went wrong (400 bad input, 404 unknown, 409 writer busy, 413 too large, 503 a
+model or the catalogue is down). The error shape is OpenAI's, {"error": {"message", "type"}}, so OpenAI
+clients show kb's message too."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, Field
+
+from app.worker import Worker
+from kb.errors import (CatalogueError, ConfigError, GeneratorError, KBError, LockedError, MissingDependencyError,
+                       NotFoundError)
+from kb.knowledge_base import KnowledgeBase
+from kb.monitoring import collection_names
+from kb.settings import Settings
+from retrieval.answer import Answer
+from retrieval.types import Context
+
+STATUS_OF = [(NotFoundError, 404), (LockedError, 409), (MissingDependencyError, 503), (ConfigError, 400),
+             (GeneratorError, 503), (CatalogueError, 503), (KBError, 500)]
+
+
+class SearchRequest(BaseModel):
+    question: str = Field(min_length=1, max_length=4000)
+    collection: str | None = None
+    top_k: int | None = Field(None, ge=1, le=50)
+    documents: list[str] | None = Field(None, description="Limit to these documents (ids, paths or file names).")
+
+
+class AskRequest(SearchRequest):
+    backend: str | None = None
+    stream: bool = Field(False, description="Server-sent events: `token` pieces, then one `answer` event.")
+
+
+class ReindexRequest(BaseModel):
+    collection: str | None = None
+    paths: list[str] = Field(default_factory=list, description="Folders/files; none: the previous ones and uploads.")
+    full: bool = False
+
+
+class ChatRequest(BaseModel, extra="allow"):
+    model: str
+    messages: list[dict] = Field(min_length=1)
+    stream: bool = False
+
+
+def context_json(c: Context, n: int | None = None) -> dict:
+    return {**({"n": n} if n else {}), "document": Path(c.source).name, "path": c.source, "page": c.page,
+            "heading": c.heading, "score": round(c.score, 5), "chunk_id": c.chunk_id, "text": c.text}
+
+
+def answer_json(a: Answer) -> dict:
+    return {"question": a.question, "answer": a.text, "found": a.found, "backend": a.backend, "model": a.model,
+            "label": a.label,
+            "citations": [{"n": c.n, "document": Path(c.source).name, "path": c.source, "page": c.page,
+                           "heading": c.heading, "chunk_id": c.chunk_id, "text": c.text, "sentences": c.sentences}
+                          for c in a.citations],
+            "unsupported": a.unsupported, "timings_ms": {k: round(v * 1000, 2) for k, v in a.timings.items()},
+            "usage": a.usage}
+
+
+def error(message: str, status: int, kind: str = "invalid_request_error") -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
+
+
+def sse(event: str, data: dict | str) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+class Telemetry:
+    """Prometheus series for this process (with `--workers N`, each process reports its own)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("kb_requests", "HTTP requests", ["route", "method", "status"], registry=self.registry)
+        self.latency = Histogram("kb_request_seconds", "HTTP request latency", ["route"], registry=self.registry,
+                                 buckets=(.005, .01, .025, .05, .1, .15, .25, .35, .5, 1, 2.5, 5, 10, 30))
+        self.stages = Histogram("kb_stage_seconds", "Time per retrieval/answer stage", ["stage"],
+                                registry=self.registry, buckets=(.001, .005, .01, .025, .05, .1, .25, .5, 1, 5, 30))
+        self.documents = Gauge("kb_documents", "Documents", ["collection", "status"], registry=self.registry)
+        self.chunks = Gauge("kb_chunks", "Chunks", ["collection"], registry=self.registry)
+        self.jobs = Gauge("kb_jobs", "Jobs among the last 1000", ["status"], registry=self.registry)
+
+    def observe_stages(self, timings: dict[str, float]) -> None:
+        for stage, seconds in timings.items():
+            self.stages.labels(stage).observe(seconds)
+
+
+def create_app(settings: Settings | None = None, run_worker: bool = True) -> FastAPI:
+    """The API over one data home. `run_worker`: also run queued jobs in this process."""
+    settings = settings or Settings()
+    kbs: dict[str, KnowledgeBase] = {}
+    default = KnowledgeBase(settings=settings)
+    telemetry = Telemetry()
+    worker = Worker(settings).start() if run_worker else None
+    app = FastAPI(title="kb", version="1", description=__doc__)
+
+    def kb_for(collection: str | None, must_exist: bool = True) -> KnowledgeBase:
+        name = collection or settings.collection
+        if must_exist and name != settings.collection and name not in collection_names(default.catalogue):
+            raise NotFoundError(f"no collection {name!r}")
+        if name not in kbs:
+            kbs[name] = KnowledgeBase(settings=settings, collection=name)
+        return kbs[name]
+
+    def queued(job) -> dict:  # noqa: ANN001 - kb.jobs.Job
+        if worker is not None:
+            worker.wake.set()
+        return job.to_dict()
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):  # noqa: ANN001, ANN202
+        route = request.url.path
+        if request.method == "POST" and route == "/v1/documents":
+            size = int(request.headers.get("content-length") or 0)
+            if size > settings.ingest.max_file_mb * 1e6 * 20:  # refuse before reading the body
+                return error(f"upload of {size / 1e6:.0f} MB is too large", 413)
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        matched = request.scope.get("route")
+        route = getattr(matched, "path", "unmatched")
+        telemetry.requests.labels(route, request.method, str(response.status_code)).inc()
+        telemetry.latency.labels(route).observe(time.perf_counter() - t0)
+        return response
+
+    @app.exception_handler(KBError)
+    async def kb_error(request: Request, exc: KBError) -> JSONResponse:
+        code = next(c for t, c in STATUS_OF if isinstance(exc, t))
+        return error(str(exc), code, type(exc).__name__)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors())
+        return error(f"bad request: {problems}", 400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return error(str(exc.detail), exc.status_code)
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"ok": True}
+
+    @app.post("/v1/search")
+    def search(req: SearchRequest) -> dict:
+        r = kb_for(req.collection).retrieve(req.question, req.top_k, req.documents)
+        telemetry.observe_stages(r.timings)
+        return {"question": req.question, "relevant": r.relevant,
+                "contexts": [context_json(c, n) for n, c in enumerate(r.contexts, 1)],
+                "timings_ms": {k: round(v * 1000, 2) for k, v in r.timings.items()}}
+
+    @app.post("/v1/ask", response_model=None)
+    def ask(req: AskRequest) -> dict | StreamingResponse:
+        stream = kb_for(req.collection).ask_stream(req.question, req.backend, req.top_k, req.documents)
+        if not req.stream:
+            answer = stream.result()
+            telemetry.observe_stages(answer.timings)
+            return answer_json(answer)
+
+        def events() -> Iterator[str]:
+            try:
+                for piece in stream:
+                    yield sse("token", {"text": piece})
+            except KBError as exc:
+                yield sse("error", {"error": {"message": str(exc), "type": type(exc).__name__}})
+                return
+            telemetry.observe_stages(stream.answer.timings)
+            yield sse("answer", answer_json(stream.answer))
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.get("/v1/documents")
+    def list_documents(collection: str | None = None) -> list[dict]:
+        return [d.__dict__ | {"name": Path(d.path).name} for d in kb_for(collection).documents()]
+
+    @app.post("/v1/documents", status_code=202)
+    def upload(files: list[UploadFile] = File(...), collection: str | None = Form(None)) -> dict:
+        kb = kb_for(collection, must_exist=False)
+        job, refused = kb.submit_uploads([(f.filename or "upload", f.size or 0, f.file.read) for f in files])
+        if job is None:
+            raise HTTPException(413, "; ".join(f"{Path(p).name}: {r}" for p, r in refused) or "no file")
+        return {"job": queued(job), "refused": [{"file": Path(p).name, "reason": r} for p, r in refused]}
+
+    @app.delete("/v1/documents/{ref:path}")
+    def delete_document(ref: str, collection: str | None = None) -> dict:
+        return {"removed": kb_for(collection).remove(ref)}
+
+    @app.post("/v1/reindex", status_code=202)
+    def reindex(req: ReindexRequest) -> dict:
+        missing = [p for p in req.paths if not Path(p).exists()]
+        if missing:
+            raise HTTPException(400, f"no such file or folder on the server: {', '.join(missing)}")
+        return {"job": queued(kb_for(req.collection, must_exist=False).submit_reindex(req.paths, req.full))}
+
+    @app.get("/v1/jobs/{job_id}")
+    def job(job_id: int) -> dict:
+        return default.jobs.get(job_id).to_dict()
+
+    @app.get("/v1/jobs")
+    def jobs(collection: str | None = None, limit: int = Query(20, ge=1, le=1000)) -> list[dict]:
+        return [j.to_dict() for j in default.jobs.recent(collection, limit)]
+
+    @app.get("/v1/status")
+    def status(collection: str | None = None) -> dict:
+        return kb_for(collection).status().to_dict()
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def metrics() -> PlainTextResponse:
+        for name in collection_names(default.catalogue):
+            counts = default.catalogue.counts(name)
+            telemetry.chunks.labels(name).set(counts["chunks"])
+            for st in ("indexed", "failed"):
+                telemetry.documents.labels(name, st).set(counts[st])
+        for st in ("queued", "running", "done", "failed"):
+            telemetry.jobs.labels(st).set(0)
+        for j in default.jobs.recent(limit=1000):
+            telemetry.jobs.labels(j.status).inc()
+        return PlainTextResponse(generate_latest(telemetry.registry), media_type=CONTENT_TYPE_LATEST)
+
+    # -- OpenAI-compatible: a collection is a model -----------------------------------------------
+    @app.get("/v1/models")
+    def models() -> dict:
+        names = sorted(set(collection_names(default.catalogue)) | {settings.collection})
+        return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "kb"} for n in names]}
+
+    @app.post("/v1/chat/completions", response_model=None)
+    def chat(req: ChatRequest) -> dict | StreamingResponse:
+        question = _last_user_text(req.messages)
+        kb = kb_for(req.model)
+        stream = kb.ask_stream(question)
+        cid, created = f"chatcmpl-kb-{uuid.uuid4().hex[:24]}", int(time.time())
+        head = {"id": cid, "created": created, "model": kb.collection}
+        if not req.stream:
+            a = stream.result()
+            telemetry.observe_stages(a.timings)
+            return {**head, "object": "chat.completion",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": a.text},
+                                 "finish_reason": "stop"}],
+                    "usage": _usage(a), "citations": answer_json(a)["citations"]}
+
+        def chunks() -> Iterator[str]:
+            def chunk(delta: dict, finish: str | None = None, **extra) -> str:  # noqa: ANN003
+                body = {**head, "object": "chat.completion.chunk",
+                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+                return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+            yield chunk({"role": "assistant", "content": ""})
+            try:
+                for piece in stream:
+                    yield chunk({"content": piece})
+            except KBError as exc:
+                yield f"data: {json.dumps({'error': {'message': str(exc), 'type': type(exc).__name__}})}\n\n"
+                return
+            a = stream.answer
+            telemetry.observe_stages(a.timings)
+            yield chunk({}, "stop", usage=_usage(a), citations=answer_json(a)["citations"])
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(chunks(), media_type="text/event-stream")
+
+    app.state.worker = worker
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """`kb serve`'s app in each server process (settings from KB_* variables and kb.toml)."""
+    import os
+
+    return create_app(Settings(), run_worker=os.environ.get("KB_SERVE_JOBS", "1") == "1")
+
+
+def _last_user_text(messages: list[dict]) -> str:
+    for m in reversed(messages):
+        if m.get("role") == "user":
+            content = m.get("content")
+            if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+                content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+            if isinstance(content, str) and content.strip():
+                return content.strip()
+    raise HTTPException(400, "no user message with text in `messages`")
+
+
+def _usage(a: Answer) -> dict:
+    p, c = a.usage.get("prompt_tokens") or 0, a.usage.get("completion_tokens") or 0
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}

@@ -1,0 +1,65 @@
+"""Finding a collection's documents in the catalogue: by a user's reference, for download, by the
+folders its last re-index was given."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from sqlalchemy import select
+
+from kb.catalogue import Catalogue, Document, IngestRun
+from kb.errors import ConfigError, NotFoundError
+
+
+def resolve(catalogue: Catalogue, collection: str, ref: str) -> list[str]:
+    """The one document named by id, exact path, or a path suffix / file name that names exactly one."""
+    with catalogue.session() as s:
+        col = catalogue.collection(s, collection, create=False)
+        docs = list(s.execute(select(Document.id, Document.path).where(Document.collection_id == col.id))) if col else []
+    if ref.isdigit():
+        hits = [d.path for d in docs if d.id == int(ref)]
+    else:
+        full = str(Path(ref).resolve())
+        hits = [d.path for d in docs if d.path == full] or [
+            d.path for d in docs if d.path.endswith("/" + ref.lstrip("/")) or Path(d.path).name == ref]
+    if not hits:
+        raise NotFoundError(f"no document {ref!r} in collection {collection!r}")
+    if len(hits) > 1:
+        raise NotFoundError(f"{ref!r} names {len(hits)} documents; give the full path or the id")
+    return hits
+
+
+def original(catalogue: Catalogue, collection: str, path: str) -> bytes | None:
+    """An indexed document's original bytes, for download. None unless the path is one of this
+    collection's documents and still the regular file that was indexed there: opened without
+    following a link, so a file swapped for a link after indexing is never served."""
+    with catalogue.session() as s:
+        col = catalogue.collection(s, collection, create=False)
+        known = col is not None and s.scalar(
+            select(Document.id).where(Document.collection_id == col.id, Document.path == path)) is not None
+    if not known:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode) or os.path.realpath(path) != path:
+            return None
+        return f.read()
+
+
+def previous_roots(catalogue: Catalogue, collection: str) -> list[str]:
+    """The folders/files given to the collection's last re-index (a bare `kb reindex` syncs them again)."""
+    with catalogue.session() as s:
+        col = catalogue.collection(s, collection, create=False)
+        run = None if col is None else s.scalar(
+            select(IngestRun).where(IngestRun.collection_id == col.id, IngestRun.command.like("reindex%"))
+            .order_by(IngestRun.id.desc()).limit(1))
+        roots = list(run.roots) if run is not None and run.roots else []
+    if not roots:
+        raise ConfigError(f"no folders given and collection {collection!r} was never re-indexed; "
+                          "name the folders: kb reindex PATH...")
+    return roots

@@ -1,0 +1,119 @@
+"""Where a data home keeps each collection's derived indexes (FAISS + keywords), and the readers' cache.
+
+Readers keep a loaded index until a writer saves a new one (writers replace files by rename: a new
+inode), so one process serves every question from memory and still sees each committed write.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from kb.errors import IndexCorruptError
+from kb.keyword_index import KeywordIndex
+from kb.locking import writer_died
+from kb.settings import IndexSettings
+from kb.vector_index import FaissIndex
+
+log = logging.getLogger(__name__)
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """Identifies one saved version of a file."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+class IndexStore:
+    def __init__(self, home: Path, cfg: IndexSettings, identity: Callable[[], dict],
+                 repair: Callable[[str], object], catch_up: Callable[[str], object], catch_up_s: float = 1.0):
+        self.home, self.cfg, self.identity = home, cfg, identity
+        self._repair = repair  # rebuilds a collection's indexes from the catalogue, under the writer lock
+        self._catch_up = catch_up  # applies catalogue changes made elsewhere (another node's writer)
+        self.catch_up_s = catch_up_s
+        self._checked: dict[str, float] = {}  # collection -> when the catalogue was last asked for changes
+        self._lock = threading.RLock()  # one store serves every web session / API request
+        self._readers: dict[tuple[str, str], tuple] = {}  # (kind, collection) -> (file stamp, index)
+
+    def index_dir(self, collection: str) -> Path:
+        return self.home / "collections" / collection
+
+    def keyword_dir(self, collection: str) -> Path:
+        return self.index_dir(collection) / "keywords"
+
+    def open_index(self, collection: str) -> FaissIndex:
+        return FaissIndex(self.index_dir(collection), self.identity(), self.cfg)
+
+    def for_writing(self, collection: str) -> tuple[FaissIndex, KeywordIndex, bool]:
+        """The indexes a writer updates. A damaged vector index is set aside and started empty, so the
+        writer's reconciliation rebuilds it from the stored embeddings (nothing re-embedded); the flag says so."""
+        try:
+            index, rebuilt = self.open_index(collection), False
+        except IndexCorruptError as exc:
+            log.warning("%s; rebuilding it from the catalogue", exc)
+            stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+            for name in ("index.faiss", "manifest.json"):
+                f = self.index_dir(collection) / name
+                if f.exists():
+                    f.replace(f.with_name(f"{name}.damaged-{stamp}"))
+            index, rebuilt = self.open_index(collection), True
+        return index, KeywordIndex.open_or_reset(self.keyword_dir(collection)), rebuilt
+
+    def position(self, collection: str) -> int:
+        """The catalogue change this node's index of a collection reflects (from its manifest; 0 if none)."""
+        try:
+            return int(json.loads((self.index_dir(collection) / "manifest.json").read_bytes()).get("change_seq", 0))
+        except (OSError, ValueError, AttributeError):
+            return 0
+
+    def forget(self, collection: str) -> None:
+        with self._lock:
+            for kind in ("vectors", "keywords"):
+                self._readers.pop((kind, collection), None)
+
+    def reader_index(self, collection: str) -> FaissIndex:
+        """The FAISS index for searching, loaded once and reused until a writer saves a new one."""
+        return self._cached(("vectors", collection), self.index_dir(collection) / "index.faiss", self.open_index)
+
+    def reader_keywords(self, collection: str) -> KeywordIndex:
+        """The keyword index for searching, reopened when a writer has committed (or a rebuild swapped one in)."""
+        return self._cached(("keywords", collection), self.keyword_dir(collection) / "meta.json",
+                            lambda c: KeywordIndex.for_reading(self.keyword_dir(c)))
+
+    def _cached(self, key: tuple[str, str], stamp_file: Path, opener: Callable):  # noqa: ANN202
+        """A damaged index is repaired (outside the lock every session shares) and opened again. After a
+        killed writer the indexes may be ahead of the catalogue (its last batch, or a rebuild's swap):
+        repaired first."""
+        collection = key[1]
+        if writer_died(self.home):
+            self._repair(collection)
+        now = time.monotonic()
+        if now - self._checked.get(collection, -1e9) >= self.catch_up_s:  # at most once a second
+            self._checked[collection] = now
+            self._catch_up(collection)
+        for attempt in range(3):
+            stamp = _stamp(stamp_file)
+            with self._lock:
+                hit = self._readers.get(key)
+                if hit is not None and hit[0] == stamp:
+                    return hit[1]
+                try:
+                    index = opener(collection)
+                except IndexCorruptError:
+                    index = None
+                else:
+                    self._readers[key] = (stamp, index)
+                    return index
+            if attempt == 0:
+                time.sleep(0.2)  # a writer may be between renaming an index and its manifest
+            else:
+                self._repair(collection)
+        return opener(collection)  # still damaged: raise its error

@@ -1,0 +1,92 @@
+"""A collection's state for `kb status`, the web page and the API, and its integrity check."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kb import monitoring
+from kb.catalogue import Catalogue
+from kb.device import faiss_gpu_count, torch_device
+from kb.errors import CatalogueError, IndexCorruptError, IndexMismatchError
+from kb.keyword_index import KeywordIndex
+from kb.settings import Settings
+from kb.vector_index import FaissIndex
+
+
+@dataclass
+class Status:
+    home: str
+    collection: str
+    collections: list[str]
+    documents: int
+    indexed: int
+    failed: int
+    chunks: int
+    failures: list[dict]  # {"path", "error"}
+    embedding_model: str
+    dimension: int
+    chunking: dict
+    index_type: str  # the configured type, and what it is now when they differ: "auto (ivf)"
+    index_vectors: int
+    keyword_entries: int
+    index_bytes: int
+    consistent: bool  # vectors == chunks == keyword entries
+    catalogue_url: str  # without credentials
+    catalogue_bytes: int | None
+    device: dict  # {"torch", "faiss_gpus"}
+    last_run: dict | None
+    last_evaluation: dict | None
+    check: dict[str, list[str]] = field(default_factory=dict)  # filled by `kb status --check`
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def collection_status(settings: Settings, catalogue: Catalogue, collection: str, identity: dict,
+                      index: FaissIndex, keywords: KeywordIndex) -> Status:
+    counts = catalogue.counts(collection)
+    manifest = index.read_manifest() or {}
+    last_run, last_evaluation = monitoring.history(catalogue, collection)
+    db_file = Path(settings.home) / "catalogue.sqlite3"
+    configured = settings.index.type
+    return Status(
+        home=str(Path(settings.home).resolve()), collection=collection,
+        collections=monitoring.collection_names(catalogue), **counts,
+        failures=[{"path": d.path, "error": d.error}
+                  for d in monitoring.documents(catalogue, collection, failed_only=True)],
+        embedding_model=identity["embedding_model"], dimension=identity["dimension"], chunking=identity["chunking"],
+        index_type=configured if index.kind == configured else f"{configured} ({index.kind})",
+        index_vectors=index.count, keyword_entries=keywords.count, index_bytes=manifest.get("index_bytes", 0),
+        consistent=index.count == counts["chunks"] == keywords.count,
+        catalogue_url=settings.catalogue_url.split("@")[-1],
+        catalogue_bytes=db_file.stat().st_size if not settings.database_url and db_file.exists() else None,
+        device={"torch": torch_device(settings.embedding.device), "faiss_gpus": faiss_gpu_count()},
+        last_run=last_run, last_evaluation=last_evaluation)
+
+
+def integrity_problems(catalogue: Catalogue, collection: str, open_index, open_keywords) -> dict[str, list[str]]:  # noqa: ANN001
+    """Problems per part (`kb status --check`): the catalogue's own check, the index's checksum, and
+    whether the indexes hold the same chunks as the catalogue. Empty lists = healthy."""
+    problems: dict[str, list[str]] = {"catalogue": [], "index": []}
+    try:
+        problems["catalogue"] = catalogue.check()
+    except CatalogueError as exc:
+        problems["catalogue"] = [str(exc)]
+    if problems["catalogue"]:
+        return problems
+    try:
+        index = open_index(collection)
+    except (IndexCorruptError, IndexMismatchError) as exc:
+        problems["index"] = [str(exc)]
+        return problems
+    ids, chunks = set(index.ids().tolist()), catalogue.chunk_ids(collection)
+    if ids != chunks:
+        problems["index"] = [f"{len(ids - chunks)} vectors not in the catalogue, {len(chunks - ids)} chunks "
+                             "without a vector (the next write repairs this)"]
+    words = open_keywords(collection).ids()
+    if words != chunks:
+        problems["index"].append(f"{len(words - chunks)} keyword entries not in the catalogue, "
+                                 f"{len(chunks - words)} chunks without one (the next write repairs this)")
+    return problems

@@ -1,0 +1,158 @@
+"""`kb serve` as a real process on a free port, driven over HTTP (httpx) and with the real `openai`
+client: search, cited answers (JSON and streamed), the OpenAI-compatible chat endpoint, uploads that
+become jobs and then searchable documents, errors as JSON with the right status, Prometheus metrics."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from kb.knowledge_base import KnowledgeBase
+from kb.settings import ChunkingSettings, EmbeddingSettings, Settings
+from tests.conftest import FAST_MODEL, ROOT, SAMPLES, consistent
+from tests.processes import free_port, running
+
+pytestmark = pytest.mark.slow
+ENV = {"KB_EMBEDDING__MODEL": FAST_MODEL, "KB_CHUNKING__CHUNK_TOKENS": "120", "KB_CHUNKING__OVERLAP_TOKENS": "20"}
+PDF = "debian-faq-en-chapters-1-2.pdf"
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    """A home with two sample documents, served by `kb serve` (with its in-process job worker)."""
+    root = tmp_path_factory.mktemp("api")
+    docs = root / "docs"
+    docs.mkdir()
+    for name in (PDF, "debian-faq-getting-debian.en.md"):
+        shutil.copy(SAMPLES / name, docs / name)
+    home = root / "home"
+    settings = Settings(home=home, embedding=EmbeddingSettings(model=FAST_MODEL),
+                        chunking=ChunkingSettings(chunk_tokens=120, overlap_tokens=20))
+    KnowledgeBase(settings=settings).sync([docs])
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with running([sys.executable, "-m", "app.cli", "--home", str(home), "serve", "--port", str(port)],
+                 url + "/healthz", root / "serve.log", ENV, cwd=ROOT):
+        yield url, settings, root
+
+
+def client(api) -> httpx.Client:
+    return httpx.Client(base_url=api[0], timeout=60)
+
+
+def test_search_returns_ranked_contexts_with_document_and_page(api):
+    with client(api) as c:
+        r = c.post("/v1/search", json={"question": "Where does the name Debian come from?", "top_k": 3})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["relevant"] and 1 <= len(body["contexts"]) <= 3
+    top = body["contexts"][0]
+    assert top["document"] == PDF and isinstance(top["page"], int) and "Ian" in top["text"]
+    assert [c["n"] for c in body["contexts"]] == list(range(1, len(body["contexts"]) + 1))
+    assert {"embed", "dense", "keyword"} <= set(body["timings_ms"])
+
+
+def test_ask_cites_pages_and_streams_the_same_answer(api):
+    question = "Where does the name Debian come from?"
+    with client(api) as c:
+        whole = c.post("/v1/ask", json={"question": question}).json()
+        with c.stream("POST", "/v1/ask", json={"question": question, "stream": True}) as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            events = [(e.split("\n")[0].removeprefix("event: "), json.loads(e.split("\n")[1].removeprefix("data: ")))
+                      for e in r.read().decode().strip().split("\n\n")]
+    assert whole["found"] and whole["citations"]
+    cited = whole["citations"][0]
+    assert cited["document"] == PDF and isinstance(cited["page"], int) and f"[{cited['n']}]" in whole["answer"]
+    kinds = [k for k, _ in events]
+    assert kinds[-1] == "answer" and set(kinds[:-1]) == {"token"} and len(kinds) > 2
+    streamed = "".join(d["text"] for k, d in events if k == "token")
+    final = events[-1][1]
+    assert final["answer"] == whole["answer"] and streamed.strip() and final["citations"] == whole["citations"]
+
+
+def test_openai_client_gets_cited_answers_streamed_and_not(api):
+    from openai import NotFoundError as OpenAINotFound
+    from openai import OpenAI
+
+    oa = OpenAI(base_url=api[0] + "/v1", api_key="unused", max_retries=0)
+    assert "default" in [m.id for m in oa.models.list()]
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "How do I get Debian?"}]
+    done = oa.chat.completions.create(model="default", messages=messages)
+    text = done.choices[0].message.content
+    citations = done.model_extra["citations"]
+    assert citations and all(f"[{c['n']}]" in text for c in citations)
+    assert {c["document"] for c in citations} <= {PDF, "debian-faq-getting-debian.en.md"}
+    pieces, last = [], None
+    for chunk in oa.chat.completions.create(model="default", messages=messages, stream=True):
+        pieces.append(chunk.choices[0].delta.content or "")
+        last = chunk
+    assert last.choices[0].finish_reason == "stop" and last.model_extra["citations"] == citations
+    assert "".join(pieces).strip()
+    with pytest.raises(OpenAINotFound, match="no collection 'hr'"):
+        oa.chat.completions.create(model="hr", messages=messages)
+
+
+def test_errors_are_json_with_the_right_status(api):
+    with client(api) as c:
+        assert c.post("/v1/search", json={"question": ""}).status_code == 400
+        bad = c.post("/v1/search", json={"question": "x", "top_k": 0})
+        assert bad.status_code == 400 and "top_k" in bad.json()["error"]["message"]
+        missing = c.post("/v1/search", json={"question": "x", "collection": "nope"})
+        assert missing.status_code == 404 and missing.json()["error"]["message"] == "no collection 'nope'"
+        assert c.get("/v1/jobs/999999").status_code == 404
+        assert c.delete("/v1/documents/no-such-file.pdf").status_code == 404
+        assert c.post("/v1/reindex", json={"paths": ["/no/such/folder"]}).status_code == 400
+        assert c.post("/v1/ask", json={"question": "x", "backend": "nope"}).status_code == 400
+        assert c.get("/openapi.json").json()["paths"].keys() >= {"/v1/search", "/v1/ask", "/v1/chat/completions"}
+
+
+def wait_job(c: httpx.Client, job_id: int, timeout_s: float = 120) -> dict:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        job = c.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("done", "failed"):
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} still {job['status']}")
+
+
+def test_upload_becomes_a_job_then_a_searchable_document_then_is_deleted(api, tmp_path):
+    note = tmp_path / "vacation-policy.md"
+    note.write_text("# Vacation policy\n\nEmployees of Example Corp receive thirty-one days of paid vacation "
+                    "per year, booked through the zebrafish portal.\n", encoding="utf-8")
+    question = {"question": "How many vacation days through the zebrafish portal?"}
+    with client(api) as c:
+        r = c.post("/v1/documents", files=[("files", (note.name, note.read_bytes(), "text/markdown")),
+                                           ("files", ("empty.txt", b"", "text/plain"))])
+        assert r.status_code == 202
+        job = wait_job(c, r.json()["job"]["id"])
+        assert job["status"] == "done" and job["kind"] == "upload"
+        results = {Path(f["path"]).name: f for f in job["result"]["files"]}
+        assert results["vacation-policy.md"]["result"] == "added"
+        assert results["empty.txt"]["result"] == "failed" and "empty" in results["empty.txt"]["reason"]
+        hit = c.post("/v1/search", json=question).json()["contexts"][0]
+        assert hit["document"] == "vacation-policy.md" and "thirty-one days" in hit["text"]
+        names = [d["name"] for d in c.get("/v1/documents").json()]
+        assert "vacation-policy.md" in names and PDF in names
+        assert c.delete("/v1/documents/vacation-policy.md").json()["removed"][0].endswith("vacation-policy.md")
+        after = c.post("/v1/search", json=question).json()["contexts"]
+        assert all(x["document"] != "vacation-policy.md" for x in after)
+        status = c.get("/v1/status").json()
+    assert status["consistent"] and status["documents"] == 3  # the two samples and the failed empty file
+    assert consistent(KnowledgeBase(settings=api[1]))
+
+
+def test_reindex_job_and_metrics(api):
+    with client(api) as c:
+        job = wait_job(c, c.post("/v1/reindex", json={}).json()["job"]["id"])
+        assert job["status"] == "done" and job["result"]["unchanged"] >= 2 and job["progress"]["total"] >= 2
+        text = c.get("/metrics").text
+    assert 'kb_requests_total{method="POST",route="/v1/search",status="200"}' in text
+    assert 'kb_stage_seconds_count{stage="embed"}' in text and 'kb_chunks{collection="default"}' in text
+    assert 'kb_jobs{status="done"}' in text
