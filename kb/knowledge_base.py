@@ -70,6 +70,10 @@ class KnowledgeBase:
         return make_embedder(self.settings.embedding)
 
     @cached_property
+    def query_log(self) -> monitoring.QueryLogWriter:
+        return monitoring.QueryLogWriter(self.catalogue)
+
+    @cached_property
     def reranker(self):  # noqa: ANN201 - a sentence-transformers CrossEncoder, or None
         return make_reranker(self.settings.retrieval.reranker, self.settings.embedding.device)
 
@@ -214,14 +218,14 @@ class KnowledgeBase:
         """Ranked contexts for a question (empty when nothing passes the relevance floor)."""
         r = self.retrieve(question, top_k, documents)
         if log:
-            monitoring.log_query(self.catalogue, self.collection, **query_log_row("search", question, r, None))
+            self.query_log.add(self.collection, **query_log_row("search", question, r, None))
         return r.contexts
 
     def ask_stream(self, question: str, backend: str | None = None, top_k: int | None = None,
                    documents: list[str] | None = None) -> AnswerStream:
         """Iterate for the answer text as it streams; `.answer` (an Answer) is set at the end and logged."""
         r = self.retrieve(question, top_k, documents)
-        log = lambda a: monitoring.log_query(self.catalogue, self.collection, **query_log_row("ask", question, r, a))  # noqa: E731
+        log = lambda a: self.query_log.add(self.collection, **query_log_row("ask", question, r, a))  # noqa: E731
         return AnswerStream(question, r, self.generator(backend), self.settings.retrieval.context_chars, on_done=log)
 
     def ask(self, question: str, backend: str | None = None, top_k: int | None = None,
@@ -250,6 +254,7 @@ class KnowledgeBase:
 
     def metrics(self, last: int = 1000) -> monitoring.QueryMetrics:
         """Monitoring from the query log: latency p50/p95 per stage (ms) and queries per minute."""
+        self.query_log.flush()
         return monitoring.query_metrics(self.catalogue, self.collection, last)
 
     def check(self) -> dict[str, list[str]]:

@@ -4,13 +4,19 @@ per logged question, never a scan of every chunk)."""
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
+import logging
+import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import select
 
 from kb.catalogue import Catalogue, Collection, Document, Evaluation, IngestRun, QueryLog, utcnow
+
+log = logging.getLogger(__name__)
 
 # A full rebuild fills this hidden collection, then swaps it in: never listed to users.
 REBUILD_PREFIX = "~rebuild~"
@@ -70,10 +76,45 @@ def documents(catalogue: Catalogue, collection: str, failed_only: bool = False) 
                              _iso(d.indexed_at)) for d in s.scalars(q.order_by(Document.path))]
 
 
-def log_query(catalogue: Catalogue, collection: str, **row) -> None:  # noqa: ANN003 - QueryLog's columns
-    with catalogue.session() as s:
-        col = catalogue.collection(s, collection)
-        s.add(QueryLog(collection_id=col.id, **row))
+class QueryLogWriter:
+    """Questions are logged off the request path: rows wait in memory and a background thread writes them
+    in one transaction every `interval_s` (under load, one fsync for many questions instead of one each).
+    Readers of the log flush first; a process that exits flushes; a killed one loses at most `interval_s`
+    of log rows, never an answer."""
+
+    def __init__(self, catalogue: Catalogue, interval_s: float = 0.25):
+        self.catalogue, self.interval_s = catalogue, interval_s
+        self._rows: list[tuple[str, dict]] = []
+        self._lock = threading.Lock()  # guards _rows
+        self._writing = threading.Lock()  # one flush at a time
+        self._wake = threading.Event()
+        threading.Thread(target=self._run, name="kb-query-log", daemon=True).start()
+        atexit.register(self.flush)
+
+    def add(self, collection: str, **row) -> None:  # noqa: ANN003 - QueryLog's columns
+        with self._lock:
+            self._rows.append((collection, row))
+        self._wake.set()
+
+    def flush(self) -> None:
+        with self._writing:
+            with self._lock:
+                rows, self._rows = self._rows, []
+            if not rows:
+                return
+            with self.catalogue.session() as s:
+                ids = {name: self.catalogue.collection(s, name).id for name in {c for c, _ in rows}}
+                s.add_all([QueryLog(collection_id=ids[c], **row) for c, row in rows])
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            time.sleep(self.interval_s)  # gather what arrives meanwhile
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception as exc:  # noqa: BLE001 - a log write must never stop the service
+                log.warning("query log not written: %s", exc)
 
 
 def query_metrics(catalogue: Catalogue, collection: str, last: int = 1000) -> QueryMetrics:

@@ -19,7 +19,9 @@ from tests.conftest import FAST_MODEL, ROOT, SAMPLES, consistent
 from tests.processes import free_port, running
 
 pytestmark = pytest.mark.slow
-ENV = {"KB_EMBEDDING__MODEL": FAST_MODEL, "KB_CHUNKING__CHUNK_TOKENS": "120", "KB_CHUNKING__OVERLAP_TOKENS": "20"}
+ENV = {"KB_EMBEDDING__MODEL": FAST_MODEL, "KB_CHUNKING__CHUNK_TOKENS": "120", "KB_CHUNKING__OVERLAP_TOKENS": "20",
+       "KB_INGEST__MAX_FILE_MB": "1", "KB_INGEST__LOCK_TIMEOUT_S": "1",
+       "KB_GENERATOR__BASE_URL": "http://127.0.0.1:9/v1", "KB_GENERATOR__RETRIES": "0"}  # nothing listens on 9
 PDF = "debian-faq-en-chapters-1-2.pdf"
 
 
@@ -110,6 +112,21 @@ def test_errors_are_json_with_the_right_status(api):
         assert c.post("/v1/reindex", json={"paths": ["/no/such/folder"]}).status_code == 400
         assert c.post("/v1/ask", json={"question": "x", "backend": "nope"}).status_code == 400
         assert c.get("/openapi.json").json()["paths"].keys() >= {"/v1/search", "/v1/ask", "/v1/chat/completions"}
+
+
+def test_too_large_locked_and_model_down_have_their_own_status(api):
+    from filelock import FileLock
+
+    home = api[1].home
+    with client(api) as c:
+        big = c.post("/v1/documents", files=[("files", ("big.txt", b"word " * 300_000, "text/plain"))])
+        assert big.status_code == 413 and "too large" in big.json()["error"]["message"]
+        with FileLock(str(home / "writer.lock")):  # a long re-index elsewhere holds the writer lock
+            locked = c.delete(f"/v1/documents/{PDF}")
+        assert locked.status_code == 409 and "another kb writer" in locked.json()["error"]["message"]
+        down = c.post("/v1/ask", json={"question": "Where does the name Debian come from?", "backend": "openai"})
+        assert down.status_code == 503 and "127.0.0.1:9" in down.json()["error"]["message"]
+        assert PDF in [d["name"] for d in c.get("/v1/documents").json()]  # nothing was lost on the way
 
 
 def wait_job(c: httpx.Client, job_id: int, timeout_s: float = 120) -> dict:
