@@ -14,22 +14,24 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field
 
 from app.worker import Worker
-from kb.errors import (CatalogueError, ConfigError, GeneratorError, KBError, LockedError, MissingDependencyError,
-                       NotFoundError)
+from kb.access import Identity
+from kb.errors import (AuthError, CatalogueError, ConfigError, GeneratorError, KBError, LockedError,
+                       MissingDependencyError, NotFoundError, PermissionDeniedError)
 from kb.knowledge_base import KnowledgeBase
 from kb.monitoring import collection_names
 from kb.settings import Settings
-from retrieval.answer import Answer
-from retrieval.types import Context
+from retrieval.answer import Answer, AnswerStream
+from retrieval.types import Context, Retrieval, merge_retrievals
 
-STATUS_OF = [(NotFoundError, 404), (LockedError, 409), (MissingDependencyError, 503), (ConfigError, 400),
+ALL_COLLECTIONS = "kb:all"  # the chat "model" that answers from every collection the caller may read
+STATUS_OF = [(AuthError, 401), (PermissionDeniedError, 403), (NotFoundError, 404), (LockedError, 409), (MissingDependencyError, 503), (ConfigError, 400),
              (GeneratorError, 503), (CatalogueError, 503), (KBError, 500)]
 
 
@@ -104,17 +106,41 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
     settings = settings or Settings()
     kbs: dict[str, KnowledgeBase] = {}
     default = KnowledgeBase(settings=settings)
+    if (password := default.access.ensure_first_admin()) is not None:
+        print(f"kb: created the first admin user 'admin' with password {password} (shown once; "
+              "change it with `kb user passwd admin`)", flush=True)
     telemetry = Telemetry()
     worker = Worker(settings).start() if run_worker else None
     app = FastAPI(title="kb", version="1", description=__doc__)
 
-    def kb_for(collection: str | None, must_exist: bool = True) -> KnowledgeBase:
+    def caller(authorization: str | None = Header(None)) -> Identity:
+        """Every /v1 route: `Authorization: Bearer <token>` (the OpenAI clients' api_key)."""
+        scheme, _, token = (authorization or "").partition(" ")
+        return default.access.from_token(token.strip() if scheme.lower() == "bearer" else None)
+
+    def readable(who: Identity) -> list[str]:
+        return who.readable(sorted(set(collection_names(default.catalogue)) | {settings.collection}))
+
+    def kb_for(who: Identity, collection: str | None, must_exist: bool = True) -> KnowledgeBase:
+        """The collection's KnowledgeBase acting for the caller (its checks raise 403)."""
         name = collection or settings.collection
-        if must_exist and name != settings.collection and name not in collection_names(default.catalogue):
+        exists = name == settings.collection or name in collection_names(default.catalogue)
+        if (must_exist and not exists) or not who.may(name, "read"):  # a forbidden one does not exist for them
             raise NotFoundError(f"no collection {name!r}")
         if name not in kbs:
             kbs[name] = KnowledgeBase(settings=settings, collection=name)
-        return kbs[name]
+        return kbs[name].for_caller(who)
+
+    def retrieve(who: Identity, req: SearchRequest) -> tuple[Retrieval, list[KnowledgeBase]]:
+        """One collection when named; otherwise every collection the caller may read, ranked together."""
+        if req.collection:
+            kb = kb_for(who, req.collection)
+            return kb.retrieve(req.question, req.top_k, req.documents), [kb]
+        views = [kb_for(who, c) for c in readable(who)]
+        if not views:
+            raise PermissionDeniedError(f"{who.name} may not read any collection")
+        return merge_retrievals([v.retrieve(req.question, req.top_k, req.documents) for v in views],
+                                req.top_k or settings.retrieval.top_k), views
 
     def queued(job) -> dict:  # noqa: ANN001 - kb.jobs.Job
         if worker is not None:
@@ -139,7 +165,10 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
     @app.exception_handler(KBError)
     async def kb_error(request: Request, exc: KBError) -> JSONResponse:
         code = next(c for t, c in STATUS_OF if isinstance(exc, t))
-        return error(str(exc), code, type(exc).__name__)
+        response = error(str(exc), code, type(exc).__name__)
+        if code == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -155,16 +184,17 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
         return {"ok": True}
 
     @app.post("/v1/search")
-    def search(req: SearchRequest) -> dict:
-        r = kb_for(req.collection).retrieve(req.question, req.top_k, req.documents)
+    def search(req: SearchRequest, who: Identity = Depends(caller)) -> dict:
+        r, views = retrieve(who, req)
+        views[0].access.audit(who.name, "search", ",".join(v.collection for v in views), question=req.question)
         telemetry.observe_stages(r.timings)
         return {"question": req.question, "relevant": r.relevant,
                 "contexts": [context_json(c, n) for n, c in enumerate(r.contexts, 1)],
                 "timings_ms": {k: round(v * 1000, 2) for k, v in r.timings.items()}}
 
     @app.post("/v1/ask", response_model=None)
-    def ask(req: AskRequest) -> dict | StreamingResponse:
-        stream = kb_for(req.collection).ask_stream(req.question, req.backend, req.top_k, req.documents)
+    def ask(req: AskRequest, who: Identity = Depends(caller)) -> dict | StreamingResponse:
+        stream = answer_stream(who, req)
         if not req.stream:
             answer = stream.result()
             telemetry.observe_stages(answer.timings)
@@ -182,40 +212,67 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
+    def answer_stream(who: Identity, req: AskRequest):  # noqa: ANN202 - AnswerStream
+        if req.collection:
+            return kb_for(who, req.collection).ask_stream(req.question, req.backend, req.top_k, req.documents)
+        r, views = retrieve(who, req)
+        views[0].access.audit(who.name, "ask", ",".join(v.collection for v in views), question=req.question)
+        return AnswerStream(req.question, r, default.generator(req.backend), settings.retrieval.context_chars)
+
     @app.get("/v1/documents")
-    def list_documents(collection: str | None = None) -> list[dict]:
-        return [dataclasses.asdict(d) | {"name": Path(d.path).name} for d in kb_for(collection).documents()]
+    def list_documents(collection: str | None = None, who: Identity = Depends(caller)) -> list[dict]:
+        return [dataclasses.asdict(d) | {"name": Path(d.path).name} for d in kb_for(who, collection).documents()]
 
     @app.post("/v1/documents", status_code=202)
-    def upload(files: list[UploadFile] = File(...), collection: str | None = Form(None)) -> dict:
-        kb = kb_for(collection, must_exist=False)
+    def upload(files: list[UploadFile] = File(...), collection: str | None = Form(None),
+               who: Identity = Depends(caller)) -> dict:
+        kb = kb_for(who, collection, must_exist=False)
         job, refused = kb.submit_uploads([(f.filename or "upload", f.size or 0, f.file.read) for f in files])
         if job is None:
             raise HTTPException(413, "; ".join(f"{Path(p).name}: {r}" for p, r in refused) or "no file")
         return {"job": queued(job), "refused": [{"file": Path(p).name, "reason": r} for p, r in refused]}
 
     @app.delete("/v1/documents/{ref:path}")
-    def delete_document(ref: str, collection: str | None = None) -> dict:
-        return {"removed": kb_for(collection).remove(ref)}
+    def delete_document(ref: str, collection: str | None = None, who: Identity = Depends(caller)) -> dict:
+        return {"removed": kb_for(who, collection).remove(ref)}
 
     @app.post("/v1/reindex", status_code=202)
-    def reindex(req: ReindexRequest) -> dict:
+    def reindex(req: ReindexRequest, who: Identity = Depends(caller)) -> dict:
         missing = [p for p in req.paths if not Path(p).exists()]
         if missing:
             raise HTTPException(400, f"no such file or folder on the server: {', '.join(missing)}")
-        return {"job": queued(kb_for(req.collection, must_exist=False).submit_reindex(req.paths, req.full))}
+        kb = kb_for(who, req.collection, must_exist=False)
+        return {"job": queued(kb.submit_reindex(req.paths, req.full))}
 
     @app.get("/v1/jobs/{job_id}")
-    def job(job_id: int) -> dict:
-        return default.jobs.get(job_id).to_dict()
+    def job(job_id: int, who: Identity = Depends(caller)) -> dict:
+        found = default.jobs.get(job_id)
+        if not who.may(found.collection, "read"):
+            raise NotFoundError(f"no job {job_id}")  # another collection's job does not exist for this caller
+        return found.to_dict()
 
     @app.get("/v1/jobs")
-    def jobs(collection: str | None = None, limit: int = Query(20, ge=1, le=1000)) -> list[dict]:
-        return [j.to_dict() for j in default.jobs.recent(collection, limit)]
+    def jobs(collection: str | None = None, limit: int = Query(20, ge=1, le=1000),
+             who: Identity = Depends(caller)) -> list[dict]:
+        return [j.to_dict() for j in default.jobs.recent(collection, limit) if who.may(j.collection, "read")]
 
     @app.get("/v1/status")
-    def status(collection: str | None = None) -> dict:
-        return kb_for(collection).status().to_dict()
+    def status(collection: str | None = None, who: Identity = Depends(caller)) -> dict:
+        st = kb_for(who, collection).status()
+        st.collections = readable(who)
+        return st.to_dict()
+
+    @app.get("/v1/audit", response_model=None)
+    def audit(limit: int = Query(1000, ge=1, le=100_000), format: str = "json",
+              who: Identity = Depends(caller)) -> list[dict] | PlainTextResponse:
+        """Who asked, uploaded, deleted or re-indexed what, and when (admins only); `format=jsonl` exports."""
+        if not who.admin:
+            raise PermissionDeniedError(f"{who.name} may not read the audit log (admins only)")
+        rows = default.access.audit_log(limit)
+        if format == "jsonl":
+            return PlainTextResponse("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                     media_type="application/jsonl")
+        return rows
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def metrics() -> PlainTextResponse:
@@ -232,17 +289,17 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
 
     # -- OpenAI-compatible: a collection is a model -----------------------------------------------
     @app.get("/v1/models")
-    def models() -> dict:
-        names = sorted(set(collection_names(default.catalogue)) | {settings.collection})
+    def models(who: Identity = Depends(caller)) -> dict:
+        names = readable(who) + [ALL_COLLECTIONS]
         return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "kb"} for n in names]}
 
     @app.post("/v1/chat/completions", response_model=None)
-    def chat(req: ChatRequest) -> dict | StreamingResponse:
+    def chat(req: ChatRequest, who: Identity = Depends(caller)) -> dict | StreamingResponse:
         question = _last_user_text(req.messages)
-        kb = kb_for(req.model)
-        stream = kb.ask_stream(question)
+        named = None if req.model == ALL_COLLECTIONS else req.model
+        stream = answer_stream(who, AskRequest(question=question, collection=named))
         cid, created = f"chatcmpl-kb-{uuid.uuid4().hex[:24]}", int(time.time())
-        head = {"id": cid, "created": created, "model": kb.collection}
+        head = {"id": cid, "created": created, "model": req.model}
         if not req.stream:
             a = stream.result()
             telemetry.observe_stages(a.timings)

@@ -76,6 +76,26 @@ def _parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", parents=[common], help="run queued upload/re-index jobs (for deployments)")
     w.add_argument("--once", action="store_true", help="run the jobs waiting now, then exit")
 
+    us = sub.add_parser("user", parents=[common], help="users who may sign in to the web page and the API")
+    us.add_argument("action", choices=["add", "list", "remove", "passwd"])
+    us.add_argument("name", nargs="?")
+    us.add_argument("--password", help="(add, passwd) prompted when omitted")
+    us.add_argument("--admin", action="store_true", help="(add) may manage users, grants and every collection")
+    gr = sub.add_parser("group", parents=[common], help="groups of users: add, remove, list, member, unmember")
+    gr.add_argument("action", choices=["add", "remove", "list", "member", "unmember"])
+    gr.add_argument("name", nargs="?")
+    gr.add_argument("user", nargs="?", help="(member, unmember) the user")
+    gt = sub.add_parser("grant", parents=[common], help="give a user or group read/write/admin on a collection")
+    gt.add_argument("principal", help="user or group name (user:NAME / group:NAME when both exist)")
+    gt.add_argument("target", metavar="COLLECTION", help="collection name, or * for every collection")
+    gt.add_argument("level", choices=["read", "write", "admin", "none"], help="none: revoke")
+    tk = sub.add_parser("token", parents=[common], help="API tokens: create USER (printed once) | revoke TOKEN")
+    tk.add_argument("action", choices=["create", "revoke"])
+    tk.add_argument("value", help="the user (create) or the token or its first 10 characters (revoke)")
+    au = sub.add_parser("audit", parents=[common], help="who asked, uploaded, deleted or re-indexed what (JSONL)")
+    au.add_argument("--limit", type=int, default=1000)
+    au.add_argument("--user", help="only this user's entries")
+
     st = sub.add_parser("status", parents=[common], help="documents, chunks, failures, model, index")
     st.add_argument("--check", action="store_true",
                     help="also check the catalogue's and the index's integrity (exit 1 when damaged)")
@@ -305,6 +325,59 @@ def _worker(settings: Settings, args) -> int:  # noqa: ANN001
     return 0
 
 
+def _access(kb, args) -> int:  # noqa: ANN001, C901 - one branch per subcommand
+    """kb user / group / grant / token / audit."""
+    import getpass
+
+    access = kb.access
+    need = lambda: args.name or sys.exit("kb: give a name")  # noqa: E731
+    if args.command == "user":
+        if args.action == "list":
+            for u in access.users():
+                print(f"{u['name']}{' (admin)' if u['admin'] else ''}  groups: {', '.join(u['groups']) or '-'}")
+        elif args.action == "remove":
+            access.remove_user(need())
+        else:
+            password = args.password or getpass.getpass(f"password for {need()}: ")
+            if len(password) < 8:
+                print("kb: a password needs 8 characters or more", file=sys.stderr)
+                return 2
+            if args.action == "add":
+                access.add_user(args.name, password, args.admin)
+            else:
+                access.set_password(args.name, password)
+    elif args.command == "group":
+        if args.action == "list":
+            for g in access.groups():
+                print(g)
+        elif args.action in ("member", "unmember"):
+            if not args.user:
+                print("kb: give the group and the user", file=sys.stderr)
+                return 2
+            (access.add_member if args.action == "member" else access.remove_member)(need(), args.user)
+        else:
+            (access.add_group if args.action == "add" else access.remove_group)(need())
+    elif args.command == "grant":
+        if args.level == "none":
+            access.revoke(args.principal, args.target)
+        else:
+            access.grant(args.principal, args.target, args.level)
+        access.audit("operator", "grant", args.target, principal=args.principal, level=args.level)
+    elif args.command == "token":
+        if args.action == "create":
+            token = access.create_token(args.value)
+            print(f"API token for {args.value} (shown once; send it as `Authorization: Bearer …`):")
+            print(token)
+        else:
+            n = access.revoke_token(args.value)
+            print(f"revoked {n} token(s)")
+            return 0 if n else 1
+    elif args.command == "audit":
+        for row in access.audit_log(args.limit, args.user):
+            print(json.dumps(row, ensure_ascii=False))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -372,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 1 if any(problems.values()) else 0
             _print_status(kb.status(), args.json)
             return 0
+        if args.command in ("user", "group", "grant", "token", "audit"):
+            return _access(kb, args)
         if args.command == "rebuild-catalogue":
             sources = {kb.collection: [str(Path(p).resolve()) for p in args.paths]} if args.paths else None
             reports = rebuild_catalogue(args.home, settings, sources, progress, args.force)

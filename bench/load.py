@@ -36,6 +36,7 @@ from bench.scale import build, questions, vocabularies  # noqa: E402
 from kb.knowledge_base import KnowledgeBase  # noqa: E402
 from kb.settings import EmbeddingSettings, IngestSettings, Settings  # noqa: E402
 
+TOKEN: list[str] = []
 ENDPOINTS = {"search": ("/v1/search", {}), "ask": ("/v1/ask", {"backend": "extractive"})}
 
 
@@ -60,6 +61,15 @@ def home_for(n: int, model: str, workdir: Path) -> Path:
     return home
 
 
+def bench_token(home: Path, model: str) -> str:
+    """An API token for a reader of every collection (kb serve requires one)."""
+    access = KnowledgeBase(settings=Settings(home=home, embedding=EmbeddingSettings(model=model))).access
+    if "bench" not in [u["name"] for u in access.users()]:
+        access.add_user("bench", None)
+        access.grant("bench", "*", "read")
+    return access.create_token("bench")
+
+
 def drive(url: str, path: str, extra: dict, qs: list[str], clients: int, seconds: float) -> dict:
     latencies: list[float] = []
     errors = 0
@@ -68,7 +78,7 @@ def drive(url: str, path: str, extra: dict, qs: list[str], clients: int, seconds
 
     def client(k: int) -> None:
         nonlocal errors
-        with httpx.Client(base_url=url, timeout=60) as c:
+        with httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {TOKEN[0]}"}) as c:
             i = k
             while time.perf_counter() < stop_at:
                 t0 = time.perf_counter()
@@ -130,6 +140,7 @@ def main() -> None:
     rows = []
     for n in args.sizes:
         home = home_for(n, args.model, args.workdir)
+        TOKEN[:] = [bench_token(home, args.model)]
         proc, url = serve(home, args.model, args.workers, args.workdir / f"serve-{n}.log")
         try:
             for name in args.endpoints:

@@ -173,6 +173,62 @@ def _sqlite_pragmas(engine: Engine) -> None:
 _DAMAGE = ("not a database", "malformed", "corrupt", "disk image", "file is encrypted")
 
 
+# -- who may see what (kb/access.py) ----------------------------------------------------------------------
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(String(500))  # argon2id; None: token-only account
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    failed_sign_ins: Mapped[int] = mapped_column(Integer, default=0)  # consecutive, for the back-off
+    locked_until: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Group(Base):
+    __tablename__ = "groups"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+
+
+class GroupMember(Base):
+    __tablename__ = "group_members"
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+
+
+class Grant(Base):
+    """A user's or a group's level on a collection (by name: a grant may precede the collection)."""
+    __tablename__ = "grants"
+    __table_args__ = (UniqueConstraint("user_id", "group_id", "collection"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    group_id: Mapped[int | None] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"), index=True)
+    collection: Mapped[str] = mapped_column(String(200))
+    level: Mapped[str] = mapped_column(String(10))  # read | write | admin
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)  # the token itself is never stored
+    prefix: Mapped[str] = mapped_column(String(20))  # shown in lists, to tell tokens apart
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+class AuditEntry(Base):
+    """Who asked what, who uploaded, deleted, re-indexed or changed access, and when."""
+    __tablename__ = "audit"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(200), index=True)
+    action: Mapped[str] = mapped_column(String(50))
+    collection: Mapped[str | None] = mapped_column(String(200))
+    detail: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
 class ChunkChange(Base):
     """The catalogue's change sequence: every chunk id added or removed, in commit order (one writer at a
     time). Serving nodes keep their indexes as local copies and catch up from their last `seq`."""

@@ -52,3 +52,11 @@ class NotFoundError(KBError):
 
 class GeneratorError(KBError):
     """The language model could not be loaded, reached, or answered something unusable."""
+
+
+class AuthError(KBError):
+    """No valid credentials (missing or bad token, wrong password, too many attempts)."""
+
+
+class PermissionDeniedError(KBError):
+    """The caller is known but may not do this to this collection."""

@@ -7,7 +7,7 @@ and `retrieval` together; nothing in `kb/` imports it back.
 
 from __future__ import annotations
 
-import threading
+import copy
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
@@ -18,6 +18,7 @@ from ingest.pipeline import Event, IndexWriter, SyncReport
 from ingest.rebuild import CollectionLayout, full_rebuild, record_sources
 from ingest.uploads import Upload, store_uploads
 from kb import document_lookup, monitoring
+from kb.access import AccessControl, Identity
 from kb.catalogue import Catalogue
 from kb.embeddings import Embedder, make_embedder
 from kb.errors import CatalogueError, ConfigError, LockedError
@@ -47,6 +48,28 @@ class KnowledgeBase:
         self.home = Path(settings.home)
         self.collection = collection or settings.collection
         self.indexes = IndexStore(self.home, settings.index, self.index_identity, self.repair_index, self.catch_up)
+        self.caller: Identity | None = None  # who this view acts for (for_caller); None = the local operator
+
+    # -- who may do what (kb/access.py) --------------------------------------------------------
+    @cached_property
+    def access(self) -> AccessControl:
+        return AccessControl(self.catalogue)
+
+    def for_caller(self, caller: Identity, collection: str | None = None) -> KnowledgeBase:
+        """A view acting for `caller`: reads need `read` on the collection, writes `write`; questions,
+        uploads, deletions and re-indexing are audited. Shares every loaded part with this one."""
+        self.catalogue, self.query_log, self.access  # noqa: B018 - made once here, shared by every view
+        view = copy.copy(self)
+        view.caller, view.collection = caller, collection or self.collection
+        return view
+
+    def _allow(self, level: str, action: str | None = None, **detail) -> None:  # noqa: ANN003
+        """Checked before anything is read or written, so a forbidden chunk never reaches a prompt."""
+        if self.caller is None:
+            return
+        self.caller.require(self.collection, level)
+        if action:
+            self.access.audit(self.caller.name, action, self.collection, **detail)
 
     # -- parts, made on first use ------------------------------------------------------------
     @cached_property
@@ -118,9 +141,11 @@ class KnowledgeBase:
 
     def sync(self, paths: list[str | Path], full: bool = False, progress: bool = False,
              on_event: Event | None = None, on_wait: Wait = None) -> SyncReport:
-        """Make the collection match these files/folders: add new, update changed, remove deleted.
+        """Make the collection match these files/folders: add new, update changed, remove deleted (needs
+        `write`: every write below goes through here, `ingest` or `remove`).
         With no paths, re-syncs the folders of the previous reindex. `full` rebuilds everything the
         collection holds aside and swaps it in when done (ingest/rebuild.py)."""
+        self._allow("write")
         roots = [str(Path(p).resolve()) for p in paths]
         if full:
             with self._locked(on_wait):
@@ -135,6 +160,7 @@ class KnowledgeBase:
     def ingest(self, paths: list[str | Path], progress: bool = False, on_event: Event | None = None,
                on_wait: Wait = None) -> SyncReport:
         """Add or update files/folders without removing anything else."""
+        self._allow("write")
         return self._sync([str(Path(p).resolve()) for p in paths], "ingest", progress, on_event, on_wait)
 
     def _sync(self, roots: list[str], command: str, progress: bool, on_event: Event | None, on_wait: Wait) -> SyncReport:
@@ -152,17 +178,22 @@ class KnowledgeBase:
     def submit_uploads(self, files: Iterable[Upload]) -> tuple[Job | None, list[tuple[str, str]]]:
         """Store uploaded files now (a file over the size limit is refused before it is read) and queue
         their indexing; returns the job (None when every file was refused) and the refused (path, reason)."""
+        self._allow("write")
         paths, refused = store_uploads(files, self.uploads_dir(), self.settings.ingest.max_file_mb)
+        if paths:
+            self._allow("write", "upload", files=[p.name for p in paths])
         job = self.jobs.submit(self.collection, "upload", {"paths": [str(p) for p in paths]}) if paths else None
         return job, refused
 
     def submit_reindex(self, paths: list[str | Path] = (), full: bool = False) -> Job:
         """Queue a re-index (no paths: the previous folders and the uploads) or a full rebuild."""
+        self._allow("write", "reindex", paths=[str(p) for p in paths], full=full)
         return self.jobs.submit(self.collection, "reindex_full" if full else "reindex",
                                 {"paths": [str(Path(p).resolve()) for p in paths]})
 
     def remove(self, doc: str, on_wait: Wait = None) -> list[str]:
         """Remove documents by id, exact path, or a path suffix that names exactly one."""
+        self._allow("write", "delete", document=doc)
         with self._writing(on_wait) as writer:
             paths = document_lookup.resolve(self.catalogue, self.collection, doc)
             writer.remove(paths)
@@ -210,12 +241,14 @@ class KnowledgeBase:
 
     def retrieve(self, question: str, top_k: int | None = None, documents: list[str] | None = None) -> Retrieval:
         """The hybrid retriever's result: contexts (top-k), whether anything relevant was found, timings."""
+        self._allow("read")
         doc_ids = documents_named(self.catalogue, self.collection, documents) if documents else None
         return self.retriever().search(question, top_k, doc_ids)
 
     def search(self, question: str, top_k: int | None = None, documents: list[str] | None = None,
                log: bool = True) -> list[Context]:
         """Ranked contexts for a question (empty when nothing passes the relevance floor)."""
+        self._allow("read", "search", question=question)
         r = self.retrieve(question, top_k, documents)
         if log:
             self.query_log.add(self.collection, **query_log_row("search", question, r, None))
@@ -224,6 +257,7 @@ class KnowledgeBase:
     def ask_stream(self, question: str, backend: str | None = None, top_k: int | None = None,
                    documents: list[str] | None = None) -> AnswerStream:
         """Iterate for the answer text as it streams; `.answer` (an Answer) is set at the end and logged."""
+        self._allow("read", "ask", question=question)
         r = self.retrieve(question, top_k, documents)
         log = lambda a: self.query_log.add(self.collection, **query_log_row("ask", question, r, a))  # noqa: E731
         return AnswerStream(question, r, self.generator(backend), self.settings.retrieval.context_chars, on_done=log)
@@ -235,6 +269,7 @@ class KnowledgeBase:
 
     def original(self, path: str) -> bytes | None:
         """A document's original bytes for download (None unless it is still the file indexed there)."""
+        self._allow("read", "download", path=path)
         return document_lookup.original(self.catalogue, self.collection, path)
 
     def evaluate(self, qa_path: str | Path, backend: str | None = None, answer_limit: int | None = None,
@@ -250,10 +285,12 @@ class KnowledgeBase:
         monitoring.record_evaluation(self.catalogue, self.collection, report.to_dict(), qa_file, corpus)
 
     def documents(self) -> list[monitoring.DocumentInfo]:
+        self._allow("read")
         return monitoring.documents(self.catalogue, self.collection)
 
     def metrics(self, last: int = 1000) -> monitoring.QueryMetrics:
         """Monitoring from the query log: latency p50/p95 per stage (ms) and queries per minute."""
+        self._allow("read")
         self.query_log.flush()
         return monitoring.query_metrics(self.catalogue, self.collection, last)
 
@@ -267,6 +304,7 @@ class KnowledgeBase:
                                   self.indexes.reader_keywords)
 
     def status(self) -> Status:
+        self._allow("read")
         c = self.collection
         return collection_status(self.settings, self.catalogue, c, self.index_identity(),
                                  self.indexes.reader_index(c), self.indexes.reader_keywords(c))

@@ -191,7 +191,8 @@ def catalogue_backend(request: pytest.FixtureRequest, monkeypatch: pytest.Monkey
     engine = create_engine(url, poolclass=NullPool)
     try:
         with engine.connect() as conn:  # the test really wrote its catalogue here, not to a SQLite file
-            written = conn.scalar(text("SELECT (SELECT count(*) FROM collections) + (SELECT count(*) FROM jobs)"))
+            written = conn.scalar(text("SELECT (SELECT count(*) FROM collections) + (SELECT count(*) FROM jobs)"
+                                       " + (SELECT count(*) FROM users)"))
             assert written > 0, "nothing reached PostgreSQL"
     finally:
         engine.dispose()

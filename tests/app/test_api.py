@@ -37,15 +37,30 @@ def api(tmp_path_factory):
     settings = Settings(home=home, embedding=EmbeddingSettings(model=FAST_MODEL),
                         chunking=ChunkingSettings(chunk_tokens=120, overlap_tokens=20))
     KnowledgeBase(settings=settings).sync([docs])
+    hr = root / "hr"
+    hr.mkdir()
+    (hr / "salaries.md").write_text(f"# Salaries\n\n{SECRET}\n", encoding="utf-8")
+    owner = KnowledgeBase(settings=settings, collection="hr")
+    owner.sync([hr])
+    access = owner.access
+    access.add_user("tester", "tester-password", admin=True)
+    access.add_user("bob", "bob-password")
+    access.add_group("eng")
+    access.add_member("eng", "bob")
+    access.grant("eng", "default", "read")
+    tokens = {"tester": access.create_token("tester"), "bob": access.create_token("bob")}
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with running([sys.executable, "-m", "app.cli", "--home", str(home), "serve", "--port", str(port)],
                  url + "/healthz", root / "serve.log", ENV, cwd=ROOT):
-        yield url, settings, root
+        yield url, settings, root, tokens
 
 
-def client(api) -> httpx.Client:
-    return httpx.Client(base_url=api[0], timeout=60)
+SECRET = "The CFO's salary is 912,345 zorkmids, paid through the Quetzal Bank."
+
+
+def client(api, user: str = "tester") -> httpx.Client:
+    return httpx.Client(base_url=api[0], timeout=60, headers={"Authorization": f"Bearer {api[3][user]}"})
 
 
 def test_search_returns_ranked_contexts_with_document_and_page(api):
@@ -82,7 +97,7 @@ def test_openai_client_gets_cited_answers_streamed_and_not(api):
     from openai import NotFoundError as OpenAINotFound
     from openai import OpenAI
 
-    oa = OpenAI(base_url=api[0] + "/v1", api_key="unused", max_retries=0)
+    oa = OpenAI(base_url=api[0] + "/v1", api_key=api[3]["tester"], max_retries=0)
     assert "default" in [m.id for m in oa.models.list()]
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "How do I get Debian?"}]
     done = oa.chat.completions.create(model="default", messages=messages)
@@ -96,8 +111,8 @@ def test_openai_client_gets_cited_answers_streamed_and_not(api):
         last = chunk
     assert last.choices[0].finish_reason == "stop" and last.model_extra["citations"] == citations
     assert "".join(pieces).strip()
-    with pytest.raises(OpenAINotFound, match="no collection 'hr'"):
-        oa.chat.completions.create(model="hr", messages=messages)
+    with pytest.raises(OpenAINotFound, match="no collection 'legal'"):
+        oa.chat.completions.create(model="legal", messages=messages)
 
 
 def test_errors_are_json_with_the_right_status(api):
@@ -106,6 +121,7 @@ def test_errors_are_json_with_the_right_status(api):
         bad = c.post("/v1/search", json={"question": "x", "top_k": 0})
         assert bad.status_code == 400 and "top_k" in bad.json()["error"]["message"]
         missing = c.post("/v1/search", json={"question": "x", "collection": "nope"})
+        assert c.post("/v1/search", json={"question": "x"}, headers={"Authorization": ""}).status_code == 401
         assert missing.status_code == 404 and missing.json()["error"]["message"] == "no collection 'nope'"
         assert c.get("/v1/jobs/999999").status_code == 404
         assert c.delete("/v1/documents/no-such-file.pdf").status_code == 404
@@ -173,3 +189,47 @@ def test_reindex_job_and_metrics(api):
     assert 'kb_requests_total{method="POST",route="/v1/search",status="200"}' in text
     assert 'kb_stage_seconds_count{stage="embed"}' in text and 'kb_chunks{collection="default"}' in text
     assert 'kb_jobs{status="done"}' in text
+
+
+def test_a_user_never_sees_a_collection_not_granted_to_their_group(api):
+    """bob (group eng: read on default) against hr, whatever he asks and however he asks it."""
+    from openai import NotFoundError as OpenAINotFound
+    from openai import OpenAI
+
+    secret_question = "What is the CFO's salary in zorkmids at the Quetzal Bank?"
+    with client(api, "tester") as admin:  # the admin sees it: the document is really there
+        assert admin.post("/v1/search", json={"question": secret_question, "collection": "hr"}
+                          ).json()["contexts"][0]["document"] == "salaries.md"
+    with client(api, "bob") as bob:
+        everything = bob.post("/v1/search", json={"question": secret_question, "top_k": 10}).json()
+        assert all(c["document"] != "salaries.md" for c in everything["contexts"])
+        assert "912,345" not in json.dumps(everything)
+        mine = bob.post("/v1/search", json={"question": "How do I get Debian?"}).json()["contexts"]
+        assert mine and {c["document"] for c in mine} <= {PDF, "debian-faq-getting-debian.en.md"}
+        for r in (bob.post("/v1/search", json={"question": secret_question, "collection": "hr"}),
+                  bob.post("/v1/ask", json={"question": secret_question, "collection": "hr"}),
+                  bob.get("/v1/documents", params={"collection": "hr"}),
+                  bob.get("/v1/status", params={"collection": "hr"}),
+                  bob.delete("/v1/documents/salaries.md", params={"collection": "hr"})):
+            assert r.status_code == 404 and "912,345" not in r.text and "salaries" not in r.text, r.text
+        answer = bob.post("/v1/ask", json={"question": secret_question}).json()
+        assert "912,345" not in json.dumps(answer)
+        assert "hr" not in bob.get("/v1/status").json()["collections"]
+        assert bob.post("/v1/documents", files=[("files", ("x.md", b"# x\n\nhello there\n", "text/markdown"))]
+                        ).status_code == 403  # read, not write
+        assert bob.get("/v1/audit").status_code == 403
+    oa = OpenAI(base_url=api[0] + "/v1", api_key=api[3]["bob"], max_retries=0)
+    assert sorted(m.id for m in oa.models.list()) == ["default", "kb:all"]
+    with pytest.raises(OpenAINotFound):
+        oa.chat.completions.create(model="hr", messages=[{"role": "user", "content": secret_question}])
+    chat = oa.chat.completions.create(model="kb:all", messages=[{"role": "user", "content": secret_question}])
+    assert "912,345" not in chat.choices[0].message.content
+    assert all(c["document"] != "salaries.md" for c in chat.model_extra["citations"])
+    bad = httpx.post(api[0] + "/v1/search", json={"question": secret_question},
+                     headers={"Authorization": "Bearer kb_not-a-real-token"})
+    assert bad.status_code == 401 and bad.json()["error"]["message"] == "this token is not valid (unknown or revoked)"
+    assert bad.headers["www-authenticate"] == "Bearer"
+    assert httpx.get(api[0] + "/healthz").status_code == 200  # stays open
+    with client(api, "tester") as admin:
+        rows = [json.loads(line) for line in admin.get("/v1/audit", params={"format": "jsonl"}).text.splitlines()]
+    assert any(r["actor"] == "bob" and r["action"] == "search" and r.get("question") == secret_question for r in rows)

@@ -28,8 +28,11 @@ def serve(home, log, env):  # noqa: ANN001, ANN201
     return running(cmd, url + "/healthz", log, env, cwd=ROOT), url
 
 
+TOKEN: dict[str, str] = {}
+
+
 def top_document(url: str, question: str) -> str | None:
-    r = httpx.post(url + "/v1/search", json={"question": question, "top_k": 1}, timeout=30)
+    r = httpx.post(url + "/v1/search", json={"question": question, "top_k": 1}, timeout=30, headers=TOKEN)
     r.raise_for_status()
     contexts = r.json()["contexts"]
     return contexts[0]["document"] if contexts else None
@@ -49,6 +52,10 @@ def test_two_nodes_follow_a_third_writer_and_a_late_node_builds_from_the_catalog
     shutil.copy(SAMPLES / "debian-faq-getting-debian.en.md", docs / "getting.md")
     writer_home = tmp_path / "writer"
     assert kb_cli(writer_home, "reindex", str(docs), env=env).returncode == 0
+    assert kb_cli(writer_home, "user", "add", "reader", "--password", "reader-password", env=env).returncode == 0
+    assert kb_cli(writer_home, "grant", "reader", "default", "read", env=env).returncode == 0
+    made = kb_cli(writer_home, "token", "create", "reader", env=env)
+    TOKEN["Authorization"] = "Bearer " + made.stdout.strip().splitlines()[-1]  # the token alone on the last line
 
     (a_ctx, a), (b_ctx, b) = serve(tmp_path / "node-a", tmp_path / "a.log", env), serve(tmp_path / "node-b",
                                                                                          tmp_path / "b.log", env)
@@ -92,13 +99,13 @@ def test_two_nodes_follow_a_third_writer_and_a_late_node_builds_from_the_catalog
                 t.join()
         assert not errors, errors[:3]
         for url in (a, b):
-            status = httpx.get(url + "/v1/status", timeout=30).json()
+            status = httpx.get(url + "/v1/status", timeout=30, headers=TOKEN).json()
             assert status["consistent"] and status["documents"] == 1
 
     c_ctx, c = serve(tmp_path / "node-c", tmp_path / "c.log", env)  # started later, from nothing
     with c_ctx:
         assert top_document(c, "Who is the on-call badger keeper?") == "oncall.md"
-        status = httpx.get(c + "/v1/status", timeout=30).json()
+        status = httpx.get(c + "/v1/status", timeout=30, headers=TOKEN).json()
         assert status["consistent"] and status["index_vectors"] == status["chunks"] > 0
     assert (tmp_path / "node-c" / "collections" / "default" / "index.faiss").exists()
     print(f"new document visible after (s): {seen}")
