@@ -278,8 +278,13 @@ def _ui(settings: Settings, args) -> int:  # noqa: ANN001
     import os
     import subprocess
 
+    from kb.knowledge_base import KnowledgeBase
+
     app = Path(__file__).with_name("streamlit_app.py")
     home = Path(args.home or settings.home).resolve()
+    if (password := KnowledgeBase(home=home, settings=settings).access.ensure_first_admin()) is not None:
+        print(f"kb: sign in as 'admin' with password {password} (shown once; change it with "
+              "`kb user passwd admin`, or set KB_ADMIN_PASSWORD before the first start)", flush=True)
     env = {**os.environ, "KB_HOME": str(home), "KB_COLLECTION": args.collection or settings.collection,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(app.parents[1]), os.environ.get("PYTHONPATH")]))}
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),

@@ -3,6 +3,7 @@ documents; status and monitoring. Every action is one KnowledgeBase call; all te
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -11,8 +12,10 @@ import streamlit as st
 from app.render import highlight, label_escape, md_escape
 from app.worker import Worker
 from ingest.extract import MIME
+from kb.access import Identity
 from kb.errors import KBError
 from kb.knowledge_base import KnowledgeBase
+from kb.monitoring import collection_names
 from kb.settings import Settings
 from retrieval.answer import Answer
 
@@ -125,7 +128,10 @@ def documents(kb: KnowledgeBase) -> None:
         job_worker(str(kb.home))
     limit = kb.settings.ingest.max_file_mb
     round_key = st.session_state.setdefault("upload_round", 0)
-    files = st.file_uploader(f"Add documents (up to {limit:g} MB each)", accept_multiple_files=True,
+    writable = kb.caller is None or kb.caller.may(kb.collection, "write")
+    if not writable:
+        st.caption("You may read this collection; adding or deleting documents needs write access.")
+    files = None if not writable else st.file_uploader(f"Add documents (up to {limit:g} MB each)", accept_multiple_files=True,
                              type=sorted(ext.lstrip(".") for ext in MIME), key=f"upload-{round_key}")
     followed = st.session_state.setdefault(("jobs", kb.collection), [])
     if files and st.button("Add to the knowledge base", type="primary"):
@@ -151,12 +157,12 @@ def documents(kb: KnowledgeBase) -> None:
         with left:
             choice = st.selectbox("Document", [d.id for d in docs],
                                   format_func=lambda i: next(Path(d.path).name for d in docs if d.id == i))
-            if st.button("Delete document"):
+            if writable and st.button("Delete document"):
                 removed = kb.remove(str(choice), on_wait=wait_notice)
                 st.success(label_escape(f"Removed {Path(removed[0]).name}"))
                 st.rerun()
         with right:
-            if st.button("Re-index collection"):
+            if writable and st.button("Re-index collection"):
                 followed.append(kb.submit_reindex().id)
                 st.rerun()
 
@@ -195,29 +201,102 @@ def guarded(action, kb: KnowledgeBase) -> None:  # noqa: ANN001 - a tab's functi
         st.error(label_escape(str(exc)))
 
 
+def signed_in(kb: KnowledgeBase) -> Identity | None:
+    """The signed-in caller of this browser session, or the sign-in form (None until it succeeds).
+    Wrong passwords lock the account for growing times (kb/access.py)."""
+    if (who := st.session_state.get("who")) is not None:
+        return who
+    st.title("Knowledge base")
+    name = st.text_input("User name")
+    password = st.text_input("Password", type="password")
+    if st.button("Sign in", type="primary") and name:
+        try:
+            st.session_state["who"] = kb.access.sign_in(name, password)
+            kb.access.audit(name, "sign-in")
+            st.rerun()
+        except KBError as exc:
+            st.error(label_escape(str(exc)))
+    return None
+
+
+def admin(kb: KnowledgeBase) -> None:
+    """Users, groups, grants and the audit log (admins only)."""
+    access = kb.access
+    st.subheader("Users")
+    st.dataframe(access.users(), hide_index=True, width="stretch")
+    with st.form("add-user", clear_on_submit=True):
+        c = st.columns([2, 2, 1])
+        name = c[0].text_input("New user")
+        password = c[1].text_input("Initial password (8+ characters)", type="password")
+        is_admin = c[2].checkbox("Admin")
+        if st.form_submit_button("Add user") and name:
+            if len(password) < 8:
+                st.error("A password needs 8 characters or more")
+            else:
+                access.add_user(name, password, is_admin)
+                access.audit(kb.caller.name, "add-user", None, user=name, admin=is_admin)
+                st.success(label_escape(f"Added {name}"))
+    st.subheader("Grants")
+    st.dataframe(access.grants(), hide_index=True, width="stretch")
+    with st.form("grant", clear_on_submit=True):
+        c = st.columns(3)
+        principal = c[0].text_input("User or group (group:NAME)")
+        collection = c[1].text_input("Collection (* = all)")
+        level = c[2].selectbox("Level", ["read", "write", "admin", "none"])
+        if st.form_submit_button("Grant") and principal and collection:
+            if level == "none":
+                access.revoke(principal, collection)
+            else:
+                access.grant(principal, collection, level)
+            access.audit(kb.caller.name, "grant", collection, principal=principal, level=level)
+            st.success(label_escape(f"{principal}: {level} on {collection}"))
+    st.subheader("Audit log")
+    rows = access.audit_log(200)
+    st.dataframe(rows, hide_index=True, width="stretch")
+    st.download_button("Export the audit log (JSONL)", "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                                               for r in access.audit_log(100_000)),
+                       file_name="kb-audit.jsonl", mime="application/jsonl")
+
+
 def main() -> None:
     st.set_page_config(page_title="Knowledge base", page_icon="📚", layout="wide")
     settings = Settings()
     home = str(Path(settings.home).resolve())
+    base = knowledge_base(home, settings.collection)
     try:
-        known = knowledge_base(home, settings.collection).status().collections
+        who = signed_in(base)
+        if who is None:
+            return
+        known = collection_names(base.catalogue)
     except KBError as exc:
         st.error(label_escape(str(exc)))
-        known = []
-    collections = sorted(set(known) | {settings.collection})
+        return
+    collections = who.readable(sorted(set(known) | {settings.collection}))
     with st.sidebar:
         st.title("Knowledge base")
-        collection = st.selectbox("Collection", collections, index=collections.index(settings.collection))
-    kb = knowledge_base(home, collection)
+        st.caption(label_escape(f"Signed in as {who.name}" + (" (admin)" if who.admin else "")))
+        if st.button("Sign out"):
+            st.session_state.pop("who", None)
+            st.rerun()
+        if not collections:
+            st.info("No collection is shared with you yet; ask an administrator.")
+            return
+        default = collections.index(settings.collection) if settings.collection in collections else 0
+        collection = st.selectbox("Collection", collections, index=default)
+    kb = knowledge_base(home, collection).for_caller(who)
     with st.sidebar:
         st.caption(md_escape(f"Answers by {kb.generator().label}"))
-    tab_chat, tab_docs, tab_status = st.tabs(["Chat", "Documents", "Status"])
-    with tab_chat:
+    names = ["Chat", "Documents", "Status"] + (["Admin"] if who.admin else [])
+    tabs = dict(zip(names, st.tabs(names), strict=True))
+    with tabs["Chat"]:
         guarded(chat, kb)
-    with tab_docs:
+    with tabs["Documents"]:
         guarded(documents, kb)
-    with tab_status:
+    with tabs["Status"]:
         guarded(status, kb)
+    if who.admin:
+        with tabs["Admin"]:
+            guarded(admin, kb)
 
 
 main()

@@ -8,5 +8,5 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q -e .
 .venv/bin/kb reindex sample_docs
 .venv/bin/kb status
-echo "Open http://localhost:8501 in your browser."
+echo "Open http://localhost:8501 in your browser and sign in as admin (the password is printed below on the first start, or set KB_ADMIN_PASSWORD)."
 exec .venv/bin/kb ui --port "${KB_UI_PORT:-8501}"

@@ -28,7 +28,8 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 
-UI_ENV = {"KB_EMBEDDING__MODEL": FAST_MODEL, "KB_CHUNKING__CHUNK_TOKENS": "120", "KB_CHUNKING__OVERLAP_TOKENS": "20"}
+ADMIN_PASSWORD = "browser-admin-password"
+UI_ENV = {"KB_ADMIN_PASSWORD": ADMIN_PASSWORD, "KB_EMBEDDING__MODEL": FAST_MODEL, "KB_CHUNKING__CHUNK_TOKENS": "120", "KB_CHUNKING__OVERLAP_TOKENS": "20"}
 
 
 @contextmanager
@@ -71,12 +72,25 @@ def wait_for(driver, condition, timeout=120):
     return WebDriverWait(driver, timeout, poll_frequency=0.3).until(condition)
 
 
+def sign_in(browser, url: str) -> None:
+    """The first admin (`kb ui` made it from KB_ADMIN_PASSWORD) signs in through the page's form."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(url)
+    name = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "input[type=text]"))[0]
+    name.send_keys("admin")
+    browser.find_element(By.CSS_SELECTOR, "input[type=password]").send_keys(ADMIN_PASSWORD)
+    time.sleep(0.5)  # Streamlit commits a text input on blur / after typing stops
+    next(b for b in browser.find_elements(By.TAG_NAME, "button") if "Sign in" in b.text).click()
+    wait_for(browser, lambda d: "Signed in as admin" in d.find_element(By.TAG_NAME, "body").text)
+
+
 def test_upload_ask_and_open_the_cited_page(server, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
     pdf = SAMPLES / "debian-faq-en-chapters-1-2.pdf"
-    browser.get(server)
+    sign_in(browser, server)
     tab = wait_for(browser, lambda d: next((t for t in d.find_elements(By.CSS_SELECTOR, "[role=tab]")
                                             if "Documents" in t.text), None))
     tab.click()
@@ -152,7 +166,7 @@ def test_markdown_in_a_document_name_and_heading_shows_as_text(settings, browser
                 + d.find_elements(By.CSS_SELECTOR, "img[src*='evil']"))
 
     with running_ui(settings.home, tmp_path / "ui.log") as url:
-        browser.get(url)
+        sign_in(browser, url)
         box = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "textarea"))[0]
         box.send_keys("When is the falcon project deadline?")
         box.send_keys(Keys.ENTER)

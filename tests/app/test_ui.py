@@ -14,6 +14,20 @@ from tests.conftest import FAST_MODEL, ROOT
 APP = str(ROOT / "app" / "streamlit_app.py")
 
 
+def signed_in(user: str = "tester", password: str = "tester-password") -> AppTest:
+    """The page, past its sign-in form."""
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.text_input[0].input(user)
+    at.text_input[1].input(password)
+    at.button[0].click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    return at
+
+
+def add_tester(kb: KnowledgeBase) -> None:
+    kb.access.add_user("tester", "tester-password", admin=True)
+
+
 @pytest.fixture
 def indexed(tmp_path, monkeypatch, settings):
     docs = tmp_path / "docs"
@@ -22,6 +36,7 @@ def indexed(tmp_path, monkeypatch, settings):
                                     "thirty days. <script>alert('x')</script> ![tracker](http://example.com/t.png)\n")
     kb = KnowledgeBase(settings=settings)
     kb.sync([docs])
+    add_tester(kb)
     monkeypatch.setenv("KB_HOME", str(settings.home))
     monkeypatch.setenv("KB_EMBEDDING__MODEL", FAST_MODEL)
     monkeypatch.setenv("KB_CHUNKING__CHUNK_TOKENS", "120")
@@ -30,8 +45,7 @@ def indexed(tmp_path, monkeypatch, settings):
 
 
 def test_chat_streams_a_cited_answer_and_keeps_history(indexed):
-    at = AppTest.from_file(APP, default_timeout=120).run()
-    assert not at.exception
+    at = signed_in()
     at.chat_input[0].set_value("When do nightly backups run?").run()
     assert not at.exception
     text = " ".join(m.value for m in at.markdown)
@@ -53,11 +67,13 @@ def test_a_heading_and_file_name_holding_markdown_are_escaped_in_the_source_expa
     docs.mkdir()
     (docs / name).write_text(f"<html><body><h1>{heading}</h1><p>The falcon project deadline is 30 June. The "
                              "falcon team delivers the migration plan before the deadline.</p></body></html>")
-    KnowledgeBase(settings=settings).sync([docs])
+    kb = KnowledgeBase(settings=settings)
+    kb.sync([docs])
+    add_tester(kb)
     for key, value in {"KB_HOME": str(settings.home), "KB_EMBEDDING__MODEL": FAST_MODEL,
                        "KB_CHUNKING__CHUNK_TOKENS": "120", "KB_CHUNKING__OVERLAP_TOKENS": "20"}.items():
         monkeypatch.setenv(key, value)
-    at = AppTest.from_file(APP, default_timeout=120).run()
+    at = signed_in()
     at.chat_input[0].set_value("When is the falcon project deadline?").run()
     assert not at.exception
     label = at.expander[0].label
@@ -68,7 +84,7 @@ def test_a_heading_and_file_name_holding_markdown_are_escaped_in_the_source_expa
 
 
 def test_documents_and_status_tabs_show_the_collection(indexed):
-    at = AppTest.from_file(APP, default_timeout=120).run()
+    at = signed_in()
     at.chat_input[0].set_value("When do nightly backups run?").run()
     assert at.subheader[0].value == "1 documents"
     names = at.dataframe[0].value["name"].tolist()
@@ -146,3 +162,31 @@ def test_an_upload_job_during_a_reindex_waits_for_the_writer_lock_and_says_so(se
     assert any("another kb writer is running" in w for w in waited)  # the page shows why it waits
     assert time.perf_counter() - t0 >= 2.5 and done.status == "done" and done.result["added"] == 1
     holder.wait(timeout=10)
+
+
+def test_sign_in_is_required_and_a_user_sees_only_granted_collections(indexed, tmp_path):
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    (hr / "pay.md").write_text("# Pay\n\nThe bonus pool is 4.2 million this year.\n", encoding="utf-8")
+    KnowledgeBase(settings=indexed.settings, collection="hr").sync([hr])
+    access = indexed.access
+    access.add_user("bob", "bob-password")
+    access.add_group("eng")
+    access.add_member("eng", "bob")
+    access.grant("eng", "default", "read")
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    assert not at.chat_input and not at.tabs  # nothing but the sign-in form
+    at.text_input[0].input("bob")
+    at.text_input[1].input("wrong password")
+    at.button[0].click().run()
+    assert at.error[0].value == "wrong user name or password" and not at.tabs
+    bob = signed_in("bob", "bob-password")
+    assert bob.sidebar.selectbox[0].options == ["default"]  # hr exists, but is not his
+    assert [t.label for t in bob.tabs] == ["Chat", "Documents", "Status"]  # no Admin tab
+    assert not bob.get("file_uploader")  # read access: no upload
+    bob.chat_input[0].set_value("How big is the bonus pool?").run()
+    assert "4.2" not in " ".join(m.value for m in bob.markdown)
+    admin = signed_in()
+    assert sorted(admin.sidebar.selectbox[0].options) == ["default", "hr"]
+    assert [t.label for t in admin.tabs][-1] == "Admin"
+    assert any(r["actor"] == "bob" and r["action"] == "ask" for r in access.audit_log())
