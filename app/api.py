@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from kb.settings import Settings
 from retrieval.answer import Answer, AnswerStream
 from retrieval.types import Context, Retrieval, merge_retrievals
 
+log = logging.getLogger(__name__)
 ALL_COLLECTIONS = "kb:all"  # the chat "model" that answers from every collection the caller may read
 STATUS_OF = [(AuthError, 401), (PermissionDeniedError, 403), (NotFoundError, 404), (LockedError, 409), (MissingDependencyError, 503), (ConfigError, 400),
              (GeneratorError, 503), (CatalogueError, 503), (KBError, 500)]
@@ -106,9 +108,6 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
     settings = settings or Settings()
     kbs: dict[str, KnowledgeBase] = {}
     default = KnowledgeBase(settings=settings)
-    if (password := default.access.ensure_first_admin()) is not None:
-        print(f"kb: created the first admin user 'admin' with password {password} (shown once; "
-              "change it with `kb user passwd admin`)", flush=True)
     telemetry = Telemetry()
     worker = Worker(settings).start() if run_worker else None
     app = FastAPI(title="kb", version="1", description=__doc__)
@@ -136,11 +135,17 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
         if req.collection:
             kb = kb_for(who, req.collection)
             return kb.retrieve(req.question, req.top_k, req.documents), [kb]
-        views = [kb_for(who, c) for c in readable(who)]
+        views, results = [], []
+        for name in readable(who):
+            view = kb_for(who, name)
+            try:
+                results.append(view.retrieve(req.question, req.top_k, req.documents))
+                views.append(view)
+            except KBError as exc:  # one damaged or rebuilding collection must not silence the others
+                log.warning("search of %s skipped: %s", name, exc)
         if not views:
             raise PermissionDeniedError(f"{who.name} may not read any collection")
-        return merge_retrievals([v.retrieve(req.question, req.top_k, req.documents) for v in views],
-                                req.top_k or settings.retrieval.top_k), views
+        return merge_retrievals(results, req.top_k or settings.retrieval.top_k), views
 
     def queued(job) -> dict:  # noqa: ANN001 - kb.jobs.Job
         if worker is not None:
@@ -238,10 +243,12 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
 
     @app.post("/v1/reindex", status_code=202)
     def reindex(req: ReindexRequest, who: Identity = Depends(caller)) -> dict:
+        kb = kb_for(who, req.collection, must_exist=False)
+        if req.paths and not who.admin:  # before looking at the paths: nothing about the server is revealed
+            raise PermissionDeniedError(f"{who.name} may not index folders of the server (administrators only)")
         missing = [p for p in req.paths if not Path(p).exists()]
         if missing:
             raise HTTPException(400, f"no such file or folder on the server: {', '.join(missing)}")
-        kb = kb_for(who, req.collection, must_exist=False)
         return {"job": queued(kb.submit_reindex(req.paths, req.full))}
 
     @app.get("/v1/jobs/{job_id}")
@@ -275,7 +282,10 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
         return rows
 
     @app.get("/metrics", response_class=PlainTextResponse)
-    def metrics() -> PlainTextResponse:
+    def metrics(who: Identity = Depends(caller)) -> PlainTextResponse:
+        """Prometheus text; collection names and counts, so for administrators (a scrape token)."""
+        if not who.admin:
+            raise PermissionDeniedError(f"{who.name} may not read the metrics (administrators only)")
         for name in collection_names(default.catalogue):
             counts = default.catalogue.counts(name)
             telemetry.chunks.labels(name).set(counts["chunks"])
@@ -346,6 +356,8 @@ def _last_user_text(messages: list[dict]) -> str:
             if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
                 content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
             if isinstance(content, str) and content.strip():
+                if len(content) > 4000:
+                    raise HTTPException(400, "the last user message is longer than 4000 characters")
                 return content.strip()
     raise HTTPException(400, "no user message with text in `messages`")
 

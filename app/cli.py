@@ -303,7 +303,13 @@ def _serve(settings: Settings, args) -> int:  # noqa: ANN001
 
     import uvicorn
 
-    os.environ["KB_HOME"] = str(Path(args.home or settings.home).resolve())
+    from kb.knowledge_base import KnowledgeBase
+
+    home = Path(args.home or settings.home).resolve()
+    if (password := KnowledgeBase(home=home, settings=settings).access.ensure_first_admin()) is not None:
+        print(f"kb: created the first admin user 'admin' with password {password} (shown once; change it "
+              "with `kb user passwd admin`, or set KB_ADMIN_PASSWORD before the first start)", flush=True)
+    os.environ["KB_HOME"] = str(home)
     os.environ["KB_COLLECTION"] = args.collection or settings.collection
     os.environ["KB_SERVE_JOBS"] = "0" if args.no_jobs else "1"
     print(f"kb: API for {os.environ['KB_HOME']} at http://{args.host}:{args.port} (docs at /docs)", flush=True)

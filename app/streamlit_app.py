@@ -13,7 +13,7 @@ from app.render import highlight, label_escape, md_escape
 from app.worker import Worker
 from ingest.extract import MIME
 from kb.access import Identity
-from kb.errors import KBError
+from kb.errors import KBError, NotFoundError
 from kb.knowledge_base import KnowledgeBase
 from kb.monitoring import collection_names
 from kb.settings import Settings
@@ -205,7 +205,11 @@ def signed_in(kb: KnowledgeBase) -> Identity | None:
     """The signed-in caller of this browser session, or the sign-in form (None until it succeeds).
     Wrong passwords lock the account for growing times (kb/access.py)."""
     if (who := st.session_state.get("who")) is not None:
-        return who
+        try:  # grants are read again on every run: a revoked user loses access at once
+            who = st.session_state["who"] = kb.access.identity(who.name)
+            return who
+        except NotFoundError:  # removed meanwhile
+            st.session_state.pop("who", None)
     st.title("Knowledge base")
     name = st.text_input("User name")
     password = st.text_input("Password", type="password")

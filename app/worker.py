@@ -65,7 +65,11 @@ class Worker:
             while not beating.wait(self.heartbeat_s):
                 with lock:
                     snapshot = dict(progress)
-                self.queue.heartbeat(job.id, self.name, snapshot)
+                try:
+                    if not self.queue.heartbeat(job.id, self.name, snapshot):
+                        log.warning("job %s is no longer this worker's (requeued after a stall?)", job.id)
+                except Exception as exc:  # noqa: BLE001 - a missed beat is retried at the next one
+                    log.warning("job %s: heartbeat not recorded: %s", job.id, exc)
 
         ticker = threading.Thread(target=beat, name=f"kb-job-{job.id}-heartbeat", daemon=True)
         ticker.start()
@@ -100,7 +104,7 @@ class Worker:
         while not self.stop.is_set():
             try:
                 ran = self.run_once()
-            except KBError as exc:  # catalogue unreachable or damaged: say so, keep trying
+            except Exception as exc:  # noqa: BLE001 - catalogue unreachable, locked, damaged: say so, keep trying
                 log.warning("worker %s: %s", self.name, exc)
                 ran = None
             if ran is None:

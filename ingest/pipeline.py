@@ -212,6 +212,7 @@ class IndexWriter:
     # -- consistency -----------------------------------------------------------------------
     def reconcile(self) -> dict[str, int]:
         """Make the vector and keyword indexes hold exactly the catalogue's chunk ids (run before any write)."""
+        position = self.catalogue.last_change(self.collection)  # first: a change committed later is replayed
         in_index = set(self.index.ids().tolist())
         in_catalogue = self.catalogue.chunk_ids(self.collection)
         orphans = in_index - in_catalogue
@@ -223,7 +224,6 @@ class IndexWriter:
             with self.catalogue.session() as s:
                 vectors = self._vectors(s, [(r.embed_sha256, self._embed_text(r)) for r in rows], SyncReport())
             self.index.add(np.array([r.id for r in rows], dtype=np.int64), vectors)
-        position = self.catalogue.last_change(self.collection)
         if orphans or missing or position != self.index.change_seq:
             self.index.change_seq = position  # now exactly the catalogue: other nodes' changes included
             self.index.save()

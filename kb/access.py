@@ -12,7 +12,8 @@ import os
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.exc import DatabaseError
 
 from kb.catalogue import ApiToken, AuditEntry, Catalogue, Grant, Group, GroupMember, User, utcnow
 from kb.errors import AuthError, ConfigError, NotFoundError, PermissionDeniedError
@@ -166,35 +167,36 @@ class AccessControl:
     def sign_in(self, name: str, password: str) -> Identity:
         """Check a password. After FREE_ATTEMPTS wrong ones in a row, each further one locks the account
         for twice as long as the last (2 s, 4 s, … up to 15 min): guessing is slowed, the owner is not
-        shut out for good. The same message for an unknown name and a wrong password."""
+        shut out for good. Each attempt is counted before the password is checked, in one UPDATE, so
+        parallel guesses are all counted. One message for an unknown name, a wrong password and a
+        locked account: nothing tells which names exist."""
         from argon2.exceptions import InvalidHashError, VerificationError
 
-        with self.catalogue.session() as s:  # the failure count must commit: no exception inside
-            user = s.scalar(select(User).where(User.name == name))
-            now = utcnow()
-            if user is not None and user.locked_until and user.locked_until > now:
-                wait = (user.locked_until - now).total_seconds()
-                problem = f"too many failed sign-ins; try again in {max(1, round(wait))} s"
-            else:
-                try:
-                    if user is None or user.password_hash is None:
-                        self.hasher.hash(password)  # the same cost as a real check: names cannot be probed by timing
-                        raise VerificationError
-                    self.hasher.verify(user.password_hash, password)
-                    problem = None
-                except (VerificationError, InvalidHashError):
-                    problem = "wrong user name or password"
-                    if user is not None:
-                        user.failed_sign_ins += 1
-                        over = user.failed_sign_ins - FREE_ATTEMPTS
-                        if over >= 0:
-                            user.locked_until = now + dt.timedelta(seconds=min(MAX_LOCK_S, 2 ** (over + 1)))
-            if problem is None:
-                user.failed_sign_ins, user.locked_until = 0, None
-                who = self._identity(s, user)
-        if problem is not None:
-            raise AuthError(problem)
-        return who
+        refused = AuthError("wrong user name or password (after repeated failures: wait a while, then try again)")
+        now = utcnow()
+        with self.catalogue.session() as s:  # claim the attempt: only when the account is not locked
+            claimed = s.execute(update(User).where(User.name == name, or_(User.locked_until.is_(None),
+                                                                           User.locked_until <= now))
+                                .values(failed_sign_ins=User.failed_sign_ins + 1)
+                                .returning(User.id, User.password_hash, User.failed_sign_ins)).first()
+        if claimed is None:  # unknown or locked: the same cost as a real check, the same answer
+            self.hasher.hash(password)
+            raise refused
+        try:
+            if claimed.password_hash is None:
+                raise VerificationError
+            self.hasher.verify(claimed.password_hash, password)
+        except (VerificationError, InvalidHashError):
+            over = claimed.failed_sign_ins - FREE_ATTEMPTS
+            if over >= 0:
+                with self.catalogue.session() as s:
+                    s.execute(update(User).where(User.id == claimed.id).values(
+                        locked_until=utcnow() + dt.timedelta(seconds=min(MAX_LOCK_S, 2 ** (over + 1)))))
+            raise refused from None
+        with self.catalogue.session() as s:
+            user = s.get(User, claimed.id)
+            user.failed_sign_ins, user.locked_until = 0, None
+            return self._identity(s, user)
 
     def identity(self, name: str) -> Identity:
         with self.catalogue.session() as s:
@@ -210,7 +212,7 @@ class AccessControl:
         password = given or secrets.token_urlsafe(12)
         try:
             self.add_user("admin", password, admin=True)
-        except ConfigError:  # another process made it first
+        except (ConfigError, DatabaseError):  # another process made it first
             return None
         return None if given else password
 

@@ -46,11 +46,13 @@ class Batcher(Generic[T, R]):
                     results = self.call([r.item for r in batch])
                     for r, result in zip(batch, results, strict=True):
                         r.result = result
-                except Exception as exc:  # noqa: BLE001 - every request of the batch gets the error
+                except BaseException as exc:  # every request of the batch gets the error, even an interrupt
                     for r in batch:
                         r.error = exc
-                for r in batch:
-                    r.done = True
+                    raise
+                finally:
+                    for r in batch:
+                        r.done = True
         if req.error is not None:
             raise req.error
         return req.result

@@ -8,6 +8,7 @@ and `retrieval` together; nothing in `kb/` imports it back.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
@@ -21,7 +22,7 @@ from kb import document_lookup, monitoring
 from kb.access import AccessControl, Identity
 from kb.catalogue import Catalogue
 from kb.embeddings import Embedder, make_embedder
-from kb.errors import CatalogueError, ConfigError, LockedError
+from kb.errors import CatalogueError, ConfigError, LockedError, PermissionDeniedError
 from kb.index_store import IndexStore
 from kb.jobs import Job, JobQueue
 from kb.keyword_index import ENGINE_ID
@@ -36,6 +37,15 @@ from retrieval.retriever import Retriever, documents_named
 from retrieval.types import Context, Retrieval
 
 Wait = Callable[[str], None] | None  # told when another writer holds the lock
+_NAME = re.compile(r"[^\W_][\w.-]{0,99}")  # letters (any script), digits, . _ -; no path separators
+
+
+def check_collection_name(name: str) -> str:
+    """A collection name becomes a folder name under the data home: nothing that could leave it."""
+    if not _NAME.fullmatch(name):
+        raise ConfigError(f"invalid collection name {name!r}: use letters, digits, '.', '_' or '-' (up to 100), "
+                          "starting with a letter or digit")
+    return name
 
 
 class KnowledgeBase:
@@ -46,7 +56,7 @@ class KnowledgeBase:
             settings = settings.model_copy(update={"home": Path(home)})
         self.settings = settings
         self.home = Path(settings.home)
-        self.collection = collection or settings.collection
+        self.collection = check_collection_name(collection or settings.collection)
         self.indexes = IndexStore(self.home, settings.index, self.index_identity, self.repair_index, self.catch_up)
         self.caller: Identity | None = None  # who this view acts for (for_caller); None = the local operator
 
@@ -58,9 +68,9 @@ class KnowledgeBase:
     def for_caller(self, caller: Identity, collection: str | None = None) -> KnowledgeBase:
         """A view acting for `caller`: reads need `read` on the collection, writes `write`; questions,
         uploads, deletions and re-indexing are audited. Shares every loaded part with this one."""
-        self.catalogue, self.query_log, self.access  # noqa: B018 - made once here, shared by every view
+        self.catalogue, self.query_log, self.access, self.reranker  # noqa: B018 - made once, shared by every view
         view = copy.copy(self)
-        view.caller, view.collection = caller, collection or self.collection
+        view.caller, view.collection = caller, check_collection_name(collection or self.collection)
         return view
 
     def _allow(self, level: str, action: str | None = None, **detail) -> None:  # noqa: ANN003
@@ -186,7 +196,10 @@ class KnowledgeBase:
         return job, refused
 
     def submit_reindex(self, paths: list[str | Path] = (), full: bool = False) -> Job:
-        """Queue a re-index (no paths: the previous folders and the uploads) or a full rebuild."""
+        """Queue a re-index (no paths: the previous folders and the uploads) or a full rebuild. Naming
+        folders of the server is for administrators: anything the server can read would become searchable."""
+        if paths and self.caller is not None and not self.caller.admin:
+            raise PermissionDeniedError(f"{self.caller.name} may not index folders of the server (administrators only)")
         self._allow("write", "reindex", paths=[str(p) for p in paths], full=full)
         return self.jobs.submit(self.collection, "reindex_full" if full else "reindex",
                                 {"paths": [str(Path(p).resolve()) for p in paths]})
@@ -215,6 +228,7 @@ class KnowledgeBase:
 
     def repair_index(self, collection: str | None = None, on_wait: Wait = None) -> dict:
         """Rebuild a damaged or missing index from the catalogue's stored embeddings (no re-embedding)."""
+        self._allow("write")
         with self._writing(on_wait, collection=collection) as writer:
             repaired = writer.reconcile()
             writer.index.save()
@@ -235,6 +249,9 @@ class KnowledgeBase:
 
     # -- reads ----------------------------------------------------------------------------------
     def retriever(self, collection: str | None = None) -> Retriever:
+        if collection not in (None, self.collection) and self.caller is not None:
+            raise PermissionDeniedError("a view reads its own collection only")
+        self._allow("read")
         c = collection or self.collection
         return Retriever(self.settings.retrieval, self.embedder, self.indexes.reader_index(c),
                          self.indexes.reader_keywords(c), self.catalogue, c, self.reranker)
@@ -275,6 +292,7 @@ class KnowledgeBase:
     def evaluate(self, qa_path: str | Path, backend: str | None = None, answer_limit: int | None = None,
                  results_out: str | Path | None = None, progress: bool = False) -> EvalReport:
         """Retrieval metrics on a QA set (and answer metrics with a backend): see retrieval/evaluation.py."""
+        self._allow("read")
         report = evaluate(self.retriever(), load_qa(Path(qa_path)), self.settings.retrieval,
                           self.generator(backend) if backend else None, answer_limit, results_out, progress)
         report.collection, report.chunk_tokens = self.collection, self.settings.chunking.chunk_tokens
@@ -282,6 +300,7 @@ class KnowledgeBase:
         return report
 
     def record_evaluation(self, report: EvalReport, qa_file: str, corpus: str | None) -> None:
+        self._allow("write")
         monitoring.record_evaluation(self.catalogue, self.collection, report.to_dict(), qa_file, corpus)
 
     def documents(self) -> list[monitoring.DocumentInfo]:
@@ -296,6 +315,7 @@ class KnowledgeBase:
 
     def check(self) -> dict[str, list[str]]:
         """Integrity problems per part (`kb status --check`); empty lists = healthy."""
+        self._allow("read")
         try:
             self.catalogue
         except CatalogueError as exc:  # too damaged to open

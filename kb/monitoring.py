@@ -103,8 +103,8 @@ class QueryLogWriter:
             if not rows:
                 return
             with self.catalogue.session() as s:
-                ids = {name: self.catalogue.collection(s, name).id for name in {c for c, _ in rows}}
-                s.add_all([QueryLog(collection_id=ids[c], **row) for c, row in rows])
+                cols = {name: self.catalogue.collection(s, name, create=False) for name in {c for c, _ in rows}}
+                s.add_all([QueryLog(collection_id=cols[c].id, **row) for c, row in rows if cols[c] is not None])
 
     def _run(self) -> None:
         while True:

@@ -126,6 +126,8 @@ def test_errors_are_json_with_the_right_status(api):
         assert c.get("/v1/jobs/999999").status_code == 404
         assert c.delete("/v1/documents/no-such-file.pdf").status_code == 404
         assert c.post("/v1/reindex", json={"paths": ["/no/such/folder"]}).status_code == 400
+        escape = c.post("/v1/reindex", json={"collection": "../../outside"})
+        assert escape.status_code == 400 and "invalid collection name" in escape.json()["error"]["message"]
         assert c.post("/v1/ask", json={"question": "x", "backend": "nope"}).status_code == 400
         assert c.get("/openapi.json").json()["paths"].keys() >= {"/v1/search", "/v1/ask", "/v1/chat/completions"}
 
@@ -218,6 +220,9 @@ def test_a_user_never_sees_a_collection_not_granted_to_their_group(api):
         assert bob.post("/v1/documents", files=[("files", ("x.md", b"# x\n\nhello there\n", "text/markdown"))]
                         ).status_code == 403  # read, not write
         assert bob.get("/v1/audit").status_code == 403
+        assert bob.get("/metrics").status_code == 403  # collection names and counts: administrators only
+        probe = bob.post("/v1/reindex", json={"paths": ["/etc"]})  # server folders: administrators only
+        assert probe.status_code == 403 and "/etc" not in probe.text
     oa = OpenAI(base_url=api[0] + "/v1", api_key=api[3]["bob"], max_retries=0)
     assert sorted(m.id for m in oa.models.list()) == ["default", "kb:all"]
     with pytest.raises(OpenAINotFound):

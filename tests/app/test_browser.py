@@ -72,17 +72,17 @@ def wait_for(driver, condition, timeout=120):
     return WebDriverWait(driver, timeout, poll_frequency=0.3).until(condition)
 
 
-def sign_in(browser, url: str) -> None:
-    """The first admin (`kb ui` made it from KB_ADMIN_PASSWORD) signs in through the page's form."""
+def sign_in(browser, url: str, user: str = "admin", password: str = ADMIN_PASSWORD) -> None:
+    """Sign in through the page's form (the first admin was made by `kb ui` from KB_ADMIN_PASSWORD)."""
     from selenium.webdriver.common.by import By
 
     browser.get(url)
     name = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "input[type=text]"))[0]
-    name.send_keys("admin")
-    browser.find_element(By.CSS_SELECTOR, "input[type=password]").send_keys(ADMIN_PASSWORD)
+    name.send_keys(user)
+    browser.find_element(By.CSS_SELECTOR, "input[type=password]").send_keys(password)
     time.sleep(0.5)  # Streamlit commits a text input on blur / after typing stops
     next(b for b in browser.find_elements(By.TAG_NAME, "button") if "Sign in" in b.text).click()
-    wait_for(browser, lambda d: "Signed in as admin" in d.find_element(By.TAG_NAME, "body").text)
+    wait_for(browser, lambda d: f"Signed in as {user}" in d.find_element(By.TAG_NAME, "body").text)
 
 
 def test_upload_ask_and_open_the_cited_page(server, browser, tmp_path):
@@ -159,7 +159,17 @@ def test_markdown_in_a_document_name_and_heading_shows_as_text(settings, browser
         "group before the deadline, and the falcon budget review follows in July.</p>"
         "<p>Falcon status meetings take place every Tuesday morning in the large meeting room on the third "
         "floor.</p></body></html>", encoding="utf-8")
-    KnowledgeBase(settings=settings).sync([docs])  # the same model and chunking as the UI (UI_ENV)
+    kb = KnowledgeBase(settings=settings)
+    kb.sync([docs])  # the same model and chunking as the UI (UI_ENV)
+    secret = tmp_path / "hr"
+    secret.mkdir()
+    (secret / "pay.md").write_text("# Pay\n\nThe falcon bonus pool is 7,654,321 zorkmids this year.\n")
+    KnowledgeBase(settings=settings, collection="hr").sync([secret])
+    kb.access.add_user("admin", ADMIN_PASSWORD, admin=True)  # users exist: `kb ui` makes no first admin
+    kb.access.add_user("bob", "bob-password")  # group eng: read on default only
+    kb.access.add_group("eng")
+    kb.access.add_member("eng", "bob")
+    kb.access.grant("eng", "default", "read")
 
     def hostile_elements(d):
         return (d.find_elements(By.CSS_SELECTOR, "a[href*='evil']")
@@ -195,3 +205,21 @@ def test_markdown_in_a_document_name_and_heading_shows_as_text(settings, browser
         option = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "[role=option]"))[0]
         assert option.text.strip() == HOSTILE_NAME, option.get_attribute("outerHTML")
         assert not hostile_elements(browser), [e.get_attribute("outerHTML") for e in hostile_elements(browser)]
+
+        # Another user, granted only `default` through his group: hr is not offered, not searched, not shown.
+        next(b for b in browser.find_elements(By.TAG_NAME, "button") if "Sign out" in b.text).click()
+        sign_in(browser, url, "bob", "bob-password")
+        collection = wait_for(browser, lambda d: [s for s in d.find_elements(By.CSS_SELECTOR,
+                                                                              "[data-testid=stSelectbox]")
+                                                  if "Collection" in s.text])[0]
+        collection.find_element(By.CSS_SELECTOR, "button[aria-haspopup=listbox]").click()
+        options = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "[role=option]"))
+        assert [o.text.strip() for o in options] == ["default"]
+        collection.find_element(By.CSS_SELECTOR, "button[aria-haspopup=listbox]").click()
+        assert "Admin" not in [t.text for t in browser.find_elements(By.CSS_SELECTOR, "[role=tab]")]
+        box = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "textarea"))[0]
+        box.send_keys("How big is the falcon bonus pool in zorkmids?")
+        box.send_keys(Keys.ENTER)
+        wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "[data-testid=stChatMessage]")) >= 2)
+        time.sleep(2)
+        assert "7,654,321" not in browser.find_element(By.TAG_NAME, "body").text
