@@ -29,10 +29,13 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("reindex", parents=[common], help="make the index match folders: add new, update changed, remove deleted")
     r.add_argument("paths", nargs="*", help="files or folders (default: those of the previous reindex)")
     r.add_argument("--full", action="store_true", help="rebuild everything (after changing model or chunking)")
+    r.add_argument("--retry-failed", action="store_true",
+                   help="read again files that failed before and did not change (normally skipped)")
     r.add_argument("--json", action="store_true")
 
     i = sub.add_parser("ingest", parents=[common], help="add or update files/folders without removing others")
     i.add_argument("paths", nargs="+")
+    i.add_argument("--retry-failed", action="store_true", help="read again files that failed before, unchanged")
     i.add_argument("--json", action="store_true")
 
     rm = sub.add_parser("remove", parents=[common], help="remove a document (id, path or file name)")
@@ -143,7 +146,7 @@ def _print_report(report, as_json: bool) -> None:
     c = report.counts()
     print(
         f"added {c['added']} · updated {c['updated']} · removed {c['removed']} · unchanged {c['unchanged']} · "
-        f"failed {c['failed']}  |  chunks +{c['chunks_added']} -{c['chunks_removed']} · "
+        f"failed {c['failed'] + c['still_failed']}  |  chunks +{c['chunks_added']} -{c['chunks_removed']} · "
         f"embedded {c['embedded']} · reused {c['reused_embeddings']} · {report.seconds:.1f}s"
     )
     for label, paths in (("added", report.added), ("updated", report.updated), ("removed", report.removed)):
@@ -151,6 +154,8 @@ def _print_report(report, as_json: bool) -> None:
             print(f"  {label:8} {_shown(p)}")
     for p, reason in report.failed:
         print(f"  FAILED   {_shown(p)}: {reason}")
+    for p, reason in report.still_failed:
+        print(f"  FAILED   {_shown(p)}: {reason} (unchanged since; not read again, --retry-failed forces it)")
     for p, reason in report.skipped:
         print(f"  skipped  {_shown(p)}: {reason}")
     if any(report.repaired.values()):
@@ -423,11 +428,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"kb: no such file or folder: {', '.join(missing)}", file=sys.stderr)
                 return 2
             if args.command == "reindex":
-                report = kb.sync(paths, full=args.full, progress=progress, on_wait=wait)
+                report = kb.sync(paths, full=args.full, progress=progress, on_wait=wait, retry_failed=args.retry_failed)
             else:
-                report = kb.ingest(paths, progress=progress, on_wait=wait)
+                report = kb.ingest(paths, progress=progress, on_wait=wait, retry_failed=args.retry_failed)
             _print_report(report, args.json)
-            return 1 if report.failed else 0
+            return 1 if report.failed or report.still_failed else 0
         if args.command == "remove":
             removed = kb.remove(args.doc, on_wait=wait)
             print(f"removed {removed[0]}")

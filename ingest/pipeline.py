@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from ingest.chunking import ChunkDraft, chunk_document
-from ingest.extract import MIME, extract
+from ingest.extract import CORRUPT, EMPTY, ENCRYPTED, MIME, NO_TEXT, TOO_LARGE, UNSUPPORTED, extract
 from kb.catalogue import CachedEmbedding, Catalogue, Chunk, ChunkChange, Document, IngestRun, utcnow
 from kb.crash_points import crash_point
 from kb.embeddings import Embedder, text_hash
@@ -46,6 +46,7 @@ class SyncReport:
     removed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    still_failed: list[tuple[str, str]] = field(default_factory=list)  # failed before, same bytes: not re-read
     skipped: list[tuple[str, str]] = field(default_factory=list)  # unsupported files met in folders
     chunks_added: int = 0
     chunks_removed: int = 0
@@ -58,7 +59,8 @@ class SyncReport:
     def counts(self) -> dict[str, int]:
         return {
             "added": len(self.added), "updated": len(self.updated), "removed": len(self.removed),
-            "unchanged": len(self.unchanged), "failed": len(self.failed), "skipped": len(self.skipped),
+            "unchanged": len(self.unchanged), "failed": len(self.failed), "still_failed": len(self.still_failed),
+            "skipped": len(self.skipped),
             "chunks_added": self.chunks_added, "chunks_removed": self.chunks_removed,
             "embedded": self.embedded, "reused_embeddings": self.reused, "pages": self.pages,
         }
@@ -67,6 +69,7 @@ class SyncReport:
         return {
             **self.counts(),
             "failures": [{"path": p, "reason": r} for p, r in self.failed],
+            "still_failing": [{"path": p, "reason": r} for p, r in self.still_failed],
             "skipped_files": [{"path": p, "reason": r} for p, r in self.skipped],
             "changed": {"added": self.added, "updated": self.updated, "removed": self.removed},
             "repaired": self.repaired,
@@ -368,7 +371,8 @@ class IndexWriter:
         return max(self.settings.ingest.write_batch_chunks, self.index.count // 20)
 
     # -- sync ------------------------------------------------------------------------------
-    def sync(self, paths: list[Path], delete_missing: bool, progress: bool = False, command: str = "reindex") -> SyncReport:
+    def sync(self, paths: list[Path], delete_missing: bool, progress: bool = False, command: str = "reindex",
+             retry_failed: bool = False) -> SyncReport:
         t0 = time.perf_counter()
         report = SyncReport()
         report.repaired = self.reconcile()
@@ -386,7 +390,8 @@ class IndexWriter:
             s.add(run)
             s.flush()
             run_id = run.id
-            known = {d.path: (d.sha256, d.status) for d in s.scalars(select(Document).where(Document.collection_id == col.id))}
+            known = {d.path: (d.sha256, d.status, d.error)
+                     for d in s.scalars(select(Document).where(Document.collection_id == col.id))}
         roots = [str(Path(p).resolve()) for p in paths]
         gone: list[str] = []
         if delete_missing:
@@ -414,9 +419,14 @@ class IndexWriter:
                 report.failed.append((path, f"unreadable: {exc}"))
                 continue
             prev = known.get(path)
-            if prev is not None and prev == (sha, "indexed"):
+            if prev is not None and prev[:2] == (sha, "indexed"):
                 report.unchanged.append(path)
                 self.on_event("unchanged", path, "")
+                continue
+            if prev is not None and prev[:2] == (sha, "failed") and not retry_failed \
+                    and not self._worth_retrying(prev[2], before.st_size):
+                report.still_failed.append((path, prev[2] or "failed"))
+                self.on_event("unchanged", path, "failed before")
                 continue
             action = "added" if prev is None else "updated"
             item = self._prepare(f, sha, before.st_size, report)
@@ -448,6 +458,17 @@ class IndexWriter:
             run.counts = report.counts()
             run.errors = [{"path": p, "reason": r} for p, r in report.failed]
         return report
+
+    def _worth_retrying(self, error: str | None, size: int) -> bool:
+        """Whether the same bytes that failed may succeed now: a PDF password configured since, a size limit
+        raised, a file that was unreadable or changing. Corrupt, empty, textless or unsupported files fail
+        the same way again, so an unchanged one is not read again (`--retry-failed` forces it)."""
+        error = error or ""
+        if error.startswith(ENCRYPTED):
+            return self.settings.ingest.pdf_password is not None
+        if error.startswith(TOO_LARGE):
+            return size <= self.settings.ingest.max_file_mb * 1e6
+        return not error.startswith((CORRUPT, EMPTY, NO_TEXT, UNSUPPORTED))
 
     def _prepare(self, f: Path, sha: str, size: int, report: SyncReport) -> _Pending:
         """Extract, chunk and embed one file; a failure becomes an error on the item, never an exception."""

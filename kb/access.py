@@ -240,17 +240,11 @@ class AccessControl:
 
     @staticmethod
     def _user(s, name: str) -> User:  # noqa: ANN001
-        user = s.scalar(select(User).where(User.name == name))
-        if user is None:
-            raise NotFoundError(f"no user {name!r}")
-        return user
+        return _named(s, User, name)
 
     @staticmethod
     def _group(s, name: str) -> Group:  # noqa: ANN001
-        group = s.scalar(select(Group).where(Group.name == name))
-        if group is None:
-            raise NotFoundError(f"no group {name!r}")
-        return group
+        return _named(s, Group, name)
 
     def _principal(self, s, principal: str) -> list:  # noqa: ANN001
         kind, _, name = principal.partition(":") if principal.startswith(("user:", "group:")) else ("", "", principal)
@@ -261,3 +255,10 @@ class AccessControl:
         if user is None and group is None:
             raise NotFoundError(f"no user or group {name!r}")
         return [Grant.user_id == user] if user is not None else [Grant.group_id == group]
+
+
+def _named(s, table: type[User] | type[Group], name: str) -> User | Group:  # noqa: ANN001 - a Session
+    row = s.scalar(select(table).where(table.name == name))
+    if row is None:
+        raise NotFoundError(f"no {table.__tablename__.rstrip('s')} {name!r}")
+    return row

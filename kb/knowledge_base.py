@@ -150,7 +150,7 @@ class KnowledgeBase:
                 keywords.close()  # releases tantivy's own writer lock at once
 
     def sync(self, paths: list[str | Path], full: bool = False, progress: bool = False,
-             on_event: Event | None = None, on_wait: Wait = None) -> SyncReport:
+             on_event: Event | None = None, on_wait: Wait = None, retry_failed: bool = False) -> SyncReport:
         """Make the collection match these files/folders: add new, update changed, remove deleted (needs
         `write`: every write below goes through here, `ingest` or `remove`).
         With no paths, re-syncs the folders of the previous reindex. `full` rebuilds everything the
@@ -165,18 +165,21 @@ class KnowledgeBase:
                 self.indexes.forget(self.collection)
                 return report
         return self._sync(roots or document_lookup.previous_roots(self.catalogue, self.collection), "reindex",
-                          progress, on_event, on_wait)
+                          progress, on_event, on_wait, retry_failed)
 
     def ingest(self, paths: list[str | Path], progress: bool = False, on_event: Event | None = None,
-               on_wait: Wait = None) -> SyncReport:
+               on_wait: Wait = None, retry_failed: bool = False) -> SyncReport:
         """Add or update files/folders without removing anything else."""
         self._allow("write")
-        return self._sync([str(Path(p).resolve()) for p in paths], "ingest", progress, on_event, on_wait)
+        return self._sync([str(Path(p).resolve()) for p in paths], "ingest", progress, on_event, on_wait,
+                          retry_failed)
 
-    def _sync(self, roots: list[str], command: str, progress: bool, on_event: Event | None, on_wait: Wait) -> SyncReport:
+    def _sync(self, roots: list[str], command: str, progress: bool, on_event: Event | None, on_wait: Wait,
+              retry_failed: bool = False) -> SyncReport:
+        """Failed files whose bytes did not change are not read again unless `retry_failed`."""
         with self._writing(on_wait, on_event) as writer:
             report = writer.sync([Path(p) for p in roots], delete_missing=command == "reindex",
-                                 progress=progress, command=command)
+                                 progress=progress, command=command, retry_failed=retry_failed)
         record_sources(CollectionLayout(self.catalogue, self.collection, self.home / "collections", self.uploads_dir()))
         return report
 
