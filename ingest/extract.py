@@ -19,7 +19,9 @@ CORRUPT = "corrupt"
 EMPTY = "empty file"
 NO_TEXT = "no extractable text"
 UNSUPPORTED = "unsupported file type"
-TOO_LARGE = "too large"
+TOO_LARGE = "too large"  # also "too large when unpacked" (zip bombs)
+MAX_ZIP_RATIO = 200  # real OOXML parts compress 5-30:1; a zip bomb's, 1000:1 and more
+MAX_ZIP_ENTRIES = 20_000
 
 
 @dataclass
@@ -294,7 +296,25 @@ def supported_suffixes() -> list[str]:
     return sorted(MIME)
 
 
-def _check_content(path: Path, suffix: str) -> None:
+def _check_zip(z: zipfile.ZipFile, kind: str, max_unpacked: int | None) -> None:
+    """Refuse a zip bomb from its directory, before a parser inflates anything: the total unpacked size,
+    the compression ratio of each part, the number of parts. (The directory can lie; the per-file time
+    and memory limits of the extraction worker are the next guard — issue 15, not built yet.)"""
+    infos = z.infolist()
+    if len(infos) > MAX_ZIP_ENTRIES:
+        raise ExtractionError(TOO_LARGE + " when unpacked", f"{len(infos):,} parts in the {kind} (limit {MAX_ZIP_ENTRIES:,})")
+    total = sum(i.file_size for i in infos)
+    if max_unpacked is not None and total > max_unpacked:
+        raise ExtractionError(TOO_LARGE + " when unpacked",
+                              f"{total / 1e6:,.0f} MB unpacked > limit {max_unpacked / 1e6:,.0f} MB")
+    worst = max(infos, key=lambda i: i.file_size / max(1, i.compress_size), default=None)
+    if worst is not None and worst.file_size > 1_000_000 and worst.file_size / max(1, worst.compress_size) > MAX_ZIP_RATIO:
+        raise ExtractionError(TOO_LARGE + " when unpacked",
+                              f"{worst.filename} unpacks {worst.file_size / max(1, worst.compress_size):,.0f}:1 to "
+                              f"{worst.file_size / 1e6:,.0f} MB (a zip bomb? limit {MAX_ZIP_RATIO}:1)")
+
+
+def _check_content(path: Path, suffix: str, max_unpacked: int | None = None) -> None:
     """The bytes must be what the extension claims: a renamed or truncated file is 'corrupt'."""
     with open(path, "rb") as f:
         head = f.read(1024)
@@ -311,11 +331,13 @@ def _check_content(path: Path, suffix: str) -> None:
         with zipfile.ZipFile(path) as z:
             if part not in z.namelist():
                 raise ExtractionError(CORRUPT, f"not a {kind} file (no {part})")
+            _check_zip(z, kind, max_unpacked)
     elif b"\x00" in head and not head.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise ExtractionError(CORRUPT, "binary content in a text file")
 
 
-def extract(path: Path, pdf_password: str | None = None, max_bytes: int | None = None) -> Extracted:
+def extract(path: Path, pdf_password: str | None = None, max_bytes: int | None = None,
+            max_unpacked_bytes: int | None = None) -> Extracted:
     """Extract one file or raise ExtractionError(reason, detail)."""
     path = Path(path)
     suffix = path.suffix.lower()
@@ -326,7 +348,7 @@ def extract(path: Path, pdf_password: str | None = None, max_bytes: int | None =
         raise ExtractionError(EMPTY, "0 bytes")
     if max_bytes is not None and size > max_bytes:
         raise ExtractionError(TOO_LARGE, f"{size / 1e6:.1f} MB > limit {max_bytes / 1e6:.1f} MB")
-    _check_content(path, suffix)
+    _check_content(path, suffix, max_unpacked_bytes)
     result = FORMATS[suffix].extract(path, pdf_password)
     if not result.blocks:
         raise ExtractionError(NO_TEXT, "no text found (a scanned PDF needs OCR)" if suffix == ".pdf" else "no text found")

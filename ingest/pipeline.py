@@ -466,6 +466,8 @@ class IndexWriter:
         error = error or ""
         if error.startswith(ENCRYPTED):
             return self.settings.ingest.pdf_password is not None
+        if error.startswith(TOO_LARGE + " when unpacked"):
+            return True  # cheap to check again from the zip directory, and the limit may have been raised
         if error.startswith(TOO_LARGE):
             return size <= self.settings.ingest.max_file_mb * 1e6
         return not error.startswith((CORRUPT, EMPTY, NO_TEXT, UNSUPPORTED))
@@ -476,7 +478,7 @@ class IndexWriter:
         password = cfg.pdf_password.get_secret_value() if cfg.pdf_password else None
         mime = MIME.get(f.suffix.lower())
         try:
-            doc = extract(f, password, int(cfg.max_file_mb * 1e6))
+            doc = extract(f, password, int(cfg.max_file_mb * 1e6), int(cfg.max_unpacked_mb * 1e6))
             for warning in doc.warnings:  # shown by `kb -v`, always in HOME/kb.log
                 log.info("%s: %s", f, warning)
             drafts = chunk_document(doc, self.embedder, self.settings.chunking)

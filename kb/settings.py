@@ -106,6 +106,10 @@ class GeneratorSettings(BaseModel):
 class IngestSettings(BaseModel):
     pdf_password: SecretStr | None = Field(None, description="Password tried on encrypted PDFs.")
     max_file_mb: float = Field(200, description="Files larger than this are refused.")
+    max_unpacked_mb: float = Field(
+        1000, description="Office files (ZIP containers) whose parts unpack to more than this are refused "
+        "before parsing (zip bombs); so are parts compressed more than 200:1 and containers of 20,000+ parts."
+    )
     write_batch_chunks: int = Field(
         256, description="Chunks buffered before one durable write (index save + catalogue commit)."
     )

@@ -195,3 +195,39 @@ def test_markdown_consecutive_and_empty_headings(tmp_path: Path):
         "## Monitoring\n\n# Costs\n\nHosting costs about forty euros per month for the whole team.\n\n# Appendix\n",
         encoding="utf-8")
     _assert_empty_headings_kept(extract(path))
+
+
+def _docx_bomb(tmp_path: Path) -> Path:
+    """A valid DOCX carrying one extra part of 60 MB of zeros (about 60 KB compressed, ~1000:1)."""
+    import shutil
+    import zipfile
+
+    from tests.conftest import make_docx
+
+    bomb = tmp_path / "bomb.docx"
+    shutil.copy(make_docx(tmp_path / "good.docx"), bomb)
+    with zipfile.ZipFile(bomb, "a", zipfile.ZIP_DEFLATED) as z:
+        with z.open("word/media/filler.bin", "w") as part:
+            chunk = bytes(1 << 20)
+            for _ in range(60):
+                part.write(chunk)
+    return bomb
+
+
+def test_zip_bombs_are_refused_from_the_zip_directory_before_parsing(tmp_path, settings):
+    from kb.knowledge_base import KnowledgeBase
+
+    bomb = _docx_bomb(tmp_path)
+    with pytest.raises(ExtractionError, match=r"too large when unpacked: word/media/filler.bin unpacks [\d,]+:1"):
+        extract(bomb)
+    good = tmp_path / "good.docx"
+    assert extract(good, max_unpacked_bytes=10_000_000).blocks  # a real document passes
+    with pytest.raises(ExtractionError, match=r"too large when unpacked: .* MB unpacked > limit 0 MB"):
+        extract(good, max_unpacked_bytes=1000)
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    bomb.rename(folder / "bomb.docx")
+    (folder / "note.md").write_text("# Note\n\nThe batch goes on after a zip bomb.\n", encoding="utf-8")
+    report = KnowledgeBase(settings=settings).sync([folder])
+    assert [Path(p).name for p in report.added] == ["note.md"]
+    assert [(Path(p).name, r.split(":")[0]) for p, r in report.failed] == [("bomb.docx", "too large when unpacked")]
