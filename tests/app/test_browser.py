@@ -67,9 +67,13 @@ def browser():
 
 
 def wait_for(driver, condition, timeout=120):
+    """Poll until `condition` holds. The Documents tab re-renders its job fragment every second, so an
+    element found a moment ago may be gone: that is a retry, not a failure."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.3).until(condition)
+    return WebDriverWait(driver, timeout, poll_frequency=0.3,
+                         ignored_exceptions=(StaleElementReferenceException,)).until(condition)
 
 
 def sign_in(browser, url: str, user: str = "admin", password: str = ADMIN_PASSWORD) -> None:
