@@ -105,6 +105,11 @@ def postgres_server() -> Iterator[str]:
     user = {"user": "nobody", "group": "nogroup" if _has_group("nogroup") else "nobody"} if as_root else {}
     folder = Path(tempfile.mkdtemp(prefix="kb-test-postgres-"))  # not under pytest's 0700 tmp: `nobody` reads it
     server = None
+
+    def interrupted(signum, frame):  # noqa: ANN001 - a terminated test run still stops its server
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupted)
     try:
         if as_root:
             shutil.chown(folder, user["user"], user["group"])
@@ -141,6 +146,7 @@ def postgres_server() -> Iterator[str]:
             raise RuntimeError("PostgreSQL found no free port in 3 tries")
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if server is not None:
             _stop_postgres(server)
         shutil.rmtree(folder, ignore_errors=True)
