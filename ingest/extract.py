@@ -1,7 +1,7 @@
 """Extraction: a file becomes text blocks that keep their provenance (page, heading path).
 
-PDF through pypdf (pages, outline, encryption); DOCX, PPTX, XLSX, HTML, Markdown and text through
-unstructured, offline. Every failure is an ExtractionError with a short reason a person can act on.
+PDF through pypdf (pages, outline, encryption); XLSX row by row through openpyxl (streamed, with a
+row limit); DOCX, PPTX, HTML, Markdown and text through unstructured, offline. Every failure is an ExtractionError with a short reason a person can act on.
 """
 
 from __future__ import annotations
@@ -19,9 +19,19 @@ CORRUPT = "corrupt"
 EMPTY = "empty file"
 NO_TEXT = "no extractable text"
 UNSUPPORTED = "unsupported file type"
-TOO_LARGE = "too large"  # also "too large when unpacked" (zip bombs)
+TOO_LARGE = "too large"  # also "too large when unpacked" (zip bombs, the worker's memory limit)
+TIMED_OUT = "timed out"  # the worker's time limit (ingest/extraction_worker.py)
+READER_STOPPED = "reader stopped"  # the worker died mid-file (a crash in C code, a kill from outside)
 MAX_ZIP_RATIO = 200  # real OOXML parts compress 5-30:1; a zip bomb's, 1000:1 and more
 MAX_ZIP_ENTRIES = 20_000
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one file may cost before it is refused or cut (settings `ingest.*`)."""
+    max_bytes: int | None = None  # the file itself
+    max_unpacked_bytes: int | None = None  # the parts of a ZIP container, from its directory
+    max_sheet_rows: int | None = None  # rows read per spreadsheet sheet; the rest is cut (and said so)
 
 
 @dataclass
@@ -105,7 +115,7 @@ def _outline_headings(reader, n_pages: int) -> list[str | None]:
     return headings
 
 
-def extract_pdf(path: Path, password: str | None = None) -> Extracted:
+def extract_pdf(path: Path, password: str | None = None, limits: Limits = Limits()) -> Extracted:
     import pypdf
     from pypdf.errors import PdfReadError
 
@@ -164,15 +174,11 @@ class _OpenHeading:
     depth: int
     text: str
     page: int | None
-    sheet: str | None
     covered: bool = False  # some block already carries it in its heading path
 
 
-def _heading_path(headings: list[_OpenHeading], sheet: str | None) -> str | None:
-    parts = [h.text for h in headings]
-    if sheet:
-        parts = [sheet] + parts
-    return " > ".join(parts) or None
+def _heading_path(headings: list[_OpenHeading]) -> str | None:
+    return " > ".join(h.text for h in headings) or None
 
 
 def _elements_to_blocks(elements, kind: str) -> tuple[list[Block], int | None]:
@@ -180,25 +186,25 @@ def _elements_to_blocks(elements, kind: str) -> tuple[list[Block], int | None]:
 
     unstructured labels short lines as Title (a deck of short lines is all "headings"). A heading with
     body text below it is searchable through the heading path its chunks are embedded with; one that
-    gets no block before it is closed (next heading at its depth or above, end of its slide or sheet,
+    gets no block before it is closed (next heading at its depth or above, end of its slide,
     end of document) becomes a block itself, under its parent's path, on the page where it appeared.
     """
     blocks: list[Block] = []
     stack: list[_OpenHeading] = []
     max_page = None
-    per_unit = kind in ("pptx", "xlsx")  # a page is a slide or sheet: its headings end with it
+    per_unit = kind == "pptx"  # a page is a slide: its headings end with it
 
-    def add(text: str, page: int | None, sheet: str | None, under: list[_OpenHeading]) -> None:
+    def add(text: str, page: int | None, under: list[_OpenHeading]) -> None:
         for h in under:
             h.covered = True
-        blocks.append(Block(text, page, _heading_path(under, sheet)))
+        blocks.append(Block(text, page, _heading_path(under)))
 
     def close_from(i: int) -> None:
         """Close stack[i:], innermost first; a heading no block carries becomes a block."""
         while len(stack) > i:
             top = stack.pop()
             if not top.covered:
-                add(top.text, top.page, top.sheet, stack)
+                add(top.text, top.page, stack)
 
     for el in elements:
         text = (el.text or "").strip()
@@ -206,17 +212,16 @@ def _elements_to_blocks(elements, kind: str) -> tuple[list[Block], int | None]:
             continue
         md = el.metadata
         page = getattr(md, "page_number", None)
-        sheet = getattr(md, "page_name", None) if kind == "xlsx" else None
         if page is not None:
             max_page = max(max_page or 0, page)
         if per_unit and stack and page != stack[-1].page:
-            close_from(0)  # a new slide or sheet; on a DOCX page break the section simply runs on
+            close_from(0)  # a new slide; on a DOCX page break the section simply runs on
         if el.category == "Title" and md.category_depth is not None:  # a real heading (h1-h6, Word style)
             depth = md.category_depth
             close_from(next((i for i, h in enumerate(stack) if h.depth >= depth), len(stack)))
-            stack.append(_OpenHeading(depth, text, page, sheet))
+            stack.append(_OpenHeading(depth, text, page))
             continue
-        add(text, page, sheet, stack)
+        add(text, page, stack)
     close_from(0)
     return blocks, max_page
 
@@ -253,12 +258,13 @@ class Format:
     """One supported file type: its MIME type, how it is read, and (for ZIP containers) the part a real
     file of this type must hold."""
     mime: str
-    extract: Callable[[Path, str | None], Extracted]  # (path, PDF password) -> Extracted
+    extract: Callable[[Path, str | None, Limits], Extracted]  # (path, PDF password, limits) -> Extracted
     container_part: str | None = None
+    load: Callable[[], object] | None = None  # imports its parser (seconds for unstructured), not timed per file
 
 
-def _unstructured(kind: str, mime: str) -> Callable[[Path, str | None], Extracted]:
-    def extract_with_unstructured(path: Path, password: str | None) -> Extracted:
+def _unstructured(kind: str, mime: str) -> Callable[[Path, str | None, Limits], Extracted]:
+    def extract_with_unstructured(path: Path, password: str | None, limits: Limits) -> Extracted:
         try:
             elements = _partition(kind)(filename=str(path))
         except ExtractionError:
@@ -273,7 +279,70 @@ def _unstructured(kind: str, mime: str) -> Callable[[Path, str | None], Extracte
 
 
 def _read_by_unstructured(kind: str, mime: str, container_part: str | None = None) -> Format:
-    return Format(mime, _unstructured(kind, mime), container_part)
+    return Format(mime, _unstructured(kind, mime), container_part, lambda: _load_unstructured(kind))
+
+
+def _load_unstructured(kind: str) -> None:
+    partition = _partition(kind)
+    if kind in ("md", "html", "text"):  # the first call imports more (~1 s for Markdown)
+        partition(text="<p>kb</p>" if kind == "html" else "kb")
+
+
+# -- spreadsheets -----------------------------------------------------------------------------------
+
+def _cell(value) -> str:  # noqa: ANN001 - whatever a cell holds
+    if value is None:
+        return ""
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return " ".join(str(value).split())
+
+
+def extract_xlsx(path: Path, password: str | None = None, limits: Limits = Limits()) -> Extracted:
+    """Each sheet row becomes one line, "column: value | column: value" under a header row (a first row
+    of text cells), else "value | value". Read as a stream (openpyxl read-only): a sheet of a million
+    rows costs no more memory than a short one, and reading stops at `max_sheet_rows` per sheet, the cut
+    said in the warnings. (unstructured reads a whole sheet into pandas first, with no way to stop.)"""
+    from openpyxl import load_workbook
+
+    try:
+        wb = load_workbook(str(path), read_only=True, data_only=True)
+    except Exception as exc:  # noqa: BLE001 - openpyxl raises many types on hostile input
+        raise ExtractionError(CORRUPT, f"not a readable XLSX ({type(exc).__name__}: {exc})") from exc
+    blocks: list[Block] = []
+    warnings: list[str] = []
+    try:
+        for number, ws in enumerate(wb.worksheets, 1):
+            header: list[str] | None = None
+            read = 0
+            for row in ws.iter_rows(values_only=True):
+                cells = [_cell(v) for v in row]
+                if not any(cells):
+                    continue
+                if limits.max_sheet_rows is not None and read >= limits.max_sheet_rows:
+                    warnings.append(f"sheet {ws.title!r} cut after {read:,} rows (limit {limits.max_sheet_rows:,}: "
+                                    "KB_INGEST__MAX_SHEET_ROWS)")
+                    break
+                read += 1
+                filled = [c for c in cells if c]
+                if header is None and read == 1 and len(filled) > 1 and                         all(isinstance(v, str) for v in row if v is not None):
+                    header = cells
+                    continue
+                if header:
+                    pairs = [f"{header[i] if i < len(header) and header[i] else f'column {i + 1}'}: {c}"
+                             for i, c in enumerate(cells) if c]
+                    blocks.append(Block(" | ".join(pairs), number, ws.title))
+                else:
+                    blocks.append(Block(" | ".join(filled), number, ws.title))
+            if header and read == 1:  # a sheet holding only its header row
+                blocks.append(Block(" | ".join(c for c in header if c), number, ws.title))
+        return Extracted(blocks, FORMATS[".xlsx"].mime, len(wb.worksheets), warnings)
+    except ExtractionError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise ExtractionError(CORRUPT, f"not a readable XLSX ({type(exc).__name__}: {exc})") from exc
+    finally:
+        wb.close()
 
 
 _OOXML = "application/vnd.openxmlformats-officedocument."
@@ -282,7 +351,7 @@ FORMATS: dict[str, Format] = {
     ".pdf": Format("application/pdf", extract_pdf),
     ".docx": _read_by_unstructured("docx", _OOXML + "wordprocessingml.document", "word/document.xml"),
     ".pptx": _read_by_unstructured("pptx", _OOXML + "presentationml.presentation", "ppt/presentation.xml"),
-    ".xlsx": _read_by_unstructured("xlsx", _OOXML + "spreadsheetml.sheet", "xl/workbook.xml"),
+    ".xlsx": Format(_OOXML + "spreadsheetml.sheet", extract_xlsx, "xl/workbook.xml"),
     ".html": _read_by_unstructured("html", "text/html"),
     ".htm": _read_by_unstructured("html", "text/html"),
     ".md": _read_by_unstructured("md", "text/markdown"),
@@ -298,8 +367,8 @@ def supported_suffixes() -> list[str]:
 
 def _check_zip(z: zipfile.ZipFile, kind: str, max_unpacked: int | None) -> None:
     """Refuse a zip bomb from its directory, before a parser inflates anything: the total unpacked size,
-    the compression ratio of each part, the number of parts. (The directory can lie; the per-file time
-    and memory limits of the extraction worker are the next guard — issue 15, not built yet.)"""
+    the compression ratio of each part, the number of parts. (The directory can lie: the extraction
+    worker's time and memory limits are the next guard.)"""
     infos = z.infolist()
     if len(infos) > MAX_ZIP_ENTRIES:
         raise ExtractionError(TOO_LARGE + " when unpacked", f"{len(infos):,} parts in the {kind} (limit {MAX_ZIP_ENTRIES:,})")
@@ -336,9 +405,16 @@ def _check_content(path: Path, suffix: str, max_unpacked: int | None = None) -> 
         raise ExtractionError(CORRUPT, "binary content in a text file")
 
 
-def extract(path: Path, pdf_password: str | None = None, max_bytes: int | None = None,
-            max_unpacked_bytes: int | None = None) -> Extracted:
-    """Extract one file or raise ExtractionError(reason, detail)."""
+def load_reader(path: Path) -> None:
+    """Import the parser a file needs: the extraction worker does this before its clock starts."""
+    fmt = FORMATS.get(Path(path).suffix.lower())
+    if fmt is not None and fmt.load is not None:
+        fmt.load()
+
+
+def extract(path: Path, pdf_password: str | None = None, limits: Limits = Limits()) -> Extracted:
+    """Extract one file in this process or raise ExtractionError(reason, detail). Untrusted files go
+    through ingest/extraction_worker.py, which runs this under a time and a memory limit."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
@@ -346,10 +422,10 @@ def extract(path: Path, pdf_password: str | None = None, max_bytes: int | None =
     size = path.stat().st_size
     if size == 0:
         raise ExtractionError(EMPTY, "0 bytes")
-    if max_bytes is not None and size > max_bytes:
-        raise ExtractionError(TOO_LARGE, f"{size / 1e6:.1f} MB > limit {max_bytes / 1e6:.1f} MB")
-    _check_content(path, suffix, max_unpacked_bytes)
-    result = FORMATS[suffix].extract(path, pdf_password)
+    if limits.max_bytes is not None and size > limits.max_bytes:
+        raise ExtractionError(TOO_LARGE, f"{size / 1e6:.1f} MB > limit {limits.max_bytes / 1e6:.1f} MB")
+    _check_content(path, suffix, limits.max_unpacked_bytes)
+    result = FORMATS[suffix].extract(path, pdf_password, limits)
     if not result.blocks:
         raise ExtractionError(NO_TEXT, "no text found (a scanned PDF needs OCR)" if suffix == ".pdf" else "no text found")
     return result

@@ -14,6 +14,7 @@ import errno
 import hashlib
 import logging
 import os
+import re
 import stat
 import time
 from collections.abc import Callable, Iterable
@@ -26,7 +27,8 @@ from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from ingest.chunking import ChunkDraft, chunk_document
-from ingest.extract import CORRUPT, EMPTY, ENCRYPTED, MIME, NO_TEXT, TOO_LARGE, UNSUPPORTED, extract
+from ingest.extract import CORRUPT, EMPTY, ENCRYPTED, MIME, NO_TEXT, TIMED_OUT, TOO_LARGE, UNSUPPORTED, Limits
+from ingest.extraction_worker import POOL, WorkerLimits
 from kb.catalogue import CachedEmbedding, Catalogue, Chunk, ChunkChange, Document, IngestRun, utcnow
 from kb.crash_points import crash_point
 from kb.embeddings import Embedder, text_hash
@@ -48,6 +50,7 @@ class SyncReport:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     still_failed: list[tuple[str, str]] = field(default_factory=list)  # failed before, same bytes: not re-read
     skipped: list[tuple[str, str]] = field(default_factory=list)  # unsupported files met in folders
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # indexed, but not whole (a sheet cut at its row limit)
     chunks_added: int = 0
     chunks_removed: int = 0
     embedded: int = 0  # texts sent to the model
@@ -71,6 +74,7 @@ class SyncReport:
             "failures": [{"path": p, "reason": r} for p, r in self.failed],
             "still_failing": [{"path": p, "reason": r} for p, r in self.still_failed],
             "skipped_files": [{"path": p, "reason": r} for p, r in self.skipped],
+            "cut": [{"path": p, "reason": r} for p, r in self.warnings],
             "changed": {"added": self.added, "updated": self.updated, "removed": self.removed},
             "repaired": self.repaired,
             "seconds": round(self.seconds, 3),
@@ -186,6 +190,12 @@ class _Pending:
     vectors: np.ndarray | None
     error: str | None = None
     action: str = "added"
+
+
+def _limit_in(error: str) -> float:
+    """The limit a failure recorded: "... (limit 2,000 MB)" -> 2000.0 (inf when it names none)."""
+    found = re.findall(r"limit ([\d,.]*\d)", error)
+    return float(found[-1].replace(",", "")) if found else float("inf")
 
 
 def log_changes(s: Session, collection_id: int, removed: list[int], added: list[int]) -> int | None:
@@ -456,7 +466,8 @@ class IndexWriter:
             run.finished_at = utcnow()
             run.seconds = report.seconds
             run.counts = report.counts()
-            run.errors = [{"path": p, "reason": r} for p, r in report.failed]
+            run.errors = [{"path": p, "reason": r} for p, r in report.failed] + \
+                [{"path": p, "reason": r, "indexed": True} for p, r in report.warnings]
         return report
 
     def _worth_retrying(self, error: str | None, size: int) -> bool:
@@ -464,13 +475,22 @@ class IndexWriter:
         raised, a file that was unreadable or changing. Corrupt, empty, textless or unsupported files fail
         the same way again, so an unchanged one is not read again (`--retry-failed` forces it)."""
         error = error or ""
+        cfg = self.settings.ingest
         if error.startswith(ENCRYPTED):
-            return self.settings.ingest.pdf_password is not None
-        if error.startswith(TOO_LARGE + " when unpacked"):
-            return True  # cheap to check again from the zip directory, and the limit may have been raised
+            return cfg.pdf_password is not None
+        if error.startswith(TIMED_OUT):  # it cost the whole limit: again only once the limit was raised
+            return cfg.file_timeout_s > _limit_in(error)
+        if error.startswith(TOO_LARGE + " when unpacked"):  # worth it only once the limit it hit was raised
+            if "of memory" in error:
+                return cfg.max_memory_mb > _limit_in(error)
+            return "MB unpacked" in error and cfg.max_unpacked_mb > _limit_in(error)  # ratio, parts: fixed
         if error.startswith(TOO_LARGE):
             return size <= self.settings.ingest.max_file_mb * 1e6
         return not error.startswith((CORRUPT, EMPTY, NO_TEXT, UNSUPPORTED))
+
+    def limits(self) -> Limits:
+        cfg = self.settings.ingest
+        return Limits(int(cfg.max_file_mb * 1e6), int(cfg.max_unpacked_mb * 1e6), cfg.max_sheet_rows)
 
     def _prepare(self, f: Path, sha: str, size: int, report: SyncReport) -> _Pending:
         """Extract, chunk and embed one file; a failure becomes an error on the item, never an exception."""
@@ -478,9 +498,10 @@ class IndexWriter:
         password = cfg.pdf_password.get_secret_value() if cfg.pdf_password else None
         mime = MIME.get(f.suffix.lower())
         try:
-            doc = extract(f, password, int(cfg.max_file_mb * 1e6), int(cfg.max_unpacked_mb * 1e6))
+            doc = POOL.extract(f, password, self.limits(), WorkerLimits(cfg.file_timeout_s, int(cfg.max_memory_mb * 1e6)))
             for warning in doc.warnings:  # shown by `kb -v`, always in HOME/kb.log
                 log.info("%s: %s", f, warning)
+            report.warnings += [(str(f), w) for w in doc.warnings if w.startswith("sheet ")]
             drafts = chunk_document(doc, self.embedder, self.settings.chunking)
             report.pages += doc.pages or 0
             with self.catalogue.session() as s:

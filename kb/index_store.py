@@ -65,6 +65,8 @@ class IndexStore:
                 if f.exists():
                     f.replace(f.with_name(f"{name}.damaged-{stamp}"))
             index, rebuilt = self.open_index(collection), True
+        if index.count and not (self.keyword_dir(collection) / "meta.json").exists():
+            log.warning("the keyword index %s is missing; rebuilding it from the catalogue", self.keyword_dir(collection))
         return index, KeywordIndex.open_or_reset(self.keyword_dir(collection)), rebuilt
 
     def position(self, collection: str) -> int:
@@ -85,8 +87,21 @@ class IndexStore:
 
     def reader_keywords(self, collection: str) -> KeywordIndex:
         """The keyword index for searching, reopened when a writer has committed (or a rebuild swapped one in)."""
-        return self._cached(("keywords", collection), self.keyword_dir(collection) / "meta.json",
-                            lambda c: KeywordIndex.for_reading(self.keyword_dir(c)))
+        return self._cached(("keywords", collection), self.keyword_dir(collection) / "meta.json", self._open_keywords)
+
+    def _open_keywords(self, collection: str) -> KeywordIndex:
+        """A collection whose vector index holds chunks must have a keyword index: a missing one (deleted,
+        lost in a copy) is damage to repair, not an empty index to search."""
+        directory = self.keyword_dir(collection)
+        if not (directory / "meta.json").exists() and self._vector_count(collection):
+            raise IndexCorruptError(f"the keyword index {directory} is missing")
+        return KeywordIndex.for_reading(directory)
+
+    def _vector_count(self, collection: str) -> int:
+        try:
+            return int(json.loads((self.index_dir(collection) / "manifest.json").read_bytes()).get("count", 0))
+        except (OSError, ValueError, AttributeError, TypeError):
+            return 0
 
     def _cached(self, key: tuple[str, str], stamp_file: Path, opener: Callable):  # noqa: ANN202
         """A damaged index is repaired (outside the lock every session shares) and opened again. After a

@@ -15,6 +15,7 @@ catalogue's triggers a full comparison.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -31,6 +32,8 @@ import tantivy
 
 from kb.errors import IndexCorruptError
 from kb.text import CJK
+
+log = logging.getLogger(__name__)
 
 # -- terms -----------------------------------------------------------------------------------------
 # Part of the index identity (in the manifest): changing the rules makes every entry stale, and the
@@ -157,7 +160,8 @@ class KeywordIndex:
         next reconciliation compare it in full with the catalogue (and refill it from the stored text)."""
         try:
             return cls(directory)
-        except IndexCorruptError:
+        except IndexCorruptError as exc:
+            log.warning("%s; rebuilding it from the catalogue", exc)
             shutil.rmtree(directory, ignore_errors=True)
             index = cls(directory)
             index.write_journal({"full": True})

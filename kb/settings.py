@@ -110,6 +110,17 @@ class IngestSettings(BaseModel):
         1000, description="Office files (ZIP containers) whose parts unpack to more than this are refused "
         "before parsing (zip bombs); so are parts compressed more than 200:1 and containers of 20,000+ parts."
     )
+    file_timeout_s: float = Field(
+        120, description="Seconds one file may take to be read (in a worker process); past it the file is "
+        "recorded as 'timed out' and the batch goes on."
+    )
+    max_memory_mb: float = Field(
+        2000, description="Memory one file may take while being read (the worker process's resident size); "
+        "past it the file is recorded as 'too large when unpacked'."
+    )
+    max_sheet_rows: int = Field(
+        10_000, description="Rows read per spreadsheet sheet; the rest of the sheet is not indexed (the cut is reported)."
+    )
     write_batch_chunks: int = Field(
         256, description="Chunks buffered before one durable write (index save + catalogue commit)."
     )

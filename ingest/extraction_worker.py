@@ -1,0 +1,258 @@
+"""Extraction in a worker process, with a wall-clock and a memory limit per file (issue 15).
+
+Parsers run on untrusted bytes, and some inputs make them run for hours or inflate to gigabytes inside
+C code (lxml on a zip bomb, pandas on a million-row sheet) where no Python-level check can stop them. So
+files are read by a separate process that the writer watches: past the time limit, or past the memory
+limit (its resident size, sampled every 50 ms), the process group is killed and the file is recorded as
+"timed out" or "too large when unpacked" with its numbers; the next file gets a fresh worker. The
+clock starts once the worker has imported the file's parser (unstructured takes ~5 s to import, which
+is no file's fault). A worker that finishes a file is reused, so workers are kept in a small
+process-wide pool; a file costs no start-up.
+
+The worker answers in length-prefixed JSON, never pickle: a parser exploited by a hostile file must not
+be able to run code in the writer. Its log records (pypdf's warnings on a broken PDF) travel with the
+answer and are logged by the writer, so they land in HOME/kb.log like the writer's own. It dies with its parent (PR_SET_PDEATHSIG on Linux; EOF on stdin
+elsewhere), so a killed writer never leaves one running.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from ingest.extract import CORRUPT, READER_STOPPED, TIMED_OUT, TOO_LARGE, Block, Extracted, Limits, extract, load_reader
+from kb.errors import ExtractionError
+
+POLL_S = 0.05
+MAX_LOG_RECORDS = 1000  # per file: pypdf can warn thousands of times on one broken PDF
+LOAD_TIMEOUT_S = 600  # importing a parser; only a broken installation takes this long
+_HEADER = struct.Struct(">Q")
+
+
+@dataclass(frozen=True)
+class WorkerLimits:
+    seconds: float = 120.0
+    memory_bytes: int = 2_000_000_000
+
+
+# -- the protocol: 8-byte length, then UTF-8 JSON -----------------------------------------------------
+
+def _send(fd: int, message: dict) -> None:
+    data = json.dumps(message, ensure_ascii=False).encode()
+    view = memoryview(_HEADER.pack(len(data)) + data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _read_exactly(fd: int, n: int) -> bytes | None:
+    parts, left = [], n
+    while left:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            return None
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
+def _to_message(doc: Extracted) -> dict:
+    return {"blocks": [[b.text, b.page, b.heading] for b in doc.blocks], "mime": doc.mime, "pages": doc.pages,
+            "warnings": doc.warnings}
+
+
+def _from_message(m: dict) -> Extracted:
+    return Extracted([Block(t, p, h) for t, p, h in m["blocks"]], m["mime"], m["pages"], list(m["warnings"]))
+
+
+# -- the worker process ---------------------------------------------------------------------------
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _serve() -> None:
+    """The worker's loop: one request in, one answer out, until stdin closes."""
+    parent = os.getppid()
+    _die_with_parent()
+    if os.getppid() != parent:  # the writer died before the line above took effect
+        return
+    out = os.dup(1)
+    os.dup2(2, 1)  # a parser that prints cannot corrupt the answers
+    records: list[list] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append([record.name, record.levelno, record.getMessage()])
+
+    root = logging.getLogger()
+    root.handlers[:] = [Collect()]
+    root.setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+    inp = sys.stdin.fileno()
+    while True:
+        header = _read_exactly(inp, _HEADER.size)
+        if header is None:
+            return
+        request = json.loads(_read_exactly(inp, _HEADER.unpack(header)[0]))
+        try:
+            load_reader(Path(request["path"]))
+        except Exception:  # noqa: BLE001 - reading the file will raise it again, as that file's failure
+            pass
+        _send(out, {"started": True})  # the file's clock starts now
+        try:
+            doc = extract(Path(request["path"]), request["password"], Limits(**request["limits"]))
+            answer = {"ok": _to_message(doc)}
+        except ExtractionError as exc:
+            answer = {"error": [exc.reason, exc.detail]}
+        except MemoryError:
+            answer = {"error": [TOO_LARGE + " when unpacked", "ran out of memory while reading it"]}
+        except Exception as exc:  # noqa: BLE001 - a parser bug on hostile input is this file's failure
+            answer = {"error": [CORRUPT, f"{type(exc).__name__}: {exc}"]}
+        if len(records) > MAX_LOG_RECORDS:
+            records[MAX_LOG_RECORDS:] = [["kb", logging.INFO, f"{len(records) - MAX_LOG_RECORDS:,} more log lines"]]
+        answer["log"] = records[:]
+        records.clear()
+        _send(out, answer)
+
+
+# -- the writer's side ----------------------------------------------------------------------------
+
+class _Worker:
+    def __init__(self) -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else root
+        self.proc = subprocess.Popen([sys.executable, "-m", "ingest.extraction_worker"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=env, start_new_session=True)
+        self.ps = psutil.Process(self.proc.pid)
+        self.peak_rss = 0
+
+    def read(self, path: Path, password: str | None, limits: Limits, wl: WorkerLimits) -> Extracted:
+        """Extract one file in this worker; ExtractionError for the file's own failure. After a limit or
+        a crash the worker is dead (`alive` is False) and the error says which limit and by how much."""
+        _send(self.proc.stdin.fileno(), {"path": str(path), "password": password, "limits": limits.__dict__})
+        self._wait(LOAD_TIMEOUT_S, None)
+        self._answer()  # {"started": true}: the parser is imported
+        self._wait(wl.seconds, wl.memory_bytes)
+        answer = self._answer()
+        for name, level, message in answer.get("log", []):
+            logging.getLogger(name).handle(logging.makeLogRecord(
+                {"name": name, "levelno": level, "levelname": logging.getLevelName(level), "msg": message}))
+        if "error" in answer:
+            raise ExtractionError(*answer["error"])
+        return _from_message(answer["ok"])
+
+    def _wait(self, seconds: float, memory_bytes: int | None) -> None:
+        """Until the worker answers; past `seconds` or `memory_bytes` it is killed and the file fails."""
+        t0 = time.monotonic()
+        while not select.select([self.proc.stdout], [], [], POLL_S)[0]:
+            waited = time.monotonic() - t0
+            rss = self._rss()
+            self.peak_rss = max(self.peak_rss, rss)
+            if memory_bytes is not None and rss > memory_bytes:
+                self.kill()
+                raise ExtractionError(TOO_LARGE + " when unpacked",
+                                      f"needed more than {memory_bytes / 1e6:,.0f} MB of memory while being read, "
+                                      f"after {waited:.1f} s (limit {memory_bytes / 1e6:,.0f} MB)")
+            if waited > seconds:
+                self.kill()
+                raise ExtractionError(TIMED_OUT, f"still reading after {waited:,.0f} s (limit {seconds:,.0f} s)")
+
+    def _answer(self) -> dict:
+        fd = self.proc.stdout.fileno()
+        header = _read_exactly(fd, _HEADER.size)
+        body = _read_exactly(fd, _HEADER.unpack(header)[0]) if header else None
+        if body is None:  # the worker died: a crash in C code, or a kill from outside
+            code = self.proc.wait()
+            self.kill()
+            how = f"killed by signal {-code} ({signal.Signals(-code).name})" if code < 0 else f"exit status {code}"
+            raise ExtractionError(READER_STOPPED, f"the reader process ended while reading it ({how}); "
+                                  "the next run reads it again")
+        return json.loads(body)
+
+    def _rss(self) -> int:
+        try:
+            return self.ps.memory_info().rss + sum(c.memory_info().rss for c in self.ps.children(recursive=True))
+        except psutil.Error:
+            return 0
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            stream.close()
+
+
+class WorkerPool:
+    """Idle workers, shared by every writer in this process (one file per worker at a time)."""
+
+    def __init__(self, keep_idle: int = 2) -> None:
+        self.keep_idle = keep_idle
+        self._idle: list[_Worker] = []
+        self._lock = threading.Lock()
+        self.started = 0  # workers started (a replacement after every kill)
+        self.peak_rss = 0  # the largest worker resident size seen, bytes
+        self.busy: dict[int, str] = {}  # worker pid -> the file it is reading
+
+    def extract(self, path: Path, password: str | None = None, limits: Limits = Limits(),
+                worker_limits: WorkerLimits = WorkerLimits()) -> Extracted:
+        with self._lock:
+            worker = self._idle.pop() if self._idle else None
+        if worker is None or not worker.alive:
+            worker = _Worker()
+            with self._lock:
+                self.started += 1
+        self.busy[worker.proc.pid] = str(path)
+        try:
+            return worker.read(path, password, limits, worker_limits)
+        except BaseException:
+            if worker.alive and not isinstance(sys.exc_info()[1], ExtractionError):
+                worker.kill()  # interrupted mid-answer (KeyboardInterrupt): its pipe state is unknown
+            raise
+        finally:
+            self.busy.pop(worker.proc.pid, None)
+            self.peak_rss = max(self.peak_rss, worker.peak_rss)
+            if worker.alive:
+                with self._lock:
+                    if len(self._idle) < self.keep_idle:
+                        self._idle.append(worker)
+                        worker = None
+                if worker is not None:
+                    worker.kill()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for worker in idle:
+            worker.kill()
+
+
+POOL = WorkerPool()
+atexit.register(POOL.close)
+
+if __name__ == "__main__":
+    _serve()
