@@ -45,6 +45,8 @@ def crafted(folder: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="all-MiniLM-L6-v2")
+    ap.add_argument("--copies", type=int, default=1,
+                    help="copies of the real-world corpus (under other names): thousands of files, to watch the writer's memory")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "hostile.json")
     args = ap.parse_args()
 
@@ -53,8 +55,9 @@ def main() -> None:
     try:
         real = work / "real-world"
         real.mkdir()
-        for f in corpus:
-            shutil.copy(f, real / f"{f.parent.name}__{f.name}")
+        for copy in range(args.copies):
+            for f in corpus:
+                shutil.copy(f, real / f"{copy}__{f.parent.name}__{f.name}")
         crafted(work / "crafted")
         settings = Settings(home=work / "home", embedding=EmbeddingSettings(model=args.model))
         me = psutil.Process()
@@ -82,9 +85,9 @@ def main() -> None:
         slowest = sorted(seconds.items(), key=lambda kv: -kv[1])[:8]
         reasons = dict(report.failed)
         result = {
-            "command": f"python bench/hostile.py --model {args.model}",
+            "command": f"python bench/hostile.py --model {args.model} --copies {args.copies}",
             "files": len(seconds) + len(report.skipped),
-            "real_world_files": len(corpus),
+            "real_world_files": len(corpus) * args.copies,
             "outcomes": dict(outcomes.most_common()),
             "cut": [{"path": Path(p).name, "reason": r} for p, r in report.warnings],
             "crafted": {Path(p).name: reasons.get(p, "indexed") for p in seconds if "/crafted/" in p},
@@ -93,6 +96,8 @@ def main() -> None:
             "seconds_total": round(total, 1),
             "chunks": report.chunks_added,
             "writer_rss_mb": {"start": round(rss_start / 1e6), "peak_during_sync": round(max(samples) / 1e6),
+                              "after_each_quarter_of_the_files": [round(samples[min(len(samples) - 1, len(samples) * q // 4)] / 1e6)
+                                                                  for q in (1, 2, 3, 4)],
                               "end": round(me.memory_info().rss / 1e6),
                               "max_ever (ru_maxrss)": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)},
             "worker_peak_rss_mb": round(POOL.peak_rss / 1e6),

@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("--chunk-tokens", type=int, default=ChunkingSettings().chunk_tokens)
     ap.add_argument("--work", type=Path, default=Path("/tmp/kb-bench-retrieval"))
     ap.add_argument("--only", help="print only variants containing this string")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "retrieval.json")
     args = ap.parse_args()
     scorer = load_scorer(args.eval_dir)
     rows = []
@@ -91,7 +92,7 @@ def main() -> None:
             continue
         print(f"| {r['set']} | {r['variant']} | {r['chunks']} ({r['chunk_tokens']}) | "
               + " | ".join(f"{r[k]:.3f}" for k in keys) + " |")
-    out = ROOT / "bench" / "results" / "retrieval.json"
+    out = args.out
     out.write_text(json.dumps({"machine": platform.platform(), "cpus": os.cpu_count(), "rows": rows}, indent=2))
 
 

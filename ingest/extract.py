@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ingest.pdf_structure import outline_sections, strip_running_lines
 from kb.errors import ExtractionError
 
 ENCRYPTED = "encrypted"
@@ -79,11 +80,11 @@ def _pdfium_pages(path: Path, password: str | None) -> list[str] | None:
         doc.close()
 
 
-def _outline_headings(reader, n_pages: int) -> list[str | None]:
-    """Heading path in force at the start of each page, from the PDF outline (bookmarks)."""
+def _outline_marks(reader) -> list[tuple[int, int, str]]:  # noqa: ANN001 - a pypdf PdfReader
+    """The outline (bookmarks) as (page index, depth, title), in outline order."""
     marks: list[tuple[int, int, str]] = []
 
-    def walk(items, depth: int) -> None:
+    def walk(items, depth: int) -> None:  # noqa: ANN001
         for item in items:
             if isinstance(item, list):
                 walk(item, depth + 1)
@@ -98,21 +99,8 @@ def _outline_headings(reader, n_pages: int) -> list[str | None]:
     try:
         walk(reader.outline, 0)
     except Exception:  # noqa: BLE001
-        return [None] * n_pages
-    marks.sort(key=lambda m: m[0])  # stable: keeps outline order within a page
-    headings: list[str | None] = []
-    stack: list[str] = []
-    i = 0
-    for page in range(n_pages):
-        at_start = list(stack)  # the section still running when the page begins
-        while i < len(marks) and marks[i][0] <= page:
-            _, depth, title = marks[i]
-            stack = stack[:depth] + [title]
-            if not at_start:
-                at_start = list(stack)  # nothing ran before: the page opens with this section
-            i += 1
-        headings.append(" > ".join(at_start) or None)
-    return headings
+        return []
+    return marks
 
 
 def extract_pdf(path: Path, password: str | None = None, limits: Limits = Limits()) -> Extracted:
@@ -151,8 +139,14 @@ def extract_pdf(path: Path, password: str | None = None, limits: Limits = Limits
         if better and len(better) == n_pages:
             texts = better
             warnings.append("pypdf lost word spacing; text taken from pdfium")
-    headings = _outline_headings(reader, n_pages)
-    blocks = [Block(t.strip(), i + 1, headings[i]) for i, t in enumerate(texts) if t.strip()]
+    texts, removed = strip_running_lines(texts)
+    if removed:
+        warnings.append(f"{removed} running header/footer lines removed")
+    blocks = []
+    for page, (text, starts) in enumerate(zip(texts, outline_sections(_outline_marks(reader), texts), strict=True), 1):
+        for (at, heading), (end, _) in zip(starts, [*starts[1:], (len(text), None)], strict=True):
+            if part := text[at:end].strip():
+                blocks.append(Block(part, page, heading))
     return Extracted(blocks, "application/pdf", n_pages, warnings)
 
 

@@ -3,7 +3,8 @@
 Parsers run on untrusted bytes, and some inputs make them run for hours or inflate to gigabytes inside
 C code (lxml on a zip bomb, pandas on a million-row sheet) where no Python-level check can stop them. So
 files are read by a separate process that the writer watches: past the time limit, or past the memory
-limit (its resident size, sampled every 50 ms), the process group is killed and the file is recorded as
+limit (its resident size, sampled every 20 ms; stopped when the next sample would cross it at the
+rate it grows), the process group is killed and the file is recorded as
 "timed out" or "too large when unpacked" with its numbers; the next file gets a fresh worker. The
 clock starts once the worker has imported the file's parser (unstructured takes ~5 s to import, which
 is no file's fault). A worker that finishes a file is reused, so workers are kept in a small
@@ -36,7 +37,7 @@ import psutil
 from ingest.extract import CORRUPT, READER_STOPPED, TIMED_OUT, TOO_LARGE, Block, Extracted, Limits, extract, load_reader
 from kb.errors import ExtractionError
 
-POLL_S = 0.05
+POLL_S = 0.02  # how often the worker's memory is sampled
 MAX_LOG_RECORDS = 1000  # per file: pypdf can warn thousands of times on one broken PDF
 LOAD_TIMEOUT_S = 600  # importing a parser; only a broken installation takes this long
 _HEADER = struct.Struct(">Q")
@@ -162,15 +163,18 @@ class _Worker:
     def _wait(self, seconds: float, memory_bytes: int | None) -> None:
         """Until the worker answers; past `seconds` or `memory_bytes` it is killed and the file fails."""
         t0 = time.monotonic()
+        last = self._rss()
         while not select.select([self.proc.stdout], [], [], POLL_S)[0]:
             waited = time.monotonic() - t0
             rss = self._rss()
             self.peak_rss = max(self.peak_rss, rss)
-            if memory_bytes is not None and rss > memory_bytes:
+            growth, last = max(0, rss - last), rss
+            if memory_bytes is not None and rss + growth > memory_bytes:  # stopped before it crosses the limit
                 self.kill()
                 raise ExtractionError(TOO_LARGE + " when unpacked",
-                                      f"needed more than {memory_bytes / 1e6:,.0f} MB of memory while being read, "
-                                      f"after {waited:.1f} s (limit {memory_bytes / 1e6:,.0f} MB)")
+                                      f"needed more than {memory_bytes / 1e6:,.0f} MB of memory while being read "
+                                      f"(at {rss / 1e6:,.0f} MB and growing {growth / 1e6:,.0f} MB every "
+                                      f"{POLL_S * 1000:.0f} ms, after {waited:.1f} s; limit {memory_bytes / 1e6:,.0f} MB)")
             if waited > seconds:
                 self.kill()
                 raise ExtractionError(TIMED_OUT, f"still reading after {waited:,.0f} s (limit {seconds:,.0f} s)")

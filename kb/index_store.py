@@ -65,7 +65,7 @@ class IndexStore:
                 if f.exists():
                     f.replace(f.with_name(f"{name}.damaged-{stamp}"))
             index, rebuilt = self.open_index(collection), True
-        if index.count and not (self.keyword_dir(collection) / "meta.json").exists():
+        if (index.count or rebuilt) and not (self.keyword_dir(collection) / "meta.json").exists():
             log.warning("the keyword index %s is missing; rebuilding it from the catalogue", self.keyword_dir(collection))
         return index, KeywordIndex.open_or_reset(self.keyword_dir(collection)), rebuilt
 

@@ -23,7 +23,9 @@ def test_search_finds_the_pdf_page(tmp_path, monkeypatch, capsys):
     top = rows[0]
     assert top["source"].endswith("faq.pdf") and "pronounce" in top["text"].lower()
     # The cited page really holds the text (checked against the PDF itself, page by page).
-    pages = {b.page: b.text for b in extract(docs / "faq.pdf").blocks}
+    pages: dict[int, str] = {}
+    for b in extract(docs / "faq.pdf").blocks:  # one block per section that starts on the page
+        pages[b.page] = pages.get(b.page, "") + "\n" + b.text
     assert top["text"] in pages[top["page"]]
     assert sum(top["text"] in t for t in pages.values()) == 1
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
+
 from kb.knowledge_base import KnowledgeBase
 from tests.conftest import consistent
 from tests.real_world_files import fetch
@@ -15,6 +17,7 @@ from tests.real_world_files import fetch
 REASONS = ("encrypted", "corrupt", "empty file", "no extractable text", "too large", "timed out", "reader stopped")
 
 
+@pytest.mark.slow  # 116 real files through the worker, chunked and embedded
 def test_every_real_world_file_is_accounted_for(settings, tmp_path):
     folder = tmp_path / "corpus"
     folder.mkdir()

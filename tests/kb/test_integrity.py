@@ -71,30 +71,33 @@ def test_damaged_index_is_rebuilt_from_the_catalogue(indexed, catalogue_backend,
     assert list(d.glob("*.damaged-*")) or damage == "index deleted"  # the damaged file is kept for inspection
 
 
-@pytest.mark.parametrize("damage", ["index.faiss truncated", "keyword index deleted", "keyword segment truncated"])
-def test_kb_search_rebuilds_a_damaged_index_says_so_and_answers(indexed, damage):
-    """No dead end: `kb search` on a damaged derived index rebuilds it from the catalogue under the writer
-    lock (the stored embeddings and text: nothing re-embedded), prints one line saying so, and answers
-    exactly as before."""
+@pytest.mark.slow  # two CLI runs in subprocesses
+def test_kb_search_rebuilds_damaged_indexes_says_so_and_answers(indexed):
+    """No dead end: `kb search` with a truncated index.faiss and the keyword folder deleted rebuilds both
+    from the catalogue under the writer lock (the stored embeddings and text: nothing re-embedded), says
+    so in one line each, and answers exactly as before; the next run says nothing."""
     home, corpus, answer = indexed
     d = home / "collections" / "default"
-    keywords = d / "keywords"
-    if damage == "index.faiss truncated":
-        index = d / "index.faiss"
-        index.write_bytes(index.read_bytes()[: index.stat().st_size // 3])
-    elif damage == "keyword index deleted":
-        shutil.rmtree(keywords)
-    else:
-        for segment in keywords.glob("*.term"):
-            segment.write_bytes(segment.read_bytes()[:10])
+    index = d / "index.faiss"
+    index.write_bytes(index.read_bytes()[: index.stat().st_size // 3])
+    shutil.rmtree(d / "keywords")
     r = kb_cli(home, "search", QUESTION, "--json")
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
-    assert "rebuilding it from the catalogue" in r.stderr, r.stderr
+    assert "does not match" in r.stderr and "keyword index" in r.stderr and "is missing" in r.stderr, r.stderr
+    assert r.stderr.count("rebuilding it from the catalogue") == 2, r.stderr
     assert [c["chunk_id"] for c in json.loads(r.stdout)] == answer
-    again = kb_cli(home, "search", QUESTION, "--json")  # repaired for good: the next run says nothing
+    again = kb_cli(home, "search", QUESTION, "--json")
     assert "rebuilding" not in again.stderr and [c["chunk_id"] for c in json.loads(again.stdout)] == answer
+
+
+def test_a_truncated_keyword_segment_is_rebuilt_on_the_next_search(indexed, caplog):
+    home, corpus, answer = indexed
+    for segment in (home / "collections" / "default" / "keywords").glob("*.term"):
+        segment.write_bytes(segment.read_bytes()[:10])
     kb = KnowledgeBase(home=home)
-    consistent(kb)
+    with caplog.at_level("WARNING"):
+        assert [c.chunk_id for c in kb.search(QUESTION, log=False)] == answer
+    assert "rebuilding it from the catalogue" in caplog.text
     assert kb.indexes.reader_keywords("default").count == consistent(kb)[1]
 
 

@@ -1,0 +1,101 @@
+"""A PDF's structure from its page texts (issue 13): running headers and footers taken out, and
+sections cut where their outline entry's heading stands on the page, not at page boundaries.
+
+Both work on plain page texts, whichever library extracted them (pypdf, or pdfium when pypdf glues
+words), so they need no layout analysis.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+_DIGITS = re.compile(r"\d+")
+# a bare page number: "7", "iv", "7 / 57", "- 7 -", "Page 7", "Page 7 of 57", "第 7 页"
+_PAGE_NUMBER = re.compile(r"(?:page\s*)?[-–—]?\s*(?:#|[ivxlcdm]+)\s*[-–—]?(?:\s*(?:/|of)\s*#)?|第\s*#\s*页(?:\s*共\s*#\s*页)?",
+                          re.IGNORECASE)
+_LABEL = re.compile(r"(?:chapter|part|appendix|section|annex)\s+[\w.]{1,6}|第\s*\S{1,6}\s*[章节部篇]|[\dIVXivx.]{1,6}",
+                    re.IGNORECASE)
+EDGE_LINES = 2  # lines looked at, at the top and at the bottom of each page
+
+
+def _shape(line: str) -> str:
+    """A line with its numbers blanked: "Debian 新维护者手册 7 / 57" and "... 8 / 57" have one shape."""
+    return _DIGITS.sub("#", " ".join(line.split())).lower()
+
+
+def _lead(shape: str) -> str | None:
+    """The first two words of a shape, when they say enough to recognise a running header whose tail
+    changes with the section ("chapter #. getting and installing …")."""
+    words = shape.split()
+    lead = " ".join(words[:2])
+    return lead if len(words) > 2 and len(lead) >= 6 else None
+
+
+def strip_running_lines(pages: list[str]) -> tuple[list[str], int]:
+    """Remove running headers/footers and page numbers from the top and bottom lines of each page.
+
+    Looked at: the two lines at each edge of a page. A line there goes when it is a bare page number,
+    or when its shape is a running one: the outermost line of at least 3 pages, or an edge line of at
+    least 3 pages and half of them, or when its first two words lead the outermost line of at least 3
+    pages and a quarter of them (a book's chapter header names the section, so only its start repeats).
+    A page's only line is kept. Returns the pages and the number of lines removed."""
+    lines = [[ln for ln in p.splitlines() if ln.strip()] for p in pages]
+    need_half, need_lead = max(3, (len(pages) + 1) // 2), max(3, len(pages) // 4)
+    drop: list[set[int]] = [set() for _ in lines]
+    for top in (True, False):
+        zones = [list(range(min(EDGE_LINES, len(ls)))) if top else list(range(len(ls) - 1, max(len(ls) - 1 - EDGE_LINES, -1), -1))
+                 for ls in lines]  # line indices, outermost first
+        shapes = [[_shape(ls[i]) for i in zone] for ls, zone in zip(lines, zones, strict=True)]
+        outer = Counter(z[0] for z in shapes if z)
+        anywhere = Counter(s for z in shapes for s in set(z))
+        leads = Counter(_lead(z[0]) for z in shapes if z and _lead(z[0]))
+        running = {s for s, n in outer.items() if n >= 3} | {s for s, n in anywhere.items() if n >= need_half}
+        for ls, zone, zs, d in zip(lines, zones, shapes, drop, strict=True):
+            if len(ls) < 2:
+                continue
+            for i, s in zip(zone, zs, strict=True):
+                if s in running or _PAGE_NUMBER.fullmatch(s) or (_lead(s) and leads[_lead(s)] >= need_lead):
+                    d.add(i)
+    kept = [[ln for i, ln in enumerate(ls) if i not in d] for ls, d in zip(lines, drop, strict=True)]
+    return ["\n".join(ls) for ls in kept], sum(map(len, drop))
+
+
+def _title_pattern(title: str) -> re.Pattern | None:
+    words = title.split()
+    return re.compile(r"\s+".join(map(re.escape, words))) if words else None
+
+
+def outline_sections(marks: list[tuple[int, int, str]], pages: list[str]) -> list[list[tuple[int, str | None]]]:
+    """Per page, where each section starts: [(offset into the page text, heading path), ...], the first
+    at offset 0. `marks` are the outline entries (page index, depth, title) in outline order.
+
+    An entry's section starts at the line holding its title on its page (the heading stays with the
+    text below it). An entry whose title is not found on its page starts at the top of the next page,
+    unless no section ran before it (then its page is its own)."""
+    by_page: dict[int, list[tuple[int, str]]] = {}
+    for page, depth, title in sorted(marks, key=lambda m: m[0]):  # stable: outline order within a page
+        by_page.setdefault(page, []).append((depth, title))
+    stack: list[str] = []
+    out: list[list[tuple[int, str | None]]] = []
+    for page, text in enumerate(pages):
+        starts: list[tuple[int, str | None]] = [(0, " > ".join(stack) or None)]
+        cursor = 0
+        for depth, title in by_page.get(page, []):
+            stack = stack[:depth] + [title]
+            pattern = _title_pattern(title)
+            found = pattern.search(text, cursor) if pattern else None
+            if found is None:
+                if starts[0][1] is None:  # nothing ran before: better this heading than none
+                    starts[0] = (0, " > ".join(stack))
+                continue
+            at = text.rfind("\n", 0, found.start()) + 1  # the start of the heading's line ("2.3 Where/how ...")
+            cursor = found.end()
+            above = text[:at].strip()
+            if not above or _LABEL.fullmatch(above):  # the page opens with this section ("Chapter 2" above
+                # a chapter's title belongs to it)
+                starts = [s for s in starts if s[0] != 0]
+                at = 0
+            starts.append((at, " > ".join(stack)))
+        out.append(sorted(starts))
+    return out

@@ -1,0 +1,55 @@
+"""PDF structure (issue 13): running headers/footers out of the text, sections cut at their headings
+inside a page."""
+
+from __future__ import annotations
+
+import re
+
+from ingest.extract import extract
+from ingest.pdf_structure import outline_sections, strip_running_lines
+from tests.conftest import SAMPLES
+
+
+def test_running_headers_footers_and_page_numbers_are_removed_body_lines_are_not():
+    bodies = ["Install it with apt.", "Remove it with apt purge.", "Pin a release.", "Upgrade safely.", "Read the logs."]
+    pages = [f"Debian 新维护者手册 {n} / 57\n{body}\nThe same closing line\n{n}" for n, body in enumerate(bodies, 1)]
+    pages[2] = "CHAPTER 3. PACKAGES 3.1 WHAT IS A PACKAGE\n" + pages[2]
+    cleaned, removed = strip_running_lines(pages)
+    assert cleaned[0] == "Install it with apt."  # header, page number and the repeated last line go
+    assert removed == 5 * 3
+    assert cleaned[2].startswith("CHAPTER 3.")  # one chapter header is not a running header...
+    words = "apt dpkg aptitude synaptic tasksel debconf reportbug popcon".split()
+    many = [f"CHAPTER {n}. TOPIC {n} SECTION TITLE {n * 7}\nUse {w} here.\nThen {w} again, on page {n}." for n, w in enumerate(words)]
+    assert [p.split("\n")[0] for p in strip_running_lines(many)[0]] == [f"Use {w} here." for w in words]  # ...eight are
+    lone = ["Only line 1", "Only line 2", "Only line 3"]
+    assert strip_running_lines(lone)[0] == lone  # a page's only line is its content
+    twice = ["Repeated opening\nAlpha", "Repeated opening\nBeta", "Other\nGamma"]
+    assert strip_running_lines(twice)[0] == twice  # two pages are not a pattern
+
+
+def test_a_section_starts_at_its_heading_inside_the_page():
+    page = "end of the previous answer.\n2.3 Where can I get it?\nFrom the website.\n2.4 How do I install it?\nBoot it."
+    marks = [(0, 0, "Getting Debian"), (0, 1, "Where can I get it?"), (0, 1, "How do I install it?")]
+    (starts,) = outline_sections(marks, [page])
+    assert [(page[a:a + 8], h) for a, h in starts] == [
+        ("end of t", "Getting Debian"),
+        ("2.3 Wher", "Getting Debian > Where can I get it?"),
+        ("2.4 How ", "Getting Debian > How do I install it?")]
+
+
+def test_sample_pdfs_keep_no_running_header_and_cut_sections_at_headings():
+    faq = extract(SAMPLES / "debian-faq-en-chapters-1-2.pdf")
+    guide = extract(SAMPLES / "maint-guide-zh-cn-chapter-1-2.pdf")
+    for doc in (faq, guide):
+        for b in doc.blocks:
+            assert "CHAPTER 1. DEFINITIONS" not in b.text and not re.search(r"新维护者手册 \d+ / 57", b.text)
+            assert not any(line.strip().isdigit() for line in b.text.splitlines()[-1:]), b.text[-40:]
+    # Section 1.3 starts in the middle of page 10: its heading opens a block with its own heading path,
+    # and the block before it (section 1.2, same page) does not end with 1.3's title.
+    on_10 = [b for b in faq.blocks if b.page == 10]
+    i = next(i for i, b in enumerate(on_10) if b.text.startswith("1.3 OK, now I know what Debian is"))
+    assert on_10[i].heading.endswith("OK, now I know what Debian is... what is Linux?!")
+    assert on_10[i - 1].heading.endswith("What is Debian GNU/Linux?") and "1.3" not in on_10[i - 1].text[-200:]
+    # the Chinese guide: section 1.3 starts mid-page 10, under its own heading
+    assert any(b.page == 10 and b.text.startswith("1.3 需要的开发文档") and b.heading.endswith("需要的开发文档")
+               for b in guide.blocks)
