@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ingest.pdf_structure import outline_sections, strip_running_lines
+from ingest.pdf_structure import numbered_marks, outline_sections, strip_running_lines
 from kb.errors import ExtractionError
 
 ENCRYPTED = "encrypted"
@@ -143,7 +143,8 @@ def extract_pdf(path: Path, password: str | None = None, limits: Limits = Limits
     if removed:
         warnings.append(f"{removed} running header/footer lines removed")
     blocks = []
-    for page, (text, starts) in enumerate(zip(texts, outline_sections(_outline_marks(reader), texts), strict=True), 1):
+    marks = _outline_marks(reader) or numbered_marks(texts)
+    for page, (text, starts) in enumerate(zip(texts, outline_sections(marks, texts), strict=True), 1):
         for (at, heading), (end, _) in zip(starts, [*starts[1:], (len(text), None)], strict=True):
             if part := text[at:end].strip():
                 blocks.append(Block(part, page, heading))

@@ -1,5 +1,6 @@
 """A PDF's structure from its page texts (issue 13): running headers and footers taken out, and
-sections cut where their outline entry's heading stands on the page, not at page boundaries.
+sections cut where their heading stands on the page, not at page boundaries. The headings come from
+the PDF's outline (bookmarks) or, in a PDF without one, from numbered heading lines ("4.3 How do I…?").
 
 Both work on plain page texts, whichever library extracted them (pypdf, or pdfium when pypdf glues
 words), so they need no layout analysis.
@@ -76,18 +77,22 @@ def outline_sections(marks: list[tuple[int, int, str]], pages: list[str]) -> lis
     by_page: dict[int, list[tuple[int, str]]] = {}
     for page, depth, title in sorted(marks, key=lambda m: m[0]):  # stable: outline order within a page
         by_page.setdefault(page, []).append((depth, title))
-    stack: list[str] = []
+    stack: list[tuple[int, str]] = []  # (depth, title): an entry closes every entry at its depth or deeper
     out: list[list[tuple[int, str | None]]] = []
+
+    def path() -> str | None:
+        return " > ".join(t for _, t in stack) or None
+
     for page, text in enumerate(pages):
-        starts: list[tuple[int, str | None]] = [(0, " > ".join(stack) or None)]
+        starts: list[tuple[int, str | None]] = [(0, path())]
         cursor = 0
         for depth, title in by_page.get(page, []):
-            stack = stack[:depth] + [title]
+            stack = [(d, t) for d, t in stack if d < depth] + [(depth, title)]
             pattern = _title_pattern(title)
             found = pattern.search(text, cursor) if pattern else None
             if found is None:
                 if starts[0][1] is None:  # nothing ran before: better this heading than none
-                    starts[0] = (0, " > ".join(stack))
+                    starts[0] = (0, path())
                 continue
             at = text.rfind("\n", 0, found.start()) + 1  # the start of the heading's line ("2.3 Where/how ...")
             cursor = found.end()
@@ -96,6 +101,44 @@ def outline_sections(marks: list[tuple[int, int, str]], pages: list[str]) -> lis
                 # a chapter's title belongs to it)
                 starts = [s for s in starts if s[0] != 0]
                 at = 0
-            starts.append((at, " > ".join(stack)))
+            starts.append((at, path()))
         out.append(sorted(starts))
     return out
+
+
+# "4.3 How do I install it?", "2 Getting started", "1.2.1. Pinning": a section number, then a short title
+_NUMBERED = re.compile(r"(\d{1,2}(?:\.\d{1,3}){0,3})\.?\s+(\S.{1,118})")
+_NOT_A_TITLE = re.compile(r"[.。;；,，:：]$|(?:\.\s+){3,}|…\s*\d+$|\s\d+$")  # a sentence, a contents line
+
+
+def numbered_marks(pages: list[str]) -> list[tuple[int, int, str]]:
+    """Headings of a PDF without an outline, as outline entries (page index, depth, title): lines that
+    start with a section number and hold a short title. Numbered list items and figures are told apart
+    by order: each heading's number must come right after the previous one (2.1 -> 2.2, 2.3 -> 2.3.1,
+    2.3.1 -> 2.4 or 3), so a list restarting at 1 or a stray "2.6 GHz" is not a heading."""
+    marks: list[tuple[int, int, str]] = []
+    last: tuple[int, ...] = ()
+    for page, text in enumerate(pages):
+        for line in text.splitlines():
+            m = _NUMBERED.fullmatch(line.strip())
+            if not m or _NOT_A_TITLE.search(m.group(2)) or not any(c.isalpha() for c in m.group(2)[:3]):
+                continue
+            number = tuple(int(n) for n in m.group(1).split("."))
+            if _follows(last, number):
+                marks.append((page, len(number) - 1, " ".join(m.group(2).split())))
+                last = number
+    return marks if len(marks) >= 2 else []
+
+
+def _follows(last: tuple[int, ...], number: tuple[int, ...]) -> bool:
+    """Whether a section number can come next: at the first place the two differ it goes up by one
+    or two (one heading may be missed) or opens a first child, and every later part is 1:
+    2.3 -> 2.4, 2.5, 2.3.1, 3, 3.1; never 1.1 again, nor 2.6.7."""
+    if not last:
+        return all(n == 1 for n in number[1:])
+    for i, n in enumerate(number):
+        if i >= len(last):
+            return n == 1 and all(m == 1 for m in number[i + 1:])
+        if n != last[i]:
+            return 0 < n - last[i] <= 2 and all(m == 1 for m in number[i + 1:])
+    return False  # the same number, or a parent of the last one

@@ -53,3 +53,26 @@ def test_sample_pdfs_keep_no_running_header_and_cut_sections_at_headings():
     # the Chinese guide: section 1.3 starts mid-page 10, under its own heading
     assert any(b.page == 10 and b.text.startswith("1.3 需要的开发文档") and b.heading.endswith("需要的开发文档")
                for b in guide.blocks)
+
+
+def test_numbered_headings_stand_in_for_a_missing_outline():
+    from ingest.pdf_structure import numbered_marks
+
+    pages = ["2.1 What is a package?\nA package is an archive.\n1. Download it.\n2. Install it.",
+             "2.2 How do I pin a release?\nA 2.6 GHz machine is fine.\n2.3.1 Pin priorities\nUse 990.",
+             "Contents\n2.4 Upgrades . . . . . . 17\n2.4 How do I upgrade?\nRun apt full-upgrade.\n3 Tools\n3.1 dpkg"]
+    assert numbered_marks(pages) == [
+        (0, 1, "What is a package?"), (1, 1, "How do I pin a release?"), (1, 2, "Pin priorities"),
+        (2, 1, "How do I upgrade?"), (2, 0, "Tools"), (2, 1, "dpkg")]  # not the list, the GHz, the contents line
+    assert numbered_marks(["1. Download it.\nNothing else."]) == []
+
+
+def test_a_pdf_without_outline_is_cut_at_its_numbered_headings(tmp_path):
+    from tests.conftest import pdf_excerpt
+
+    excerpt = pdf_excerpt(SAMPLES / "debian-faq-en-chapters-1-2.pdf", tmp_path / "no-outline.pdf", range(8, 12))
+    blocks = extract(excerpt).blocks
+    third = next(b for b in blocks if b.text.startswith("1.3 OK, now I know what Debian is"))
+    assert third.page == 2 and third.heading == "OK, now I know what Debian is... what is Linux?!"
+    before = blocks[blocks.index(third) - 1]
+    assert before.page == 2 and before.heading == "What is Debian GNU/Linux?" and "1.3 OK" not in before.text
