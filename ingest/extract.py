@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ingest.pdf_structure import numbered_marks, outline_sections, strip_running_lines
+from ingest.tables import html_table_lines, is_header, row_line
 from kb.errors import ExtractionError
 
 ENCRYPTED = "encrypted"
@@ -216,6 +217,8 @@ def _elements_to_blocks(elements, kind: str) -> tuple[list[Block], int | None]:
             close_from(next((i for i, h in enumerate(stack) if h.depth >= depth), len(stack)))
             stack.append(_OpenHeading(depth, text, page))
             continue
+        if el.category == "Table" and getattr(md, "text_as_html", None):  # rows, not loose words
+            text = "\n".join(html_table_lines(md.text_as_html)) or text
         add(text, page, stack)
     close_from(0)
     return blocks, max_page
@@ -294,8 +297,8 @@ def _cell(value) -> str:  # noqa: ANN001 - whatever a cell holds
 
 
 def extract_xlsx(path: Path, password: str | None = None, limits: Limits = Limits()) -> Extracted:
-    """Each sheet row becomes one line, "column: value | column: value" under a header row (a first row
-    of text cells), else "value | value". Read as a stream (openpyxl read-only): a sheet of a million
+    """Each sheet row becomes one line (ingest/tables.py), "column: value | column: value" under a
+    header row (a first row of text cells), else "value | value". Read as a stream (openpyxl read-only): a sheet of a million
     rows costs no more memory than a short one, and reading stops at `max_sheet_rows` per sheet, the cut
     said in the warnings. (unstructured reads a whole sheet into pandas first, with no way to stop.)"""
     from openpyxl import load_workbook
@@ -319,18 +322,12 @@ def extract_xlsx(path: Path, password: str | None = None, limits: Limits = Limit
                                     "KB_INGEST__MAX_SHEET_ROWS)")
                     break
                 read += 1
-                filled = [c for c in cells if c]
-                if header is None and read == 1 and len(filled) > 1 and                         all(isinstance(v, str) for v in row if v is not None):
+                if read == 1 and is_header(cells) and all(isinstance(v, str) for v in row if v is not None):
                     header = cells
                     continue
-                if header:
-                    pairs = [f"{header[i] if i < len(header) and header[i] else f'column {i + 1}'}: {c}"
-                             for i, c in enumerate(cells) if c]
-                    blocks.append(Block(" | ".join(pairs), number, ws.title))
-                else:
-                    blocks.append(Block(" | ".join(filled), number, ws.title))
+                blocks.append(Block(row_line(cells, header), number, ws.title))
             if header and read == 1:  # a sheet holding only its header row
-                blocks.append(Block(" | ".join(c for c in header if c), number, ws.title))
+                blocks.append(Block(row_line(header, None), number, ws.title))
         return Extracted(blocks, FORMATS[".xlsx"].mime, len(wb.worksheets), warnings)
     except ExtractionError:
         raise
