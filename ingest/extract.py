@@ -34,6 +34,7 @@ class Limits:
     max_bytes: int | None = None  # the file itself
     max_unpacked_bytes: int | None = None  # the parts of a ZIP container, from its directory
     max_sheet_rows: int | None = None  # rows read per spreadsheet sheet; the rest is cut (and said so)
+    ocr: bool = True  # PDF pages without a text layer are read by OCR (ingest/ocr.py)
 
 
 @dataclass
@@ -79,6 +80,28 @@ def _pdfium_pages(path: Path, password: str | None) -> list[str] | None:
         return out
     finally:
         doc.close()
+
+
+def _ocr_blank_pages(path: Path, password: str | None, texts: list[str]) -> list[int]:
+    """Read by OCR the pages with no text layer that hold an image (a scan); returns their numbers."""
+    import pypdfium2 as pdfium
+    import pypdfium2.raw as pdfium_c
+
+    from ingest.ocr import read_page
+
+    done = []
+    doc = pdfium.PdfDocument(str(path), password=password)
+    try:
+        for i, text in enumerate(texts):
+            if text.strip():
+                continue
+            page = doc[i]
+            if any(o.type == pdfium_c.FPDF_PAGEOBJ_IMAGE for o in page.get_objects(max_depth=2)):
+                texts[i] = read_page(page)
+                done.append(i + 1)
+    finally:
+        doc.close()
+    return done
 
 
 def _outline_marks(reader) -> list[tuple[int, int, str]]:  # noqa: ANN001 - a pypdf PdfReader
@@ -140,6 +163,9 @@ def extract_pdf(path: Path, password: str | None = None, limits: Limits = Limits
         if better and len(better) == n_pages:
             texts = better
             warnings.append("pypdf lost word spacing; text taken from pdfium")
+    if limits.ocr and any(not t.strip() for t in texts):
+        if scanned := _ocr_blank_pages(path, used_password or None, texts):
+            warnings.append(f"OCR read {len(scanned)} page(s) without a text layer: {scanned[:20]}")
     texts, removed = strip_running_lines(texts)
     if removed:
         warnings.append(f"{removed} running header/footer lines removed")
@@ -312,8 +338,15 @@ def extract_xlsx(path: Path, password: str | None = None, limits: Limits = Limit
     try:
         for number, ws in enumerate(wb.worksheets, 1):
             header: list[str] | None = None
-            read = 0
+            read = scanned = 0
+            ws.reset_dimensions()  # rows as stored: a declared A1:XFD1048576 must not pad every row to 16k cells
             for row in ws.iter_rows(values_only=True):
+                scanned += 1
+                if limits.max_sheet_rows is not None and scanned > 10 * limits.max_sheet_rows:
+                    warnings.append(f"sheet {ws.title!r} cut after {scanned - 1:,} rows, most of them empty")
+                    break
+                if all(v is None for v in row):
+                    continue
                 cells = [_cell(v) for v in row]
                 if not any(cells):
                     continue
@@ -419,5 +452,6 @@ def extract(path: Path, pdf_password: str | None = None, limits: Limits = Limits
     _check_content(path, suffix, limits.max_unpacked_bytes)
     result = FORMATS[suffix].extract(path, pdf_password, limits)
     if not result.blocks:
-        raise ExtractionError(NO_TEXT, "no text found (a scanned PDF needs OCR)" if suffix == ".pdf" else "no text found")
+        raise ExtractionError(NO_TEXT, "no text found (OCR is off: KB_INGEST__OCR)" if suffix == ".pdf" and not limits.ocr
+                              else "no text found")
     return result

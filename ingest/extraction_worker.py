@@ -52,7 +52,8 @@ class WorkerLimits:
 # -- the protocol: 8-byte length, then UTF-8 JSON -----------------------------------------------------
 
 def _send(fd: int, message: dict) -> None:
-    data = json.dumps(message, ensure_ascii=False).encode()
+    # "replace": broken PDF font maps give pypdf lone surrogates, which UTF-8 cannot carry
+    data = json.dumps(message, ensure_ascii=False).encode("utf-8", "replace")
     view = memoryview(_HEADER.pack(len(data)) + data)
     while view:
         view = view[os.write(fd, view):]
@@ -75,7 +76,20 @@ def _to_message(doc: Extracted) -> dict:
 
 
 def _from_message(m: dict) -> Extracted:
-    return Extracted([Block(t, p, h) for t, p, h in m["blocks"]], m["mime"], m["pages"], list(m["warnings"]))
+    """The worker's answer, checked: it parsed a hostile file, so its output is data of the expected
+    shape or a protocol error (ValueError), never anything else."""
+    def text(v: object) -> str:
+        if not isinstance(v, str):
+            raise ValueError("a text that is not a string")
+        return v
+
+    def number(v: object) -> int | None:
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
+            raise ValueError("a page that is not a number")
+        return v
+
+    blocks = [Block(text(t), number(p), None if h is None else text(h)) for t, p, h in m["blocks"]]
+    return Extracted(blocks, text(m["mime"]), number(m["pages"]), [text(w) for w in m["warnings"]])
 
 
 # -- the worker process ---------------------------------------------------------------------------
@@ -100,7 +114,10 @@ def _serve() -> None:
 
     class Collect(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            records.append([record.name, record.levelno, record.getMessage()])
+            if len(records) < MAX_LOG_RECORDS:  # pypdf can warn thousands of times on one broken PDF
+                records.append([record.name, record.levelno, record.getMessage()])
+            else:
+                records[-1] = ["kb", logging.INFO, "more log lines were left out"]
 
     root = logging.getLogger()
     root.handlers[:] = [Collect()]
@@ -122,12 +139,10 @@ def _serve() -> None:
             answer = {"ok": _to_message(doc)}
         except ExtractionError as exc:
             answer = {"error": [exc.reason, exc.detail]}
-        except MemoryError:
-            answer = {"error": [TOO_LARGE + " when unpacked", "ran out of memory while reading it"]}
+        except MemoryError:  # the machine's memory, not kb's limit: worth another try
+            answer = {"error": [READER_STOPPED, "the machine ran out of memory while reading it"]}
         except Exception as exc:  # noqa: BLE001 - a parser bug on hostile input is this file's failure
             answer = {"error": [CORRUPT, f"{type(exc).__name__}: {exc}"]}
-        if len(records) > MAX_LOG_RECORDS:
-            records[MAX_LOG_RECORDS:] = [["kb", logging.INFO, f"{len(records) - MAX_LOG_RECORDS:,} more log lines"]]
         answer["log"] = records[:]
         records.clear()
         _send(out, answer)
@@ -135,30 +150,50 @@ def _serve() -> None:
 
 # -- the writer's side ----------------------------------------------------------------------------
 
+class _NotStarted(Exception):
+    """The worker died or hung before it began the file: not the file's fault (the pool retries once)."""
+
+
 class _Worker:
     def __init__(self) -> None:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else root
-        self.proc = subprocess.Popen([sys.executable, "-m", "ingest.extraction_worker"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, env=env, start_new_session=True)
+        # -P: the working directory (maybe the folder being indexed) is not put on sys.path, so a
+        # planted psutil.py there is never imported
+        self.proc = subprocess.Popen([sys.executable, "-P", "-m", "ingest.extraction_worker"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=env, start_new_session=True, cwd=root)
         self.ps = psutil.Process(self.proc.pid)
         self.peak_rss = 0
+        self._last_rss = 0
 
     def read(self, path: Path, password: str | None, limits: Limits, wl: WorkerLimits) -> Extracted:
         """Extract one file in this worker; ExtractionError for the file's own failure. After a limit or
         a crash the worker is dead (`alive` is False) and the error says which limit and by how much."""
-        _send(self.proc.stdin.fileno(), {"path": str(path), "password": password, "limits": limits.__dict__})
-        self._wait(LOAD_TIMEOUT_S, None)
-        self._answer()  # {"started": true}: the parser is imported
+        try:
+            _send(self.proc.stdin.fileno(), {"path": str(path), "password": password, "limits": limits.__dict__})
+            self._wait(LOAD_TIMEOUT_S, None)
+            self._answer()  # {"started": true}: the parser is imported
+        except (OSError, ExtractionError) as exc:
+            self.kill()
+            raise _NotStarted(str(exc)) from exc
+        deadline = time.monotonic() + wl.seconds
         self._wait(wl.seconds, wl.memory_bytes)
-        answer = self._answer()
-        for name, level, message in answer.get("log", []):
-            logging.getLogger(name).handle(logging.makeLogRecord(
-                {"name": name, "levelno": level, "levelname": logging.getLevelName(level), "msg": message}))
-        if "error" in answer:
-            raise ExtractionError(*answer["error"])
-        return _from_message(answer["ok"])
+        try:
+            answer = self._answer(max_bytes=max(limits.max_bytes or 0, 50_000_000) * 8, deadline=deadline)
+            for name, level, message in answer.get("log", [])[:MAX_LOG_RECORDS]:
+                logging.getLogger(str(name)).handle(logging.makeLogRecord(
+                    {"name": str(name), "levelno": int(level), "levelname": logging.getLevelName(int(level)),
+                     "msg": str(message)}))
+            if "error" in answer:
+                reason, detail = answer["error"]
+                raise ExtractionError(str(reason), str(detail))
+            return _from_message(answer["ok"])
+        except ExtractionError:
+            raise
+        except (ValueError, TypeError, KeyError, RecursionError, AttributeError) as exc:
+            self.kill()
+            raise ExtractionError(READER_STOPPED, f"the reader process gave an unreadable answer ({exc})") from exc
 
     def _wait(self, seconds: float, memory_bytes: int | None) -> None:
         """Until the worker answers; past `seconds` or `memory_bytes` it is killed and the file fails."""
@@ -172,30 +207,48 @@ class _Worker:
             if memory_bytes is not None and rss + growth > memory_bytes:  # stopped before it crosses the limit
                 self.kill()
                 raise ExtractionError(TOO_LARGE + " when unpacked",
-                                      f"needed more than {memory_bytes / 1e6:,.0f} MB of memory while being read "
+                                      f"needed more than {memory_bytes / 1e6:,g} MB of memory while being read "
                                       f"(at {rss / 1e6:,.0f} MB and growing {growth / 1e6:,.0f} MB every "
-                                      f"{POLL_S * 1000:.0f} ms, after {waited:.1f} s; limit {memory_bytes / 1e6:,.0f} MB)")
+                                      f"{POLL_S * 1000:.0f} ms, after {waited:.1f} s; limit {memory_bytes / 1e6:,g} MB)")
             if waited > seconds:
                 self.kill()
-                raise ExtractionError(TIMED_OUT, f"still reading after {waited:,.0f} s (limit {seconds:,.0f} s)")
+                raise ExtractionError(TIMED_OUT, f"still reading after {waited:,.0f} s (limit {seconds:,g} s)")
 
-    def _answer(self) -> dict:
+    def _answer(self, max_bytes: int = 1 << 20, deadline: float | None = None) -> dict:
         fd = self.proc.stdout.fileno()
         header = _read_exactly(fd, _HEADER.size)
-        body = _read_exactly(fd, _HEADER.unpack(header)[0]) if header else None
+        size = _HEADER.unpack(header)[0] if header else 0
+        if header and size > max_bytes:
+            raise ValueError(f"an answer of {size:,} bytes")
+        body = _read_exactly(fd, size) if header else None
         if body is None:  # the worker died: a crash in C code, or a kill from outside
-            code = self.proc.wait()
             self.kill()
-            how = f"killed by signal {-code} ({signal.Signals(-code).name})" if code < 0 else f"exit status {code}"
+            code = self.proc.returncode
+            try:
+                how = f"killed by signal {-code} ({signal.Signals(-code).name})" if code < 0 else f"exit status {code}"
+            except ValueError:
+                how = f"killed by signal {-code}"
             raise ExtractionError(READER_STOPPED, f"the reader process ended while reading it ({how}); "
                                   "the next run reads it again")
-        return json.loads(body)
+        if deadline is not None and time.monotonic() > deadline + 60:
+            raise ValueError("an answer that took minutes to arrive")
+        answer = json.loads(body)
+        if not isinstance(answer, dict):
+            raise ValueError("an answer that is not an object")
+        return answer
 
     def _rss(self) -> int:
         try:
-            return self.ps.memory_info().rss + sum(c.memory_info().rss for c in self.ps.children(recursive=True))
+            total = self.ps.memory_info().rss
         except psutil.Error:
-            return 0
+            return self._last_rss  # gone: the answer (or its absence) says what happened
+        for child in self.ps.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:
+                pass  # a child that just ended
+        self._last_rss = total
+        return total
 
     @property
     def alive(self) -> bool:
@@ -206,7 +259,10 @@ class _Worker:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-        self.proc.wait()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # stuck in the kernel (a dead network mount): leave it
+            pass
         for stream in (self.proc.stdin, self.proc.stdout):
             stream.close()
 
@@ -224,29 +280,47 @@ class WorkerPool:
 
     def extract(self, path: Path, password: str | None = None, limits: Limits = Limits(),
                 worker_limits: WorkerLimits = WorkerLimits()) -> Extracted:
+        for attempt in (1, 2):
+            worker = self._take()
+            self.busy[worker.proc.pid] = str(path)
+            interrupted = True  # until read() returns or raises a file's failure
+            try:
+                doc = worker.read(path, password, limits, worker_limits)
+                interrupted = False
+                return doc
+            except ExtractionError:
+                interrupted = False
+                raise
+            except _NotStarted as exc:  # an idle worker that died since: once more on a fresh one
+                interrupted = False
+                if attempt == 2:
+                    raise ExtractionError(READER_STOPPED, f"the reader process did not start ({exc})") from exc
+            finally:
+                self._give_back(worker, worker_limits, interrupted)
+        raise AssertionError("unreachable")
+
+    def _take(self) -> _Worker:
         with self._lock:
-            worker = self._idle.pop() if self._idle else None
-        if worker is None or not worker.alive:
-            worker = _Worker()
+            while self._idle:
+                worker = self._idle.pop()
+                if worker.alive:
+                    return worker
+                worker.kill()  # closes its pipes
+            self.started += 1
+        return _Worker()
+
+    def _give_back(self, worker: _Worker, limits: WorkerLimits, interrupted: bool) -> None:
+        """Back to the idle list, unless it died, was interrupted mid-answer, or kept much of the memory
+        its last file took (allocators rarely give it back: the next file would start near the limit)."""
+        self.busy.pop(worker.proc.pid, None)
+        self.peak_rss = max(self.peak_rss, worker.peak_rss)
+        if worker.alive and not interrupted and worker._rss() < limits.memory_bytes / 2:
             with self._lock:
-                self.started += 1
-        self.busy[worker.proc.pid] = str(path)
-        try:
-            return worker.read(path, password, limits, worker_limits)
-        except BaseException:
-            if worker.alive and not isinstance(sys.exc_info()[1], ExtractionError):
-                worker.kill()  # interrupted mid-answer (KeyboardInterrupt): its pipe state is unknown
-            raise
-        finally:
-            self.busy.pop(worker.proc.pid, None)
-            self.peak_rss = max(self.peak_rss, worker.peak_rss)
-            if worker.alive:
-                with self._lock:
-                    if len(self._idle) < self.keep_idle:
-                        self._idle.append(worker)
-                        worker = None
-                if worker is not None:
-                    worker.kill()
+                if len(self._idle) < self.keep_idle:
+                    self._idle.append(worker)
+                    return
+        if worker.alive:
+            worker.kill()
 
     def close(self) -> None:
         with self._lock:

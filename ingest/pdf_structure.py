@@ -12,9 +12,11 @@ import re
 from collections import Counter
 
 _DIGITS = re.compile(r"\d+")
-# a bare page number: "7", "iv", "7 / 57", "- 7 -", "Page 7", "Page 7 of 57", "第 7 页"
-_PAGE_NUMBER = re.compile(r"(?:page\s*)?[-–—]?\s*(?:#|[ivxlcdm]+)\s*[-–—]?(?:\s*(?:/|of)\s*#)?|第\s*#\s*页(?:\s*共\s*#\s*页)?",
-                          re.IGNORECASE)
+# page-number lines that say so themselves: "7 / 57", "- 7 -", "Page 7", "Page 7 of 57", "第 7 页"
+_PAGE_LABEL = re.compile(r"#\s*(?:/|of)\s*#|[-–—]\s*#\s*[-–—]|page\s*#(?:\s*(?:/|of)\s*#)?|第\s*#\s*页(?:\s*共\s*#\s*页)?",
+                         re.IGNORECASE)
+_ROMAN = re.compile(r"(?=[ivxl])(?:xl|l?x{0,3})(?:ix|iv|v?i{0,3})")  # i .. lxxxix: front-matter page numbers
+_ROMAN_VALUES = {"i": 1, "v": 5, "x": 10, "l": 50}
 _LABEL = re.compile(r"(?:chapter|part|appendix|section|annex)\s+[\w.]{1,6}|第\s*\S{1,6}\s*[章节部篇]|[\dIVXivx.]{1,6}",
                     re.IGNORECASE)
 EDGE_LINES = 2  # lines looked at, at the top and at the bottom of each page
@@ -33,38 +35,64 @@ def _lead(shape: str) -> str | None:
     return lead if len(words) > 2 and len(lead) >= 6 else None
 
 
+def _number(line: str) -> int | None:
+    """The value of a line that is only a number, Arabic or a small Roman one ("iv": front matter)."""
+    text = line.strip().lower()
+    if text.isdigit():
+        return int(text)
+    if text and _ROMAN.fullmatch(text):
+        values = [_ROMAN_VALUES[c] for c in text]
+        return sum(-v if i + 1 < len(values) and v < values[i + 1] else v for i, v in enumerate(values))
+    return None
+
+
 def strip_running_lines(pages: list[str]) -> tuple[list[str], int]:
     """Remove running headers/footers and page numbers from the top and bottom lines of each page.
 
-    Looked at: the two lines at each edge of a page. A line there goes when it is a bare page number,
-    or when its shape is a running one: the outermost line of at least 3 pages, or an edge line of at
-    least 3 pages and half of them, or when its first two words lead the outermost line of at least 3
-    pages and a quarter of them (a book's chapter header names the section, so only its start repeats).
-    A page's only line is kept. Returns the pages and the number of lines removed."""
-    lines = [[ln for ln in p.splitlines() if ln.strip()] for p in pages]
-    need_half, need_lead = max(3, (len(pages) + 1) // 2), max(3, len(pages) // 4)
+    Looked at: the two non-blank lines at each edge of a page. A line there goes when it is a page
+    number — a label that says so ("7 / 57", "Page 7", "第 7 页"), or a bare number that keeps the same
+    distance to the page's index as the bare numbers at that edge of at least 3 other pages (so a total
+    "1250" or a year is not one) — or when its shape (numbers blanked) is a running one: the outermost
+    line of at least 3 pages and a quarter of them, or an edge line of half of them, or whose first two
+    words lead the outermost line of a quarter of them (a book's chapter header names the section, so
+    only its start repeats). A page keeps at least one line, and its blank lines (paragraph breaks).
+    Returns the pages and the number of lines removed."""
+    raw = [p.splitlines() for p in pages]
+    lines = [[i for i, ln in enumerate(r) if ln.strip()] for r in raw]  # indices of non-blank lines
+    n = len(pages)
+    need_outer, need_half, need_lead = max(3, n // 4), max(3, (n + 1) // 2), max(3, n // 4)
     drop: list[set[int]] = [set() for _ in lines]
     for top in (True, False):
-        zones = [list(range(min(EDGE_LINES, len(ls)))) if top else list(range(len(ls) - 1, max(len(ls) - 1 - EDGE_LINES, -1), -1))
-                 for ls in lines]  # line indices, outermost first
-        shapes = [[_shape(ls[i]) for i in zone] for ls, zone in zip(lines, zones, strict=True)]
+        zones = [(ls[:EDGE_LINES] if top else ls[::-1][:EDGE_LINES]) for ls in lines]  # outermost first
+        shapes = [[_shape(r[i]) for i in zone] for r, zone in zip(raw, zones, strict=True)]
         outer = Counter(z[0] for z in shapes if z)
         anywhere = Counter(s for z in shapes for s in set(z))
         leads = Counter(_lead(z[0]) for z in shapes if z and _lead(z[0]))
-        running = {s for s, n in outer.items() if n >= 3} | {s for s, n in anywhere.items() if n >= need_half}
-        for ls, zone, zs, d in zip(lines, zones, shapes, drop, strict=True):
-            if len(ls) < 2:
-                continue
+        running = ({s for s, c in outer.items() if c >= need_outer} | {s for s, c in anywhere.items() if c >= need_half}) - {"#"}
+        # (a bare number is a page number only by the distance rule below: a total or a year is not)
+        offsets = Counter(v - page for page, (r, zone) in enumerate(zip(raw, zones, strict=True)) for i in zone
+                          if (v := _number(r[i])) is not None)
+        for page, (r, zone, zs, d) in enumerate(zip(raw, zones, shapes, drop, strict=True)):
             for i, s in zip(zone, zs, strict=True):
-                if s in running or _PAGE_NUMBER.fullmatch(s) or (_lead(s) and leads[_lead(s)] >= need_lead):
+                value = _number(r[i])
+                numbered = value is not None and offsets[value - page] >= 3
+                if numbered or _PAGE_LABEL.fullmatch(s) or s in running or (_lead(s) and leads[_lead(s)] >= need_lead):
                     d.add(i)
-    kept = [[ln for i, ln in enumerate(ls) if i not in d] for ls, d in zip(lines, drop, strict=True)]
-    return ["\n".join(ls) for ls in kept], sum(map(len, drop))
+    for ls, d in zip(lines, drop, strict=True):
+        if len(d) >= len(ls):  # nothing would be left: the page's lines are its content
+            d.clear()
+    kept = ["\n".join(ln for i, ln in enumerate(r) if i not in d).strip("\n") for r, d in zip(raw, drop, strict=True)]
+    return kept, sum(map(len, drop))
 
 
-def _title_pattern(title: str) -> re.Pattern | None:
+def _title_patterns(title: str) -> list[re.Pattern]:
+    """Where a heading's title stands: first at the start of a line (after a section number like "2.3"),
+    only then anywhere (a title that pdf text runs into the line before)."""
     words = title.split()
-    return re.compile(r"\s+".join(map(re.escape, words))) if words else None
+    if not words:
+        return []
+    body = r"\s+".join(map(re.escape, words))
+    return [re.compile(r"(?m)^[ \t]*(?:[\w.]{1,10}[ \t]+)?" + body), re.compile(body)]
 
 
 def outline_sections(marks: list[tuple[int, int, str]], pages: list[str]) -> list[list[tuple[int, str | None]]]:
@@ -88,8 +116,7 @@ def outline_sections(marks: list[tuple[int, int, str]], pages: list[str]) -> lis
         cursor = 0
         for depth, title in by_page.get(page, []):
             stack = [(d, t) for d, t in stack if d < depth] + [(depth, title)]
-            pattern = _title_pattern(title)
-            found = pattern.search(text, cursor) if pattern else None
+            found = next((m for p in _title_patterns(title) if (m := p.search(text, cursor))), None)
             if found is None:
                 if starts[0][1] is None:  # nothing ran before: better this heading than none
                     starts[0] = (0, path())

@@ -490,7 +490,7 @@ class IndexWriter:
 
     def limits(self) -> Limits:
         cfg = self.settings.ingest
-        return Limits(int(cfg.max_file_mb * 1e6), int(cfg.max_unpacked_mb * 1e6), cfg.max_sheet_rows)
+        return Limits(int(cfg.max_file_mb * 1e6), int(cfg.max_unpacked_mb * 1e6), cfg.max_sheet_rows, cfg.ocr)
 
     def _prepare(self, f: Path, sha: str, size: int, report: SyncReport) -> _Pending:
         """Extract, chunk and embed one file; a failure becomes an error on the item, never an exception."""

@@ -118,6 +118,10 @@ class IngestSettings(BaseModel):
         2000, description="Memory one file may take while being read (the worker process's resident size); "
         "past it the file is recorded as 'too large when unpacked'."
     )
+    ocr: bool = Field(
+        True, description="Read PDF pages that have no text layer (scans) by OCR (RapidOCR, offline; "
+        "~5-10 s a page on 2 cores, counted in the file's time limit)."
+    )
     max_sheet_rows: int = Field(
         10_000, description="Rows read per spreadsheet sheet; the rest of the sheet is not indexed (the cut is reported)."
     )

@@ -76,3 +76,27 @@ def test_a_pdf_without_outline_is_cut_at_its_numbered_headings(tmp_path):
     assert third.page == 2 and third.heading == "OK, now I know what Debian is... what is Linux?!"
     before = blocks[blocks.index(third) - 1]
     assert before.page == 2 and before.heading == "What is Debian GNU/Linux?" and "1.3 OK" not in before.text
+
+
+def test_body_text_that_merely_looks_like_a_header_or_a_page_number_stays():
+    words = ("apt dpkg aptitude synaptic tasksel debconf reportbug popcon grub systemd udev cron ssh nftables "
+             "lvm mdadm rsync sudo locales tzdata").split()
+    bodies = [f"This page explains {w}.\n\nUse {w} with care." for w in words]
+    pages = [f"Manual {n + 1}\n{b}\n{n + 1}" for n, b in enumerate(bodies)]  # header and page numbers go...
+    pages[4] = pages[4].replace(f"Use {words[4]} with care.", "Total\n1250")  # ...a total at the bottom does not
+    pages[5] = "xml\n" + pages[5]  # a word made of Roman-numeral letters
+    for n in (7, 8, 9):  # three of twenty pages open alike: not a running header
+        pages[n] = f"Question {n}\n" + pages[n]
+    pages[10] = "2024"  # a page holding only a year
+    cleaned, _ = strip_running_lines(pages)
+    assert cleaned[0] == "This page explains apt.\n\nUse apt with care."  # the paragraph break is kept
+    assert cleaned[4].endswith("Total\n1250") and cleaned[5].startswith("xml\n")
+    assert all(cleaned[n].startswith(f"Question {n}\n") for n in (7, 8, 9))
+    assert cleaned[10] == "2024"
+
+
+def test_a_title_is_found_where_its_heading_line_stands_not_in_a_sentence_before_it():
+    page = "Debian is great; see Installation below for details.\nMore about Debian.\nInstallation\nRun the installer."
+    (starts,) = outline_sections([(0, 0, "Debian"), (0, 1, "Installation")], [page])
+    assert [(page[a:a + 12], h) for a, h in starts] == [
+        ("Debian is gr", "Debian"), ("Installation", "Debian > Installation")]
