@@ -35,6 +35,7 @@ class Limits:
     max_unpacked_bytes: int | None = None  # the parts of a ZIP container, from its directory
     max_sheet_rows: int | None = None  # rows read per spreadsheet sheet; the rest is cut (and said so)
     ocr: bool = True  # PDF pages without a text layer are read by OCR (ingest/ocr.py)
+    max_ocr_pages: int = 300  # per file
 
 
 @dataclass
@@ -82,8 +83,9 @@ def _pdfium_pages(path: Path, password: str | None) -> list[str] | None:
         doc.close()
 
 
-def _ocr_blank_pages(path: Path, password: str | None, texts: list[str]) -> list[int]:
-    """Read by OCR the pages with no text layer that hold an image (a scan); returns their numbers."""
+def _ocr_blank_pages(path: Path, password: str | None, texts: list[str], most: int) -> list[int]:
+    """Read by OCR the pages with no text layer that hold an image (a scan), `most` of them at most;
+    returns their numbers."""
     import pypdfium2 as pdfium
     import pypdfium2.raw as pdfium_c
 
@@ -96,7 +98,7 @@ def _ocr_blank_pages(path: Path, password: str | None, texts: list[str]) -> list
             if text.strip():
                 continue
             page = doc[i]
-            if any(o.type == pdfium_c.FPDF_PAGEOBJ_IMAGE for o in page.get_objects(max_depth=2)):
+            if len(done) < most and any(o.type == pdfium_c.FPDF_PAGEOBJ_IMAGE for o in page.get_objects(max_depth=2)):
                 texts[i] = read_page(page)
                 done.append(i + 1)
     finally:
@@ -164,8 +166,10 @@ def extract_pdf(path: Path, password: str | None = None, limits: Limits = Limits
             texts = better
             warnings.append("pypdf lost word spacing; text taken from pdfium")
     if limits.ocr and any(not t.strip() for t in texts):
-        if scanned := _ocr_blank_pages(path, used_password or None, texts):
+        if scanned := _ocr_blank_pages(path, used_password or None, texts, limits.max_ocr_pages):
             warnings.append(f"OCR read {len(scanned)} page(s) without a text layer: {scanned[:20]}")
+            if len(scanned) == limits.max_ocr_pages:
+                warnings.append(f"OCR stopped at {limits.max_ocr_pages} pages (KB_INGEST__MAX_OCR_PAGES)")
     texts, removed = strip_running_lines(texts)
     if removed:
         warnings.append(f"{removed} running header/footer lines removed")

@@ -47,6 +47,7 @@ _HEADER = struct.Struct(">Q")
 class WorkerLimits:
     seconds: float = 120.0
     memory_bytes: int = 2_000_000_000
+    ocr_page_seconds: float = 60.0  # added to `seconds` for each page the worker reads by OCR
 
 
 # -- the protocol: 8-byte length, then UTF-8 JSON -----------------------------------------------------
@@ -123,6 +124,9 @@ def _serve() -> None:
     root.handlers[:] = [Collect()]
     root.setLevel(logging.WARNING)
     logging.captureWarnings(True)
+    from ingest import ocr
+
+    ocr.on_page = lambda: _send(out, {"progress": "ocr page"})  # the writer extends the file's time limit
     inp = sys.stdin.fileno()
     while True:
         header = _read_exactly(inp, _HEADER.size)
@@ -172,15 +176,22 @@ class _Worker:
         a crash the worker is dead (`alive` is False) and the error says which limit and by how much."""
         try:
             _send(self.proc.stdin.fileno(), {"path": str(path), "password": password, "limits": limits.__dict__})
-            self._wait(LOAD_TIMEOUT_S, None)
+            self._wait(time.monotonic() + LOAD_TIMEOUT_S, None, time.monotonic(), f"limit {LOAD_TIMEOUT_S} s")
             self._answer()  # {"started": true}: the parser is imported
         except (OSError, ExtractionError) as exc:
             self.kill()
             raise _NotStarted(str(exc)) from exc
-        deadline = time.monotonic() + wl.seconds
-        self._wait(wl.seconds, wl.memory_bytes)
+        t0 = time.monotonic()
+        deadline, ocr_pages = t0 + wl.seconds, 0
         try:
-            answer = self._answer(max_bytes=max(limits.max_bytes or 0, 50_000_000) * 8, deadline=deadline)
+            while True:
+                self._wait(deadline, wl.memory_bytes, t0, f"limit {wl.seconds:,g} s" + (
+                    f" + {wl.ocr_page_seconds:,g} s for each of {ocr_pages} OCR pages" if ocr_pages else ""))
+                answer = self._answer(max_bytes=max(limits.max_bytes or 0, 50_000_000) * 8, deadline=deadline)
+                if answer.get("progress") != "ocr page" or ocr_pages >= limits.max_ocr_pages:
+                    break
+                ocr_pages += 1
+                deadline += wl.ocr_page_seconds
             for name, level, message in answer.get("log", [])[:MAX_LOG_RECORDS]:
                 logging.getLogger(str(name)).handle(logging.makeLogRecord(
                     {"name": str(name), "levelno": int(level), "levelname": logging.getLevelName(int(level)),
@@ -195,9 +206,8 @@ class _Worker:
             self.kill()
             raise ExtractionError(READER_STOPPED, f"the reader process gave an unreadable answer ({exc})") from exc
 
-    def _wait(self, seconds: float, memory_bytes: int | None) -> None:
-        """Until the worker answers; past `seconds` or `memory_bytes` it is killed and the file fails."""
-        t0 = time.monotonic()
+    def _wait(self, deadline: float, memory_bytes: int | None, t0: float, limit: str) -> None:
+        """Until the worker answers; past `deadline` or `memory_bytes` it is killed and the file fails."""
         last = self._rss()
         while not select.select([self.proc.stdout], [], [], POLL_S)[0]:
             waited = time.monotonic() - t0
@@ -210,9 +220,9 @@ class _Worker:
                                       f"needed more than {memory_bytes / 1e6:,g} MB of memory while being read "
                                       f"(at {rss / 1e6:,.0f} MB and growing {growth / 1e6:,.0f} MB every "
                                       f"{POLL_S * 1000:.0f} ms, after {waited:.1f} s; limit {memory_bytes / 1e6:,g} MB)")
-            if waited > seconds:
+            if time.monotonic() > deadline:
                 self.kill()
-                raise ExtractionError(TIMED_OUT, f"still reading after {waited:,.0f} s (limit {seconds:,g} s)")
+                raise ExtractionError(TIMED_OUT, f"still reading after {waited:,.0f} s ({limit})")
 
     def _answer(self, max_bytes: int = 1 << 20, deadline: float | None = None) -> dict:
         fd = self.proc.stdout.fileno()

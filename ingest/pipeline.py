@@ -490,7 +490,8 @@ class IndexWriter:
 
     def limits(self) -> Limits:
         cfg = self.settings.ingest
-        return Limits(int(cfg.max_file_mb * 1e6), int(cfg.max_unpacked_mb * 1e6), cfg.max_sheet_rows, cfg.ocr)
+        return Limits(int(cfg.max_file_mb * 1e6), int(cfg.max_unpacked_mb * 1e6), cfg.max_sheet_rows, cfg.ocr,
+                      cfg.max_ocr_pages)
 
     def _prepare(self, f: Path, sha: str, size: int, report: SyncReport) -> _Pending:
         """Extract, chunk and embed one file; a failure becomes an error on the item, never an exception."""
@@ -498,10 +499,11 @@ class IndexWriter:
         password = cfg.pdf_password.get_secret_value() if cfg.pdf_password else None
         mime = MIME.get(f.suffix.lower())
         try:
-            doc = POOL.extract(f, password, self.limits(), WorkerLimits(cfg.file_timeout_s, int(cfg.max_memory_mb * 1e6)))
+            doc = POOL.extract(f, password, self.limits(), WorkerLimits(cfg.file_timeout_s, int(cfg.max_memory_mb * 1e6),
+                                                                        cfg.ocr_page_timeout_s))
             for warning in doc.warnings:  # shown by `kb -v`, always in HOME/kb.log
                 log.info("%s: %s", f, warning)
-            report.warnings += [(str(f), w) for w in doc.warnings if w.startswith("sheet ")]
+            report.warnings += [(str(f), w) for w in doc.warnings if w.startswith(("sheet ", "OCR stopped"))]
             drafts = chunk_document(doc, self.embedder, self.settings.chunking)
             report.pages += doc.pages or 0
             with self.catalogue.session() as s:

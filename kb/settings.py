@@ -122,6 +122,10 @@ class IngestSettings(BaseModel):
         True, description="Read PDF pages that have no text layer (scans) by OCR (RapidOCR, offline; "
         "~5-10 s a page on 2 cores, counted in the file's time limit)."
     )
+    ocr_page_timeout_s: float = Field(
+        60, description="Seconds added to a file's time limit for each page read by OCR."
+    )
+    max_ocr_pages: int = Field(300, description="Pages of one PDF read by OCR at most; the rest stay unread (reported).")
     max_sheet_rows: int = Field(
         10_000, description="Rows read per spreadsheet sheet; the rest of the sheet is not indexed (the cut is reported)."
     )

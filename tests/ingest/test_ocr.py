@@ -9,6 +9,7 @@ from sqlalchemy import select
 
 from kb.catalogue import Chunk
 from kb.knowledge_base import KnowledgeBase
+from kb.settings import IngestSettings
 from tests.conftest import SAMPLES, consistent
 
 
@@ -29,6 +30,9 @@ def test_a_scanned_pdf_is_read_by_ocr_and_answers_cite_its_pages(settings, tmp_p
     scan = _scan(folder / "scanned-guide.pdf", [8, 9])  # guide pages 9-10: sections 1.2 and 1.3
     assert not "".join(p.extract_text() for p in pypdf.PdfReader(str(scan)).pages).strip()  # no text layer
 
+    # 1 s for the file, 60 s more for each page read by OCR: a scan is never cut short by the file's limit
+    settings = settings.model_copy(update={"ingest": IngestSettings(lock_timeout_s=2, file_timeout_s=1,
+                                                                    ocr_page_timeout_s=60)})
     report = KnowledgeBase(settings=settings).sync([folder])
     assert [p.rsplit("/", 1)[-1] for p in report.added] == ["scanned-guide.pdf"] and not report.failed
     kb = KnowledgeBase(settings=settings)
