@@ -27,7 +27,8 @@ from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from ingest.chunking import ChunkDraft, chunk_document
-from ingest.extract import CORRUPT, EMPTY, ENCRYPTED, MIME, NO_TEXT, TIMED_OUT, TOO_LARGE, UNSUPPORTED, Limits
+from ingest.extract import (CORRUPT, EMPTY, ENCRYPTED, MIME, NO_TEXT, READER_STOPPED, TIMED_OUT, TOO_LARGE,
+                            UNSUPPORTED, Limits)
 from ingest.extraction_worker import POOL, WorkerLimits
 from kb.catalogue import CachedEmbedding, Catalogue, Chunk, ChunkChange, Document, IngestRun, utcnow
 from kb.crash_points import crash_point
@@ -190,6 +191,9 @@ class _Pending:
     vectors: np.ndarray | None
     error: str | None = None
     action: str = "added"
+
+
+REPEATED = "the second time on the same bytes: not read again until the file changes"
 
 
 def _limit_in(error: str) -> float:
@@ -443,6 +447,9 @@ class IndexWriter:
             item.action = action
             if not item.error and not _same_file(f, before):  # swapped (for a link?) while being read
                 item.drafts, item.vectors, item.error = [], None, "changed while being indexed; the next run retries"
+            if item.error and item.error.startswith(READER_STOPPED) and prev is not None and prev[:2] == (sha, "failed") \
+                    and (prev[2] or "").startswith(READER_STOPPED):  # twice on the same bytes: the file's doing
+                item.error = f"{item.error.split(';')[0]}; {REPEATED} (--retry-failed reads it again)"
             pending.append(item)
             pending_chunks += len(item.drafts)
             if item.error:
@@ -486,6 +493,8 @@ class IndexWriter:
             return "MB unpacked" in error and cfg.max_unpacked_mb > _limit_in(error)  # ratio, parts: fixed
         if error.startswith(TOO_LARGE):
             return size <= self.settings.ingest.max_file_mb * 1e6
+        if error.startswith(READER_STOPPED):
+            return REPEATED not in error  # once more (a kill from outside, the machine's memory), not forever
         return not error.startswith((CORRUPT, EMPTY, NO_TEXT, UNSUPPORTED))
 
     def limits(self) -> Limits:

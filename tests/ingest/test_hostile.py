@@ -128,3 +128,30 @@ def test_sheet_rows_become_column_value_lines_up_to_the_limit(tmp_path, limit):
     assert doc.blocks[0].text == "order: 15838 | customer: customer 2" and doc.blocks[0].heading == "Orders"
     assert len(doc.blocks) == (5 if limit is None else limit - 1)  # the header row counts as a row read
     assert bool(doc.warnings) == (limit is not None)
+
+
+def test_a_file_that_stops_its_reader_is_read_once_more_then_left_until_it_changes(settings, tmp_path, monkeypatch):
+    """A kill from outside or a full machine deserves another try; the same bytes stopping the reader
+    twice are the file's doing. (The reader's death is stood in for at the pool: a named fake.)"""
+    import ingest.pipeline
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    shutil.copy(GOOD, folder / "good.md")
+    reads: list[str] = []
+
+    def reader_stops_fake(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        reads.append(Path(path).name)
+        raise ExtractionError(READER_STOPPED, "the reader process ended while reading it (killed by signal 9 "
+                                              "(SIGKILL)); the next run reads it again")
+
+    monkeypatch.setattr(ingest.pipeline.POOL, "extract", reader_stops_fake)
+    first = KnowledgeBase(settings=settings).sync([folder])
+    second = KnowledgeBase(settings=settings).sync([folder])
+    third = KnowledgeBase(settings=settings).sync([folder])
+    assert reads == ["good.md", "good.md"]  # read once more, then not again
+    assert first.failed[0][1].endswith("the next run reads it again")
+    assert "the second time on the same bytes" in second.failed[0][1]
+    assert not third.failed and third.still_failed[0][1] == second.failed[0][1]
+    monkeypatch.undo()
+    assert len(KnowledgeBase(settings=settings).sync([folder], retry_failed=True).updated) == 1
