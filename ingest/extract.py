@@ -10,6 +10,7 @@ import re
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from ingest.pdf_structure import numbered_marks, outline_sections, strip_running_lines
@@ -310,6 +311,7 @@ def _read_by_unstructured(kind: str, mime: str, container_part: str | None = Non
     return Format(mime, _unstructured(kind, mime), container_part, lambda: _load_unstructured(kind))
 
 
+@lru_cache(maxsize=None)  # once per worker and kind: it is called before every file
 def _load_unstructured(kind: str) -> None:
     partition = _partition(kind)
     if kind in ("md", "html", "text"):  # the first call imports more (~1 s for Markdown)

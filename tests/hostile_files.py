@@ -47,10 +47,11 @@ def docx_lying_directory(dst: Path, megabytes: int) -> Path:
     docx_bomb(dst, megabytes)
     data = bytearray(dst.read_bytes())
     name = b"word/document.xml"
-    for signature, size_at, name_at in ((b"PK\x03\x04", 22, 30), (b"PK\x01\x02", 24, 46)):  # local, central
+    # (signature, offset of the unpacked size, of the name's length, of the name): local header, central entry
+    for signature, size_at, len_at, name_at in ((b"PK\x03\x04", 22, 26, 30), (b"PK\x01\x02", 24, 28, 46)):
         i = data.find(signature)
         while i != -1:
-            name_len = int.from_bytes(data[i + name_at - 4 if signature == b"PK\x03\x04" else i + 28:][:2], "little")
+            name_len = int.from_bytes(data[i + len_at:i + len_at + 2], "little")
             if data[i + name_at:i + name_at + name_len] == name:
                 data[i + size_at:i + size_at + 4] = (1024).to_bytes(4, "little")
             i = data.find(signature, i + 4)
