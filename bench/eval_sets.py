@@ -6,8 +6,12 @@ committed (the PDF comes from Debian's archive):
   every answer's source is that one PDF. It measures PDF extraction against the HTML variant.
 - `debian_faq_en_bodies`: one Markdown file per gold answer, no question title (like
   debian_faq_zh_bodies): retrieval cannot match the question text verbatim.
+- `debian_faq_zh_pdf`: the 17 Chinese FAQ pages printed to PDF by headless Chromium (a text layer;
+  `debian-faq-zh-cn` ships no real PDF), with debian_faq_zh's 120 questions.
+- `debian_faq_zh_scan`: the same PDFs with every page rasterised at 150 dpi into an image-only PDF
+  (no text layer): only OCR can read them. It measures OCR against the text version.
 
-    python bench/eval_sets.py            # builds both into .cache/eval/ (with score.py), prints the path
+    python bench/eval_sets.py            # builds all four into .cache/eval/ (with score.py), prints the path
     python bench/retrieval.py --eval-dir .cache/eval --sets debian_faq_en_pdf debian_faq_en_bodies
 """
 
@@ -64,11 +68,60 @@ def build_bodies_set(source_rows: list[dict]) -> Path:
     return folder
 
 
+def _print_to_pdf(html: Path, pdf: Path) -> None:
+    """Headless Chromium (the browser tests' own) prints a page as a user's "Save as PDF" would."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        raise SystemExit("chromium is needed to print the Chinese FAQ to PDF (scripts/install_browser.sh)")
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                        "--disable-component-update", "--no-first-run", f"--user-data-dir={profile}",
+                        "--no-pdf-header-footer", f"--print-to-pdf={pdf}", html.as_uri()],
+                       check=True, capture_output=True, timeout=120)
+
+
+def _rasterise(pdf: Path, out: Path, dpi: int = 150) -> int:
+    """Every page as one image, nothing else: a scanned copy with no text layer. Returns the pages."""
+    import pypdfium2 as pdfium
+
+    doc = pdfium.PdfDocument(str(pdf))
+    try:
+        images = [page.render(scale=dpi / 72).to_pil().convert("L") for page in doc]
+    finally:
+        doc.close()
+    images[0].save(out, "PDF", resolution=dpi, save_all=True, append_images=images[1:])
+    return len(images)
+
+
+def build_zh_pdf_sets() -> tuple[Path, Path]:
+    import pypdf
+
+    rows = _rows(SHARED / "debian_faq_zh" / "qa.jsonl")
+    pdf_rows = [{**r, "source": r["source"].replace(".html", ".pdf")} for r in rows]
+    text = _write_set("debian_faq_zh_pdf", pdf_rows,
+                      "# debian_faq_zh_pdf\n\ndebian_faq_zh's questions over its 17 HTML pages printed to PDF by "
+                      "headless Chromium. Built by bench/eval_sets.py.\n")
+    scan = _write_set("debian_faq_zh_scan", pdf_rows,
+                      "# debian_faq_zh_scan\n\ndebian_faq_zh_pdf with every page rasterised at 150 dpi (grey) into "
+                      "an image-only PDF: no text layer, only OCR reads it. Built by bench/eval_sets.py.\n")
+    pages = 0
+    for html in sorted((SHARED / "debian_faq_zh" / "corpus").glob("*.html")):
+        pdf = text / "corpus" / html.with_suffix(".pdf").name
+        if not pdf.exists():
+            _print_to_pdf(html, pdf)
+        scanned = scan / "corpus" / pdf.name
+        if not scanned.exists():
+            _rasterise(pdf, scanned)
+        pages += len(pypdf.PdfReader(scanned).pages)
+    print(f"{scan}: {pages} scanned pages")
+    return text, scan
+
+
 def main() -> None:
     rows = _rows(SHARED / "debian_faq_en" / "qa.jsonl")
     OUT.mkdir(parents=True, exist_ok=True)
     shutil.copy(SHARED / "score.py", OUT / "score.py")
-    for folder in (build_pdf_set(rows), build_bodies_set(rows)):
+    for folder in (build_pdf_set(rows), build_bodies_set(rows), *build_zh_pdf_sets()):
         print(f"{folder}: {len(list((folder / 'corpus').iterdir()))} corpus files")
 
 

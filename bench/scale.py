@@ -108,7 +108,7 @@ def build(kb: KnowledgeBase, n_chunks: int, vocab, rng) -> dict:
     embedder = kb.embedder
     write_s = 0.0
     report = SyncReport()
-    with kb._writing() as writer:
+    with kb.writes.writing(kb.collection) as writer:
         writer: IndexWriter
         pending: list[_Pending] = []
         n_pending = 0

@@ -36,3 +36,8 @@ def store_uploads(files: Iterable[Upload], target: Path, max_mb: float) -> tuple
         tmp.replace(target / safe)
         stored.append(target / safe)
     return stored, refused
+
+
+def uploads_dir(home: Path, collection: str) -> Path:
+    """Where a collection's uploaded originals are kept (removed with their document)."""
+    return Path(home) / "uploads" / collection

@@ -8,44 +8,31 @@ and `retrieval` together; nothing in `kb/` imports it back.
 from __future__ import annotations
 
 import copy
-import re
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
 
 from ingest.chunking import chunker_identity
-from ingest.pipeline import Event, IndexWriter, SyncReport
-from ingest.rebuild import CollectionLayout, full_rebuild, record_sources
-from ingest.uploads import Upload, store_uploads
+from ingest.pipeline import Event, SyncReport
+from ingest.uploads import Upload, store_uploads, uploads_dir
+from ingest.writing import Wait, Writes
 from kb import document_lookup, monitoring
 from kb.access import AccessControl, Identity
 from kb.catalogue import Catalogue
 from kb.embeddings import Embedder, make_embedder
-from kb.errors import CatalogueError, ConfigError, LockedError, PermissionDeniedError
+from kb.errors import CatalogueError, PermissionDeniedError
 from kb.index_store import IndexStore
 from kb.jobs import Job, JobQueue
 from kb.keyword_index import ENGINE_ID
-from kb.locking import writer_died, writer_lock
-from kb.settings import Settings
-from kb.status import Status, collection_status, integrity_problems
+from kb.locking import writer_died
+from kb.settings import Settings, check_collection_name
+from kb.status import Status, collection_status, integrity_problems, refuse_damaged_catalogue
 from retrieval.answer import Answer, AnswerStream, query_log_row
 from retrieval.evaluation import EvalReport, evaluate, load_qa
 from retrieval.generators import Generator, make_generator
 from retrieval.rerank import make_reranker
 from retrieval.retriever import Retriever, documents_named
 from retrieval.types import Context, Retrieval
-
-Wait = Callable[[str], None] | None  # told when another writer holds the lock
-_NAME = re.compile(r"[^\W_][\w.-]{0,99}")  # letters (any script), digits, . _ -; no path separators
-
-
-def check_collection_name(name: str) -> str:
-    """A collection name becomes a folder name under the data home: nothing that could leave it."""
-    if not _NAME.fullmatch(name):
-        raise ConfigError(f"invalid collection name {name!r}: use letters, digits, '.', '_' or '-' (up to 100), "
-                          "starting with a letter or digit")
-    return name
 
 
 class KnowledgeBase:
@@ -57,7 +44,8 @@ class KnowledgeBase:
         self.settings = settings
         self.home = Path(settings.home)
         self.collection = check_collection_name(collection or settings.collection)
-        self.indexes = IndexStore(self.home, settings.index, self.index_identity, self.repair_index, self.catch_up)
+        self.indexes = IndexStore(self.home, settings.index, self.index_identity,
+                                  lambda c: self.writes.repair(c), lambda c: self.writes.catch_up(c))
         self.caller: Identity | None = None  # who this view acts for (for_caller); None = the local operator
 
     # -- who may do what (kb/access.py) --------------------------------------------------------
@@ -87,16 +75,8 @@ class KnowledgeBase:
         self.home.mkdir(parents=True, exist_ok=True)
         catalogue = Catalogue(self.settings.catalogue_url)
         if writer_died(self.home):  # the last writer was killed mid-way: check before anyone reads
-            self._raise_if_damaged(catalogue)
+            refuse_damaged_catalogue(catalogue, self.settings)
         return catalogue
-
-    def _raise_if_damaged(self, catalogue: Catalogue) -> None:
-        if problems := catalogue.check():
-            fix = ("Restore the database from its backup" if self.settings.database_url else
-                   "Restore it from a backup, or rebuild it from the indexed files with `kb rebuild-catalogue` "
-                   "(the damaged file is kept beside it)")
-            raise CatalogueError(f"the catalogue {self.settings.catalogue_url.split('@')[-1]} is damaged "
-                                 f"({'; '.join(problems[:3])}). {fix}")
 
     @cached_property
     def embedder(self) -> Embedder:
@@ -123,31 +103,12 @@ class KnowledgeBase:
                 "index_type": self.settings.index.type}
 
     def uploads_dir(self) -> Path:
-        return self.home / "uploads" / self.collection
+        return uploads_dir(self.home, self.collection)
 
-    # -- writes, one at a time (the writer lock) ----------------------------------------------
-    @contextmanager
-    def _locked(self, on_wait: Wait) -> Iterator[None]:
-        """The writer lock; after a killed writer, the catalogue's integrity is checked before any write."""
-        with writer_lock(self.home, self.settings.ingest.lock_timeout_s, on_wait,
-                         database_url=self.settings.database_url) as unclean:
-            if unclean:
-                self._raise_if_damaged(self.catalogue)
-            yield
-
-    @contextmanager
-    def _writing(self, on_wait: Wait = None, on_event: Event | None = None,
-                 collection: str | None = None, lock: bool = True) -> Iterator[IndexWriter]:
-        """An IndexWriter on the collection's indexes, under the writer lock (unless the caller holds it)."""
-        with self._locked(on_wait) if lock else _held():
-            collection = collection or self.collection
-            index, keywords, rebuilt = self.indexes.for_writing(collection)  # checks the identity first
-            writer = IndexWriter(self.settings, self.catalogue, index, keywords, self.embedder, collection, on_event)
-            writer.rebuilt_damaged_index = rebuilt
-            try:
-                yield writer
-            finally:
-                keywords.close()  # releases tantivy's own writer lock at once
+    # -- writes (ingest/writing.py: one writer at a time) ----------------------------------------
+    @cached_property
+    def writes(self) -> Writes:
+        return Writes(self.settings, self.catalogue, self.embedder, self.indexes)
 
     def sync(self, paths: list[str | Path], full: bool = False, progress: bool = False,
              on_event: Event | None = None, on_wait: Wait = None, retry_failed: bool = False) -> SyncReport:
@@ -158,30 +119,16 @@ class KnowledgeBase:
         self._allow("write")
         roots = [str(Path(p).resolve()) for p in paths]
         if full:
-            with self._locked(on_wait):
-                layout = CollectionLayout(self.catalogue, self.collection, self.home / "collections", self.uploads_dir())
-                report = full_rebuild(layout, roots, lambda c, e=None: self._writing(on_event=e, collection=c, lock=False),
-                                      self.indexes.open_index, progress, on_event, self.settings.crash_at)
-                self.indexes.forget(self.collection)
-                return report
-        return self._sync(roots or document_lookup.previous_roots(self.catalogue, self.collection), "reindex",
-                          progress, on_event, on_wait, retry_failed)
+            return self.writes.rebuild(self.collection, roots, progress, on_event, on_wait)
+        roots = roots or document_lookup.previous_roots(self.catalogue, self.collection)
+        return self.writes.sync(self.collection, roots, "reindex", progress, on_event, on_wait, retry_failed)
 
     def ingest(self, paths: list[str | Path], progress: bool = False, on_event: Event | None = None,
                on_wait: Wait = None, retry_failed: bool = False) -> SyncReport:
         """Add or update files/folders without removing anything else."""
         self._allow("write")
-        return self._sync([str(Path(p).resolve()) for p in paths], "ingest", progress, on_event, on_wait,
-                          retry_failed)
-
-    def _sync(self, roots: list[str], command: str, progress: bool, on_event: Event | None, on_wait: Wait,
-              retry_failed: bool = False) -> SyncReport:
-        """Failed files whose bytes did not change are not read again unless `retry_failed`."""
-        with self._writing(on_wait, on_event) as writer:
-            report = writer.sync([Path(p) for p in roots], delete_missing=command == "reindex",
-                                 progress=progress, command=command, retry_failed=retry_failed)
-        record_sources(CollectionLayout(self.catalogue, self.collection, self.home / "collections", self.uploads_dir()))
-        return report
+        return self.writes.sync(self.collection, [str(Path(p).resolve()) for p in paths], "ingest", progress,
+                                on_event, on_wait, retry_failed)
 
     # -- background jobs (run by app/worker.py: in-process or `kb worker`) --------------------
     @cached_property
@@ -210,45 +157,17 @@ class KnowledgeBase:
     def remove(self, doc: str, on_wait: Wait = None) -> list[str]:
         """Remove documents by id, exact path, or a path suffix that names exactly one."""
         self._allow("write", "delete", document=doc)
-        with self._writing(on_wait) as writer:
-            paths = document_lookup.resolve(self.catalogue, self.collection, doc)
-            writer.remove(paths)
-        uploads = self.uploads_dir().resolve()
-        for p in paths:  # an uploaded original goes with its document; files in user folders stay
-            if Path(p).parent == uploads:
-                Path(p).unlink(missing_ok=True)
-        return paths
+        return self.writes.remove(self.collection, doc, on_wait)
 
     def reindex_all(self, progress: bool = False, on_event: Event | None = None, on_wait: Wait = None) -> SyncReport:
         """Re-sync the collection: the folders of its previous reindex and its uploaded files."""
-        try:
-            roots = document_lookup.previous_roots(self.catalogue, self.collection)
-        except ConfigError:
-            roots = []
-        if self.uploads_dir().exists():
-            roots.append(str(self.uploads_dir()))
+        roots = self.writes.resync_roots(self.collection)
         return self.sync(roots, progress=progress, on_event=on_event, on_wait=on_wait) if roots else SyncReport()
 
     def repair_index(self, collection: str | None = None, on_wait: Wait = None) -> dict:
         """Rebuild a damaged or missing index from the catalogue's stored embeddings (no re-embedding)."""
         self._allow("write")
-        with self._writing(on_wait, collection=collection) as writer:
-            repaired = writer.reconcile()
-            writer.index.save()
-        return {**repaired, "damaged_index_rebuilt": int(writer.rebuilt_damaged_index)}
-
-    def catch_up(self, collection: str | None = None) -> int:
-        """Bring this node's indexes of a collection up to the catalogue's change sequence (writes made by
-        another machine sharing the database). Skipped while a writer of this home holds the lock: it
-        brings them up to date itself. Returns the changes applied."""
-        collection = collection or self.collection
-        if self.catalogue.last_change(collection) <= self.indexes.position(collection):
-            return 0
-        try:
-            with writer_lock(self.home, 0), self._writing(collection=collection, lock=False) as writer:
-                return writer.catch_up()
-        except LockedError:
-            return 0
+        return self.writes.repair(collection or self.collection, on_wait)
 
     # -- reads ----------------------------------------------------------------------------------
     def retriever(self, collection: str | None = None) -> Retriever:
@@ -332,8 +251,3 @@ class KnowledgeBase:
         return collection_status(self.settings, self.catalogue, c, self.index_identity(),
                                  self.indexes.reader_index(c), self.indexes.reader_keywords(c))
 
-
-@contextmanager
-def _held() -> Iterator[None]:
-    """Stands in for the writer lock when the caller already holds it (a full rebuild's steps)."""
-    yield

@@ -1,5 +1,6 @@
 """One Settings object: env vars with prefix KB_ (nested with __), an optional kb.toml, defaults."""
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -10,6 +11,18 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from kb.errors import ConfigError
+
+_NAME = re.compile(r"[^\W_][\w.-]{0,99}")  # letters (any script), digits, . _ -; no path separators
+
+
+def check_collection_name(name: str) -> str:
+    """A collection name becomes a folder name under the data home: nothing that could leave it."""
+    if not _NAME.fullmatch(name):
+        raise ConfigError(f"invalid collection name {name!r}: use letters, digits, '.', '_' or '-' (up to 100), "
+                          "starting with a letter or digit")
+    return name
 
 
 class EmbeddingSettings(BaseModel):

@@ -90,3 +90,13 @@ def integrity_problems(catalogue: Catalogue, collection: str, open_index, open_k
         problems["index"].append(f"{len(words - chunks)} keyword entries not in the catalogue, "
                                  f"{len(chunks - words)} chunks without one (the next write repairs this)")
     return problems
+
+
+def refuse_damaged_catalogue(catalogue: Catalogue, settings: Settings) -> None:
+    """Raised before anyone reads or writes after a killed writer left the catalogue damaged."""
+    if problems := catalogue.check():
+        fix = ("Restore the database from its backup" if settings.database_url else
+               "Restore it from a backup, or rebuild it from the indexed files with `kb rebuild-catalogue` "
+               "(the damaged file is kept beside it)")
+        raise CatalogueError(f"the catalogue {settings.catalogue_url.split('@')[-1]} is damaged "
+                             f"({'; '.join(problems[:3])}). {fix}")
