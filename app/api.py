@@ -63,14 +63,15 @@ class ChatRequest(BaseModel, extra="allow"):
 
 def context_json(c: Context, n: int | None = None) -> dict:
     return {**({"n": n} if n else {}), "document": Path(c.source).name, "path": c.source, "page": c.page,
-            "heading": c.heading, "score": round(c.score, 5), "chunk_id": c.chunk_id, "text": c.text}
+            "heading": c.heading, "score": round(c.score, 5), "chunk_id": c.chunk_id, "text": c.text, "ocr": c.ocr}
 
 
 def answer_json(a: Answer) -> dict:
     return {"question": a.question, "answer": a.text, "found": a.found, "backend": a.backend, "model": a.model,
             "label": a.label,
             "citations": [{"n": c.n, "document": Path(c.source).name, "path": c.source, "page": c.page,
-                           "heading": c.heading, "chunk_id": c.chunk_id, "text": c.text, "sentences": c.sentences}
+                           "heading": c.heading, "chunk_id": c.chunk_id, "text": c.text, "sentences": c.sentences,
+                           "ocr": c.ocr}
                           for c in a.citations],
             "unsupported": a.unsupported, "timings_ms": {k: round(v * 1000, 2) for k, v in a.timings.items()},
             "usage": a.usage}

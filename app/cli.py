@@ -164,14 +164,14 @@ def _print_report(report, as_json: bool) -> None:
 
 def _print_contexts(contexts, as_json: bool) -> None:
     rows = [{"rank": r, "source": c.source, "page": c.page, "heading": c.heading, "score": round(c.score, 4),
-             "chunk_id": c.chunk_id, "text": c.text} for r, c in enumerate(contexts, 1)]
+             "chunk_id": c.chunk_id, "text": c.text, "ocr": c.ocr} for r, c in enumerate(contexts, 1)]
     if as_json:
         print(json.dumps(rows, ensure_ascii=False, indent=2))
         return
     if not rows:
         print("nothing relevant found (is the collection indexed? see `kb status`)")
     for r in rows:
-        where = f"{Path(r['source']).name}" + (f", page {r['page']}" if r["page"] else "")
+        where = f"{Path(r['source']).name}" + (f", page {r['page']}" if r["page"] else "") + (" (read by OCR)" if r["ocr"] else "")
         print(f"[{r['rank']}] {where}  score {r['score']:.3f}  chunk {r['chunk_id']}")
         if r["heading"]:
             print(f"    § {r['heading']}")
@@ -217,7 +217,7 @@ def _ask(kb, args) -> int:  # noqa: ANN001
     if answer.citations:
         print("\nsources:")
         for c in answer.citations:
-            print(f"  [{c.n}] {cite_label(c)}  (chunk {c.chunk_id})")
+            print(f"  [{c.n}] {cite_label(c)}  (chunk {c.chunk_id}{', read by OCR' if c.ocr else ''})")
     for sent in answer.unsupported:
         print(f"  ! not supported by its cited source: {sent}")
     print("time: " + " · ".join(f"{k} {v * 1000:.0f} ms" for k, v in answer.timings.items()))

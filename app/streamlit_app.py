@@ -34,7 +34,10 @@ def render_sources(kb: KnowledgeBase, answer: Answer, key: str) -> None:
     for c in answer.citations:
         name = Path(c.source).name
         title = f"[{c.n}] {name}" + (f" — page {c.page}" if c.page else "") + (f" — {c.heading}" if c.heading else "")
-        with st.expander(label_escape(title)):  # expander titles render Markdown: a heading is document text
+        with st.expander(label_escape(title + (" — read by OCR" if c.ocr else ""))):  # titles render Markdown
+            if c.ocr:
+                st.caption("This page is a scan: its text was read by OCR and may hold misread characters. "
+                           "Check the original.")
             st.markdown(highlight(c.text, c.sentences))
             data = kb.original(c.source)
             if data is not None:

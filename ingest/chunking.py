@@ -31,6 +31,7 @@ class ChunkDraft:
     char_start: int  # offsets in the document text: sections joined by "\n\n"
     char_end: int
     token_count: int  # tokens of embed_text, the exact text given to the model
+    ocr: bool = False  # its page had no text layer: the text was read by OCR, and may hold misread characters
 
     @property
     def embed_text(self) -> str:
@@ -68,6 +69,7 @@ def chunk_document(doc: Extracted, embedder: Embedder, cfg: ChunkingSettings) ->
     chunks: list[ChunkDraft] = []
     offset = 0
     splitters: dict[int, RecursiveCharacterTextSplitter] = {}
+    ocr_pages = set(doc.ocr_pages)
     for (page, heading), group in groupby(doc.blocks, key=lambda b: (b.page, b.heading)):
         section = "\n".join(b.text for b in group)
         fitted = _fit_heading(heading, embedder)
@@ -90,7 +92,7 @@ def chunk_document(doc: Extracted, embedder: Embedder, cfg: ChunkingSettings) ->
             cursor = start + 1
             if is_table_of_contents(piece):
                 continue
-            draft = ChunkDraft(piece, page, fitted, offset + start, offset + start + len(piece), 0)
+            draft = ChunkDraft(piece, page, fitted, offset + start, offset + start + len(piece), 0, page in ocr_pages)
             draft.token_count = embedder.count_tokens(draft.embed_text)
             chunks.append(draft)
         offset += len(section) + 2

@@ -52,6 +52,7 @@ class Extracted:
     mime: str
     pages: int | None = None
     warnings: list[str] = field(default_factory=list)
+    ocr_pages: list[int] = field(default_factory=list)  # pages whose text was read by OCR (no text layer)
 
 
 # -- PDF -----------------------------------------------------------------------------------------
@@ -166,6 +167,7 @@ def extract_pdf(path: Path, password: str | None = None, limits: Limits = Limits
         if better and len(better) == n_pages:
             texts = better
             warnings.append("pypdf lost word spacing; text taken from pdfium")
+    scanned: list[int] = []
     if limits.ocr and any(not t.strip() for t in texts):
         if scanned := _ocr_blank_pages(path, used_password or None, texts, limits.max_ocr_pages):
             warnings.append(f"OCR read {len(scanned)} page(s) without a text layer: {scanned[:20]}")
@@ -180,7 +182,7 @@ def extract_pdf(path: Path, password: str | None = None, limits: Limits = Limits
         for (at, heading), (end, _) in zip(starts, [*starts[1:], (len(text), None)], strict=True):
             if part := text[at:end].strip():
                 blocks.append(Block(part, page, heading))
-    return Extracted(blocks, "application/pdf", n_pages, warnings)
+    return Extracted(blocks, "application/pdf", n_pages, warnings, scanned)
 
 
 # -- formats handled by unstructured -------------------------------------------------------------

@@ -73,7 +73,7 @@ def _read_exactly(fd: int, n: int) -> bytes | None:
 
 def _to_message(doc: Extracted) -> dict:
     return {"blocks": [[b.text, b.page, b.heading] for b in doc.blocks], "mime": doc.mime, "pages": doc.pages,
-            "warnings": doc.warnings}
+            "warnings": doc.warnings, "ocr_pages": doc.ocr_pages}
 
 
 def _from_message(m: dict) -> Extracted:
@@ -90,7 +90,8 @@ def _from_message(m: dict) -> Extracted:
         return v
 
     blocks = [Block(text(t), number(p), None if h is None else text(h)) for t, p, h in m["blocks"]]
-    return Extracted(blocks, text(m["mime"]), number(m["pages"]), [text(w) for w in m["warnings"]])
+    return Extracted(blocks, text(m["mime"]), number(m["pages"]), [text(w) for w in m["warnings"]],
+                     [number(p) for p in m["ocr_pages"]])
 
 
 # -- the worker process ---------------------------------------------------------------------------

@@ -27,6 +27,8 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    false,
+    inspect,
     func,
     select,
     text as sql_text,
@@ -103,6 +105,7 @@ class Chunk(Base):
     token_count: Mapped[int] = mapped_column(Integer)
     terms: Mapped[int] = mapped_column(Integer, default=0)  # unused since the keyword index moved to tantivy; kept so older catalogues still accept inserts
     embed_sha256: Mapped[str] = mapped_column(String(64))  # hash of the exact text embedded
+    ocr: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # text read by OCR
     document: Mapped[Document] = relationship(back_populates="chunks")
 
 
@@ -262,6 +265,21 @@ class JobRow(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
 
 
+# Columns added after a table was first released: (table, column). create_all never alters an existing
+# table, so a catalogue written by an older kb gets them here, with their defaults (one ALTER each).
+ADDED_COLUMNS = [("chunks", "ocr")]
+
+
+def _add_missing_columns(conn) -> None:  # noqa: ANN001 - a Connection inside the schema transaction
+    have = {t: {c["name"] for c in inspect(conn).get_columns(t)} for t in {t for t, _ in ADDED_COLUMNS}}
+    for table, name in ADDED_COLUMNS:
+        if name not in have[table]:
+            column = Base.metadata.tables[table].c[name]
+            ddl = column.type.compile(conn.dialect)
+            default = column.server_default.arg.compile(dialect=conn.dialect)
+            conn.execute(sql_text(f"ALTER TABLE {table} ADD COLUMN {name} {ddl} NOT NULL DEFAULT {default}"))
+
+
 class Catalogue:
     """Owns the engine and sessions; small query helpers used by ingestion, retrieval and status."""
 
@@ -274,6 +292,7 @@ class Catalogue:
                 if self.engine.dialect.name == "postgresql":
                     conn.execute(sql_text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
                 Base.metadata.create_all(conn)
+                _add_missing_columns(conn)
         except DatabaseError as exc:
             damaged = self._damaged(exc)
             if damaged is exc:

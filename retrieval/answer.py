@@ -25,6 +25,7 @@ class Citation:
     heading: str | None
     text: str  # the cited passage (as given to the model)
     sentences: list[str] = field(default_factory=list)  # answer sentences that cite it
+    ocr: bool = False  # the passage was read by OCR from a scanned page
 
 
 @dataclass
@@ -122,7 +123,7 @@ class AnswerStream:
         for n in parsed.cited:
             c = contexts[n - 1]
             citations.append(Citation(n, c.chunk_id, c.document_id, c.source, c.page, c.heading, texts[n - 1],
-                                      [s.text for s in parsed.sentences if n in s.citations]))
+                                      [s.text for s in parsed.sentences if n in s.citations], c.ocr))
         timings["verify"] = time.perf_counter() - t0
         gen = self.generator
         return Answer(

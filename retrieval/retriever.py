@@ -111,7 +111,7 @@ class Retriever:
             timings["rerank"] = time.perf_counter() - t0
         contexts = [
             Context(i, scores[i], rows[i].text, rows[i].page, rows[i].heading, rows[i].document.path,
-                    rows[i].document_id, signals[i])
+                    rows[i].document_id, signals[i], rows[i].ocr)
             for i in order[:top_k]
         ]
         return Retrieval(question, contexts if relevant else [], relevant and bool(contexts), timings)

@@ -15,6 +15,7 @@ class Context:
     source: str  # document path
     document_id: int
     signals: dict[str, float] = field(default_factory=dict)  # dense cosine, bm25, rrf, rerank
+    ocr: bool = False  # read by OCR from a scanned page: may hold misread characters
 
 
 @dataclass

@@ -94,6 +94,25 @@ def _stop_postgres(server: subprocess.Popen) -> None:
     psutil.wait_procs(children, timeout=10)
 
 
+def scanned_pdf(dst: Path, source: Path, pages: list[int], keep: list[int] = ()) -> Path:
+    """An image-only PDF as a scanner makes it: `pages` of `source` (0-based) rendered to pictures with no
+    text layer, then the `keep` pages copied as they are (with their text layer)."""
+    import pypdf
+    import pypdfium2 as pdfium
+
+    doc = pdfium.PdfDocument(str(source))
+    images = [doc[i].render(scale=1.5).to_pil().convert("RGB") for i in pages]
+    doc.close()
+    images[0].save(dst, save_all=True, append_images=images[1:], resolution=108)
+    if keep:
+        writer = pypdf.PdfWriter(clone_from=str(dst))
+        original = pypdf.PdfReader(str(source))
+        for i in keep:
+            writer.add_page(original.pages[i])
+        writer.write(str(dst))
+    return dst
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """A PostgreSQL 18 server of this test session only: initdb in a new temporary folder, the server on a

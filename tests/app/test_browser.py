@@ -20,7 +20,7 @@ from filelock import FileLock
 from ingest.extract import extract
 from kb.knowledge_base import KnowledgeBase
 from tests.processes import free_port, running
-from tests.conftest import FAST_MODEL, ROOT, SAMPLES
+from tests.conftest import FAST_MODEL, ROOT, SAMPLES, scanned_pdf
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 ARTIFACTS = Path(os.environ.get("KB_TEST_ARTIFACTS", ROOT / "test-artifacts"))
@@ -140,6 +140,36 @@ def test_upload_ask_and_open_the_cited_page(server, browser, tmp_path):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "browser_chat_with_source.png"))
     assert (ARTIFACTS / "browser_chat_with_source.png").stat().st_size > 10_000
+
+
+def test_a_scanned_pdf_uploaded_in_the_page_is_answered_citing_its_page_read_by_ocr(server, browser, tmp_path):
+    """A scan (no text layer) uploaded through the file input: read by OCR in the background job, then
+    answered with a citation to its page, which says that the text was read by OCR."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    scan = scanned_pdf(tmp_path / "scanned-guide.pdf", SAMPLES / "maint-guide-zh-cn-chapter-1-2.pdf", [8, 9])
+    sign_in(browser, server)
+    wait_for(browser, lambda d: next((t for t in d.find_elements(By.CSS_SELECTOR, "[role=tab]")
+                                      if "Documents" in t.text), None)).click()
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "input[type=file]"))[0].send_keys(str(scan))
+    wait_for(browser, lambda d: next((b for b in d.find_elements(By.TAG_NAME, "button")
+                                      if "Add to the knowledge base" in b.text), None)).click()
+    wait_for(browser, lambda d: "1 documents" in d.find_element(By.TAG_NAME, "body").text, timeout=300)
+
+    next(t for t in browser.find_elements(By.CSS_SELECTOR, "[role=tab]") if "Chat" in t.text).click()
+    box = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "textarea"))[0]
+    box.send_keys("需要的开发文档有哪些？")
+    box.send_keys(Keys.ENTER)
+    summary = wait_for(browser, lambda d: next((e for e in d.find_elements(By.CSS_SELECTOR, "summary")
+                                                if "[1] " in e.text), None))
+    label = summary.text.splitlines()[-1]
+    assert label.startswith("[1] scanned-guide.pdf — page 2") and label.endswith("read by OCR"), label
+    summary.click()
+    wait_for(browser, lambda d: "may hold misread characters" in d.find_element(By.TAG_NAME, "body").text)
+    assert "开发文档" in browser.find_element(By.TAG_NAME, "body").text.replace(" ", "")  # the passage read from the picture
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "browser_scanned_pdf_answer.png"))
 
 
 WORD_JOINER = "\u2060"  # app.render puts one inside bare URLs so that GFM does not autolink them
