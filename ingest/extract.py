@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ingest.pdf_structure import numbered_marks, outline_sections, strip_running_lines
+from ingest.pdf_tables import tables_into_pages
 from ingest.tables import html_table_lines, is_header, row_line
 from kb.errors import ExtractionError
 
@@ -173,6 +174,11 @@ def extract_pdf(path: Path, password: str | None = None, limits: Limits = Limits
             warnings.append(f"OCR read {len(scanned)} page(s) without a text layer: {scanned[:20]}")
             if len(scanned) == limits.max_ocr_pages:
                 warnings.append(f"OCR stopped at {limits.max_ocr_pages} pages (KB_INGEST__MAX_OCR_PAGES)")
+    try:
+        if tabled := tables_into_pages(path, used_password or None, texts):
+            warnings.append(f"{tabled} page(s) with tables read as rows")
+    except Exception as exc:  # noqa: BLE001 - pdfplumber on a broken file: keep pypdf's text of those pages
+        warnings.append(f"tables not read ({type(exc).__name__}: {exc})")
     texts, removed = strip_running_lines(texts)
     if removed:
         warnings.append(f"{removed} running header/footer lines removed")

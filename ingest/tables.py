@@ -10,8 +10,8 @@ from html.parser import HTMLParser
 _NUMBER = re.compile(r"[-+]?[\d.,%\s]+")
 
 
-def _clean(cell: str) -> str:
-    return " ".join(cell.split())
+def _clean(cell: str | None) -> str:
+    return " ".join((cell or "").split())  # merged cells come as None
 
 
 def is_header(cells: list[str]) -> bool:
@@ -31,11 +31,12 @@ def table_lines(rows: list[list[str]]) -> list[str]:
     """Rows of cell texts -> one line per row (the header row, when there is one, names the columns)."""
     rows = [[_clean(c) for c in r] for r in rows]
     rows = [r for r in rows if any(r)]
-    if not rows:
-        return []
+    captions = []  # rows of one filled cell above the grid ("TITLE: …"): the table's title, not its header
+    while len(rows) > 1 and sum(map(bool, rows[0])) == 1:
+        captions.append(next(c for c in rows.pop(0) if c))
     if len(rows) > 1 and is_header(rows[0]):
-        return [row_line(r, rows[0]) for r in rows[1:]]
-    return [row_line(r, None) for r in rows]
+        return captions + [row_line(r, rows[0]) for r in rows[1:]]
+    return captions + [row_line(r, None) for r in rows]
 
 
 class _Rows(HTMLParser):

@@ -113,6 +113,46 @@ def scanned_pdf(dst: Path, source: Path, pages: list[int], keep: list[int] = ())
     return dst
 
 
+def ruled_table_pdf(dst: Path, above: list[str], table: list[list[str]], below: list[str]) -> Path:
+    """A one-page PDF as a word processor prints it: lines of text, a table ruled with drawn lines
+    (one row per list, the first the header), more lines of text. Helvetica, hand-written content stream."""
+    from pypdf import PdfWriter
+    from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
+
+    def text(x: float, y: float, s: str) -> str:
+        return f"BT /F1 10 Tf {x} {y} Td ({s}) Tj ET\n"
+
+    ops, y = [], 740.0
+    for line in above:
+        ops.append(text(72, y, line))
+        y -= 16
+    row_h, col_w, left = 20.0, 150.0, 72.0
+    top = y - 4
+    for r, row in enumerate(table):
+        for c, cell in enumerate(row):
+            ops.append(text(left + c * col_w + 4, top - (r + 1) * row_h + 6, cell))
+    width, height = col_w * len(table[0]), row_h * len(table)
+    for r in range(len(table) + 1):  # the rules
+        ops.append(f"{left} {top - r * row_h} m {left + width} {top - r * row_h} l S\n")
+    for c in range(len(table[0]) + 1):
+        ops.append(f"{left + c * col_w} {top} m {left + c * col_w} {top - height} l S\n")
+    y = top - height - 20
+    for line in below:
+        ops.append(text(72, y, line))
+        y -= 16
+    writer = PdfWriter()
+    page = writer.add_blank_page(612, 792)
+    font = DictionaryObject({NameObject("/Type"): NameObject("/Font"), NameObject("/Subtype"): NameObject("/Type1"),
+                             NameObject("/BaseFont"): NameObject("/Helvetica")})
+    page[NameObject("/Resources")] = DictionaryObject(
+        {NameObject("/Font"): DictionaryObject({NameObject("/F1"): writer._add_object(font)})})
+    content = DecodedStreamObject()
+    content.set_data("".join(ops).encode("latin-1"))
+    page[NameObject("/Contents")] = writer._add_object(content)
+    writer.write(str(dst))
+    return dst
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """A PostgreSQL 18 server of this test session only: initdb in a new temporary folder, the server on a

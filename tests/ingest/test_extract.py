@@ -6,7 +6,7 @@ import pytest
 
 from ingest.extract import CORRUPT, EMPTY, ENCRYPTED, UNSUPPORTED, Limits, extract
 from kb.errors import ExtractionError
-from tests.conftest import SAMPLES, pdf_excerpt
+from tests.conftest import SAMPLES, pdf_excerpt, ruled_table_pdf
 
 
 def test_pdf_keeps_physical_page_numbers_and_outline_headings(docs):
@@ -253,3 +253,26 @@ def test_tables_become_one_line_per_row_under_their_heading(tmp_path: Path):
         assert rows.heading == "Releases"
     numbers = next(b for b in extract(tmp_path / "releases.html").blocks if b.heading == "Numbers")
     assert numbers.text == "1 | 2"  # no header row: values only
+
+
+def test_pdf_tables_become_rows_where_they_stood_and_framed_text_stays_text(tmp_path: Path):
+    pdf = ruled_table_pdf(tmp_path / "travel.pdf", ["Travel policy", "Hotel limits per night depend on the city."],
+                          [["City", "Hotel limit", "Approver"], ["Berlin", "140 EUR", "Team lead"],
+                           ["Shanghai", "900 CNY", "Office manager"]], ["Receipts are kept for ten years."])
+    doc = extract(pdf)
+    assert "".join(b.text for b in doc.blocks) == (
+        "Travel policy\nHotel limits per night depend on the city.\n\n"
+        "City: Berlin | Hotel limit: 140 EUR | Approver: Team lead\n"
+        "City: Shanghai | Hotel limit: 900 CNY | Approver: Office manager\n\n"
+        "Receipts are kept for ten years.")
+    # a one-column box (a framed code listing) is no table: its lines stay as they were
+    boxed = ruled_table_pdf(tmp_path / "boxed.pdf", ["Run this:"], [["apt-get update"], ["apt-get upgrade"]], ["Done."])
+    assert "".join(b.text for b in extract(boxed).blocks) == "Run this:\napt-get update\napt-get upgrade\nDone."
+
+
+def test_a_real_pdf_table_keeps_its_title_and_names_its_columns():
+    """The Chinese guide's collaborators table: a title row, a header row, a merged cell over five rows."""
+    page = next(b.text for b in extract(SAMPLES / "maint-guide-zh-cn-chapter-1-2.pdf").blocks if b.page == 3)
+    lines = page.splitlines()
+    assert "TITLE : Debian 新维护者手册" in lines  # the title row is the table's caption, not its header
+    assert any(ln.startswith("ACTION: WRITTEN BY | NAME: Josip Rodin") and "DATE: October 8, 2022" in ln for ln in lines)
