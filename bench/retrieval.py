@@ -1,6 +1,10 @@
 """Retrieval quality per variant (dense, BM25, fused, reranked) on ../shared/eval, scored by its score.py.
 
-    python bench/retrieval.py [--eval-dir ../shared/eval] [--sets ...] [--chunk-tokens 200]
+    python bench/retrieval.py [--eval-dir ../shared/eval] [--sets ...] [--chunk-tokens 200] [--second-dense MODEL]
+
+--second-dense (issue 13, item 5) also embeds every chunk with a second model (e.g. the bundled English
+all-MiniLM-L6-v2; its time is reported as `second_embed_s`) and adds its ranking as a third one in the
+fusion, for English questions only ("lang-aware" rows: Chinese questions keep kb's default ranking).
 
 Each corpus is indexed once with kb's defaults (cached under --work); every question is searched once
 per retriever, and the variants are fused from those rankings. Contexts are cut to 1,500 characters, as
@@ -18,11 +22,18 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+from sqlalchemy import select
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from kb.catalogue import Chunk, Document  # noqa: E402
+from kb.embeddings import make_embedder  # noqa: E402
 from kb.knowledge_base import KnowledgeBase  # noqa: E402
-from kb.settings import ChunkingSettings, Settings  # noqa: E402
+from kb.vector_index import embedded_text  # noqa: E402
+from retrieval.prompt import language  # noqa: E402
+from kb.settings import ChunkingSettings, EmbeddingSettings, Settings  # noqa: E402
 from retrieval.retriever import rrf, weighted_fusion  # noqa: E402
 
 SETS = ["debian_faq_zh", "debian_faq_en", "debian_faq_zh_bodies"]
@@ -46,6 +57,53 @@ def variants(dense: list, keyword: list) -> dict[str, list[int]]:
     return out
 
 
+def scaled(ranking: list[tuple[int, float]], weight: float) -> dict[int, float]:
+    """weight x score min-max scaled over the ranking (as weighted_fusion treats the dense ranking)."""
+    if not ranking:
+        return {}
+    hi, lo = ranking[0][1], ranking[-1][1]
+    return {i: weight * ((s - lo) / (hi - lo) if hi > lo else 1.0) for i, s in ranking}
+
+
+class SecondDense:
+    """Every chunk of the collection embedded with a second model; a cosine ranking per question."""
+
+    def __init__(self, kb: KnowledgeBase, model: str):
+        self.embedder = make_embedder(EmbeddingSettings(model=model))
+        with kb.catalogue.session() as s:
+            col = kb.catalogue.collection(s, kb.collection, create=False)
+            rows = s.execute(select(Chunk.id, Chunk.heading, Chunk.text).join(Document)
+                             .where(Document.collection_id == col.id)).all()
+        self.ids = np.array([r.id for r in rows])
+        t0 = time.perf_counter()
+        self.vectors = self.embedder.embed_passages([embedded_text(r.heading, r.text) for r in rows])
+        self.embed_s = time.perf_counter() - t0
+
+    def ranking(self, question: str, k: int) -> list[tuple[int, float]]:
+        scores = self.vectors @ self.embedder.embed_query(question)
+        top = np.argsort(-scores)[:k]
+        return [(int(self.ids[j]), float(scores[j])) for j in top]
+
+
+def language_aware(question: str, dense: list, keyword: list, second: list, weights: tuple) -> list[int]:
+    we, ws, wk = weights
+    if language(question) != "en":  # the second model is English-only: kb's default ranking
+        f = weighted_fusion(dense, keyword, 0.7, 0.3)
+    else:
+        f = scaled(dense, we)
+        for i, s in scaled(second, ws).items():
+            f[i] = f.get(i, 0.0) + s
+        if keyword:
+            top = keyword[0][1] or 1.0
+            for i, s in keyword:
+                f[i] = f.get(i, 0.0) + wk * s / top
+    return sorted(f, key=lambda i: (-f[i], i))
+
+
+LANG_AWARE = {"lang-aware e5+MiniLM+bm25 0.35:0.35:0.3": (0.35, 0.35, 0.3),
+              "lang-aware e5+MiniLM+bm25 0.5:0.2:0.3": (0.5, 0.2, 0.3)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--eval-dir", type=Path, default=ROOT.parent / "shared" / "eval")
@@ -54,6 +112,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/kb-bench-retrieval"))
     ap.add_argument("--only", help="print only variants containing this string")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "retrieval.json")
+    ap.add_argument("--second-dense", help="also fuse this model's dense ranking for English questions")
     args = ap.parse_args()
     scorer = load_scorer(args.eval_dir)
     rows = []
@@ -65,6 +124,7 @@ def main() -> None:
         kb.sync([args.eval_dir / name / "corpus"])
         ingest_s = time.perf_counter() - t0
         retriever = kb.retriever()
+        second = SecondDense(kb, args.second_dense) if args.second_dense else None
         qa = scorer.load_jsonl(args.eval_dir / name / "qa.jsonl")
         runs: dict[str, list[dict]] = {}
         t0 = time.perf_counter()
@@ -72,6 +132,11 @@ def main() -> None:
             dense, hits, _ = retriever.candidates(q["question"])
             keyword = hits.ranking
             ranked = variants(dense, keyword)
+            if second is not None:
+                other = second.ranking(q["question"], len(dense) or 50)
+                ranked[f"dense {args.second_dense}"] = [i for i, _ in other]
+                for v, weights in LANG_AWARE.items():
+                    ranked[v] = language_aware(q["question"], dense, keyword, other, weights)
             chunks = kb.catalogue.chunks_by_ids({i for ids in ranked.values() for i in ids[:10]})
             for v, ids in ranked.items():
                 ctx = [{"source": Path(chunks[i].document.path).name, "text": chunks[i].text[:1500]} for i in ids[:10]]
@@ -82,6 +147,7 @@ def main() -> None:
             m = scorer.score(qa, results)
             row = {"set": name, "variant": v, "chunks": status.chunks, "chunk_tokens": args.chunk_tokens,
                    "ingest_s": round(ingest_s, 1), "candidates_ms": round(query_ms, 1),
+                   **({"second_embed_s": round(second.embed_s, 1)} if second else {}),
                    **{k: round(m[k], 3) for k in ("recall@1", "recall@3", "recall@5", "mrr@10")}}
             rows.append(row)
     keys = ["recall@1", "recall@3", "recall@5", "mrr@10"]

@@ -17,6 +17,7 @@ from ingest.pdf_structure import numbered_marks, outline_sections, strip_running
 from ingest.pdf_tables import tables_into_pages
 from ingest.tables import html_table_lines, is_header, row_line
 from kb.errors import ExtractionError
+from kb.text import unify_radicals
 
 ENCRYPTED = "encrypted"
 CORRUPT = "corrupt"
@@ -168,6 +169,7 @@ def extract_pdf(path: Path, password: str | None = None, limits: Limits = Limits
         if better and len(better) == n_pages:
             texts = better
             warnings.append("pypdf lost word spacing; text taken from pdfium")
+    texts = [unify_radicals(t) for t in texts]  # "⽂档" -> "文档": radicals some PDF makers map glyphs to
     scanned: list[int] = []
     if limits.ocr and any(not t.strip() for t in texts):
         if scanned := _ocr_blank_pages(path, used_password or None, texts, limits.max_ocr_pages):

@@ -142,18 +142,36 @@ def numbered_marks(pages: list[str]) -> list[tuple[int, int, str]]:
     """Headings of a PDF without an outline, as outline entries (page index, depth, title): lines that
     start with a section number and hold a short title. Numbered list items and figures are told apart
     by order: each heading's number must come right after the previous one (2.1 -> 2.2, 2.3 -> 2.3.1,
-    2.3.1 -> 2.4 or 3), so a list restarting at 1 or a stray "2.6 GHz" is not a heading."""
-    marks: list[tuple[int, int, str]] = []
-    last: tuple[int, ...] = ()
+    2.3.1 -> 2.4 or 3), so a list restarting at 1 or a stray "2.6 GHz" is not a heading.
+    Contents lists are not headings: a numbered line whose number comes again further on (the section
+    it lists), and 4+ numbered lines in a row but the last (a listing with no sections after it)."""
+    candidates: list[tuple[int, int, tuple[int, ...], str]] = []  # (line no. over all pages, page, number, title)
+    n = 0
     for page, text in enumerate(pages):
         for line in text.splitlines():
+            if not line.strip():
+                continue
+            n += 1
             m = _NUMBERED.fullmatch(line.strip())
             if not m or _NOT_A_TITLE.search(m.group(2)) or not any(c.isalpha() for c in m.group(2)[:3]):
                 continue
-            number = tuple(int(n) for n in m.group(1).split("."))
-            if _follows(last, number):
-                marks.append((page, len(number) - 1, " ".join(m.group(2).split())))
-                last = number
+            candidates.append((n, page, tuple(int(x) for x in m.group(1).split(".")), " ".join(m.group(2).split())))
+    last_seen = {number: line_no for line_no, _, number, _ in candidates}
+    contents = {line_no for line_no, _, number, _ in candidates if last_seen[number] != line_no}
+    run = candidates[:1]
+    for c in [*candidates[1:], None]:
+        if c is not None and c[0] == run[-1][0] + 1:
+            run.append(c)
+            continue
+        if len(run) >= 4:
+            contents |= {r[0] for r in run[:-1]}
+        run = [c]
+    marks: list[tuple[int, int, str]] = []
+    last: tuple[int, ...] = ()
+    for line_no, page, number, title in candidates:
+        if line_no not in contents and _follows(last, number):
+            marks.append((page, len(number) - 1, title))
+            last = number
     return marks if len(marks) >= 2 else []
 
 

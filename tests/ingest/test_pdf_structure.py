@@ -67,6 +67,32 @@ def test_numbered_headings_stand_in_for_a_missing_outline():
     assert numbered_marks(["1. Download it.\nNothing else."]) == []
 
 
+def test_a_chapter_s_own_contents_list_is_not_taken_for_its_headings():
+    """A printed web page (the Chinese FAQ through Chromium) opens each chapter with the list of its
+    questions; they were taken for headings, so every answer fell under the last listed title."""
+    from ingest.pdf_structure import numbered_marks
+
+    page = ("第 1 章 定义和概览\n目录\n1.1. 本 FAQ 文档是什么？\n1.2. 什么是 Debian GNU/Linux？\n"
+            "1.3. Debian GNU/Linux 与其他 Linux 发行版的区别是什么？为什么我应该选择 Debian，而不是\n其他发行版？\n"
+            "1.4. Debian 一词如何发音？\n1.1. 本 FAQ 文档是什么？\n本文档提供了关于 Debian 的常见问题。\n"
+            "1.2. 什么是 Debian GNU/Linux？\nDebian GNU/Linux 是一个发行版。")
+    nxt = "1.3. Debian GNU/Linux 与其他 Linux 发行版的区别是什么？\n自由。\n1.4. Debian 一词如何发音？\n读作 Deb-ian。"
+    assert numbered_marks([page, nxt]) == [
+        (0, 1, "本 FAQ 文档是什么？"), (0, 1, "什么是 Debian GNU/Linux？"),
+        (1, 1, "Debian GNU/Linux 与其他 Linux 发行版的区别是什么？"), (1, 1, "Debian 一词如何发音？")]
+    # a whole document that is a contents list (no section follows it) holds no headings either
+    listing = "\n".join(f"{i}.{j}. Question {i}.{j}?" for i in (1, 2) for j in (1, 2, 3, 4))
+    assert numbered_marks([listing]) == []
+
+
+def test_radical_code_points_read_as_the_ideographs_they_stand_for():
+    """Some PDF makers map glyphs to Kangxi radicals: "⽂档" looks like "文档" but matches no typed question."""
+    from kb.text import unify_radicals
+
+    assert unify_radicals("本 FAQ ⽂档是什么？发⾏版，⼀般") == "本 FAQ 文档是什么？发行版，一般"  # punctuation kept
+    assert unify_radicals("Debian 新维护者手册 ½ ﬁ") == "Debian 新维护者手册 ½ ﬁ"  # nothing else is normalised
+
+
 def test_a_pdf_without_outline_is_cut_at_its_numbered_headings(tmp_path):
     from tests.conftest import pdf_excerpt
 
