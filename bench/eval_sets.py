@@ -107,11 +107,13 @@ def build_zh_pdf_sets() -> tuple[Path, Path]:
     pages = 0
     for html in sorted((SHARED / "debian_faq_zh" / "corpus").glob("*.html")):
         pdf = text / "corpus" / html.with_suffix(".pdf").name
-        if not pdf.exists():
-            _print_to_pdf(html, pdf)
+        if not pdf.exists():  # written aside, then renamed: an interrupted run leaves no half file behind
+            _print_to_pdf(html, pdf.with_suffix(".part"))
+            pdf.with_suffix(".part").replace(pdf)
         scanned = scan / "corpus" / pdf.name
         if not scanned.exists():
-            _rasterise(pdf, scanned)
+            _rasterise(pdf, scanned.with_suffix(".part"))
+            scanned.with_suffix(".part").replace(scanned)
         pages += len(pypdf.PdfReader(scanned).pages)
     print(f"{scan}: {pages} scanned pages")
     return text, scan

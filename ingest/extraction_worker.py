@@ -90,8 +90,10 @@ def _from_message(m: dict) -> Extracted:
         return v
 
     blocks = [Block(text(t), number(p), None if h is None else text(h)) for t, p, h in m["blocks"]]
-    return Extracted(blocks, text(m["mime"]), number(m["pages"]), [text(w) for w in m["warnings"]],
-                     [number(p) for p in m["ocr_pages"]])
+    ocr_pages = [number(p) for p in m["ocr_pages"]]
+    if None in ocr_pages:
+        raise ValueError("an OCR page that is not a number")
+    return Extracted(blocks, text(m["mime"]), number(m["pages"]), [text(w) for w in m["warnings"]], ocr_pages)
 
 
 # -- the worker process ---------------------------------------------------------------------------

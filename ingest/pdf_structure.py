@@ -156,8 +156,14 @@ def numbered_marks(pages: list[str]) -> list[tuple[int, int, str]]:
             if not m or _NOT_A_TITLE.search(m.group(2)) or not any(c.isalpha() for c in m.group(2)[:3]):
                 continue
             candidates.append((n, page, tuple(int(x) for x in m.group(1).split(".")), " ".join(m.group(2).split())))
-    last_seen = {number: line_no for line_no, _, number, _ in candidates}
-    contents = {line_no for line_no, _, number, _ in candidates if last_seen[number] != line_no}
+    by_number: dict[tuple[int, ...], list[tuple[int, str]]] = {}
+    for line_no, _, number, title in candidates:
+        by_number.setdefault(number, []).append((line_no, "".join(title.split())))
+    contents = set()  # a line whose number comes again later with the same title (or its start: a cut or wrap)
+    for same_number in by_number.values():
+        for k, (line_no, title) in enumerate(same_number):
+            if any(t.startswith(title) or title.startswith(t) for _, t in same_number[k + 1:]):
+                contents.add(line_no)
     run = candidates[:1]
     for c in [*candidates[1:], None]:
         if c is not None and c[0] == run[-1][0] + 1:

@@ -8,11 +8,13 @@ Only pages that draw several lines are looked at (pdfium counts them in microsec
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from ingest.tables import table_lines
 
 MIN_PATHS = 4  # a ruled table draws at least its frame and one rule
+BUDGET_S = 30.0  # per file: a long PDF ruled on every page keeps the rest of its time limit for the text
 X_TOLERANCE = 1.5  # pdfplumber's default (3) glues words on tightly set PDFs ("October8,2022")
 
 
@@ -38,41 +40,66 @@ def _text(region) -> str:  # noqa: ANN001 - a pdfplumber page or cropped page
     return region.extract_text(x_tolerance=X_TOLERANCE) or ""
 
 
+def _bands(tables: list) -> list[list]:
+    """Tables grouped into horizontal bands: tables side by side (overlapping vertically) share one."""
+    bands: list[list] = []
+    for t in sorted(tables, key=lambda t: t.bbox[1]):
+        if bands and t.bbox[1] < max(b.bbox[3] for b in bands[-1]):
+            bands[-1].append(t)
+        else:
+            bands.append([t])
+    return bands
+
+
 def page_with_tables(page) -> str | None:  # noqa: ANN001 - a pdfplumber Page
-    """The page's text with its tables as rows, in reading order (bands above, between and below them);
-    None when it holds no real table."""
-    tables = sorted((t for t in page.find_tables() if _is_table(t.extract(x_tolerance=X_TOLERANCE))),
-                    key=lambda t: t.bbox[1])
-    if not tables:
+    """The page's text with its tables as rows, in reading order: the text above each band of tables,
+    the band's tables left to right, the text beside them; None when the page holds no real table."""
+    found = [(t, t.extract(x_tolerance=X_TOLERANCE)) for t in page.find_tables()]
+    rows_of = {id(t): rows for t, rows in found if _is_table(rows)}
+    if not rows_of:
         return None
     x0, top, x1, bottom = page.bbox
     parts, y = [], top
-    for t in tables:
-        t_top, t_bottom = max(t.bbox[1], y), min(t.bbox[3], bottom)
-        if t_top > y:
-            parts.append(_text(page.crop((x0, y, x1, t_top))))
-        band = page.crop((x0, t_top, x1, t_bottom))
-        rows = [[c or "" for c in r] for r in t.extract(x_tolerance=X_TOLERANCE)]
-        parts.append("\n".join(table_lines(rows)))
-        parts.append(_text(band.outside_bbox(t.bbox)))  # text beside the table, if any
-        y = max(y, t_bottom)
+    for band in _bands([t for t, _ in found if id(t) in rows_of]):
+        b_top, b_bottom = max(min(t.bbox[1] for t in band), y), min(max(t.bbox[3] for t in band), bottom)
+        if b_top > y:
+            parts.append(_text(page.crop((x0, y, x1, b_top))))
+        if b_bottom <= b_top:
+            continue
+        beside = page.crop((x0, b_top, x1, b_bottom))
+        for t in sorted(band, key=lambda t: t.bbox[0]):
+            parts.append("\n".join(table_lines(rows_of[id(t)])))
+            box = (max(t.bbox[0], x0), b_top, min(t.bbox[2], x1), b_bottom)
+            beside = beside.outside_bbox(box, strict=False)
+        parts.append(_text(beside))  # text beside the tables, if any
+        y = b_bottom
     if y < bottom:
         parts.append(_text(page.crop((x0, y, x1, bottom))))
     return "\n\n".join(p.strip() for p in parts if p.strip())
 
 
-def tables_into_pages(path: Path, password: str | None, texts: list[str]) -> int:
-    """Rewrite, in place, the text of each page that holds a table; returns how many pages changed."""
+def tables_into_pages(path: Path, password: str | None, texts: list[str], budget_s: float = BUDGET_S) -> int:
+    """Rewrite, in place, the text of each page that holds a table; returns how many pages changed.
+    Past `budget_s` the remaining pages keep their text as it was (TableBudgetSpent says how far it got)."""
     pages = ruled_pages(path, password, texts)
     if not pages:
         return 0
     import pdfplumber
 
-    changed = 0
+    changed, started = 0, time.monotonic()
     with pdfplumber.open(str(path), password=password or "") as pdf:
-        for i in pages:
+        for n, i in enumerate(pages):
+            if time.monotonic() - started > budget_s:
+                raise TableBudgetSpent(changed, n, len(pages))
             text = page_with_tables(pdf.pages[i])
             if text:
                 texts[i], changed = text, changed + 1
             pdf.pages[i].close()  # frees the page's parsed objects: long PDFs stay small
     return changed
+
+
+class TableBudgetSpent(Exception):
+    def __init__(self, changed: int, looked_at: int, ruled: int):
+        super().__init__(f"tables read on {changed} page(s); stopped after {BUDGET_S:g} s with {ruled - looked_at} "
+                         f"of {ruled} ruled pages left as text")
+        self.changed = changed

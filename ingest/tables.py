@@ -31,9 +31,11 @@ def table_lines(rows: list[list[str]]) -> list[str]:
     """Rows of cell texts -> one line per row (the header row, when there is one, names the columns)."""
     rows = [[_clean(c) for c in r] for r in rows]
     rows = [r for r in rows if any(r)]
-    captions = []  # rows of one filled cell above the grid ("TITLE: …"): the table's title, not its header
-    while len(rows) > 1 and sum(map(bool, rows[0])) == 1:
-        captions.append(next(c for c in rows.pop(0) if c))
+    # rows of one filled cell above a header row ("TITLE: …"): the table's title, not its header
+    lead = next((k for k, r in enumerate(rows) if sum(map(bool, r)) != 1), len(rows))
+    captions = []
+    if 0 < lead < len(rows) - 1 and is_header(rows[lead]):
+        captions, rows = [next(c for c in r if c) for r in rows[:lead]], rows[lead:]
     if len(rows) > 1 and is_header(rows[0]):
         return captions + [row_line(r, rows[0]) for r in rows[1:]]
     return captions + [row_line(r, None) for r in rows]

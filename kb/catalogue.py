@@ -34,7 +34,7 @@ from sqlalchemy import (
     text as sql_text,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DatabaseError
+from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from kb.errors import CatalogueError
@@ -274,10 +274,21 @@ def _add_missing_columns(conn) -> None:  # noqa: ANN001 - a Connection inside th
     have = {t: {c["name"] for c in inspect(conn).get_columns(t)} for t in {t for t, _ in ADDED_COLUMNS}}
     for table, name in ADDED_COLUMNS:
         if name not in have[table]:
-            column = Base.metadata.tables[table].c[name]
-            ddl = column.type.compile(conn.dialect)
-            default = column.server_default.arg.compile(dialect=conn.dialect)
-            conn.execute(sql_text(f"ALTER TABLE {table} ADD COLUMN {name} {ddl} NOT NULL DEFAULT {default}"))
+            add_column(conn, table, name)
+
+
+def add_column(conn, table: str, name: str) -> None:  # noqa: ANN001 - a Connection
+    """ALTER TABLE … ADD COLUMN with the model's type and default. Two processes opening an older
+    SQLite catalogue at once may both add it (PostgreSQL serialises them with the schema lock and
+    IF NOT EXISTS): the second one's "duplicate column" means it is there, which is all we want."""
+    column = Base.metadata.tables[table].c[name]
+    ddl, default = column.type.compile(conn.dialect), column.server_default.arg.compile(dialect=conn.dialect)
+    if_missing = "IF NOT EXISTS " if conn.dialect.name == "postgresql" else ""
+    try:
+        conn.execute(sql_text(f"ALTER TABLE {table} ADD COLUMN {if_missing}{name} {ddl} NOT NULL DEFAULT {default}"))
+    except OperationalError as exc:
+        if "duplicate column" not in str(exc).lower():
+            raise
 
 
 class Catalogue:

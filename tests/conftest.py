@@ -113,9 +113,11 @@ def scanned_pdf(dst: Path, source: Path, pages: list[int], keep: list[int] = ())
     return dst
 
 
-def ruled_table_pdf(dst: Path, above: list[str], table: list[list[str]], below: list[str]) -> Path:
+def ruled_table_pdf(dst: Path, above: list[str], table: list[list[str]], below: list[str],
+                    beside: list[list[str]] = ()) -> Path:
     """A one-page PDF as a word processor prints it: lines of text, a table ruled with drawn lines
-    (one row per list, the first the header), more lines of text. Helvetica, hand-written content stream."""
+    (one row per list, the first the header), more lines of text. A second table `beside` the first,
+    to its right, from the same top. Helvetica, hand-written content stream."""
     from pypdf import PdfWriter
     from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
 
@@ -126,16 +128,20 @@ def ruled_table_pdf(dst: Path, above: list[str], table: list[list[str]], below: 
     for line in above:
         ops.append(text(72, y, line))
         y -= 16
-    row_h, col_w, left = 20.0, 150.0, 72.0
+    row_h, col_w = 20.0, 150.0 if not beside else 70.0
     top = y - 4
-    for r, row in enumerate(table):
-        for c, cell in enumerate(row):
-            ops.append(text(left + c * col_w + 4, top - (r + 1) * row_h + 6, cell))
-    width, height = col_w * len(table[0]), row_h * len(table)
-    for r in range(len(table) + 1):  # the rules
-        ops.append(f"{left} {top - r * row_h} m {left + width} {top - r * row_h} l S\n")
-    for c in range(len(table[0]) + 1):
-        ops.append(f"{left + c * col_w} {top} m {left + c * col_w} {top - height} l S\n")
+    height = 0.0
+    for left, grid in ((72.0, table), (72.0 + col_w * len(table[0]) + 40, beside)):
+        for r, row in enumerate(grid):
+            for c, cell in enumerate(row):
+                ops.append(text(left + c * col_w + 4, top - (r + 1) * row_h + 6, cell))
+        if grid:
+            width = col_w * len(grid[0])
+            for r in range(len(grid) + 1):  # the rules
+                ops.append(f"{left} {top - r * row_h} m {left + width} {top - r * row_h} l S\n")
+            for c in range(len(grid[0]) + 1):
+                ops.append(f"{left + c * col_w} {top} m {left + c * col_w} {top - row_h * len(grid)} l S\n")
+            height = max(height, row_h * len(grid))
     y = top - height - 20
     for line in below:
         ops.append(text(72, y, line))

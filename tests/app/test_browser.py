@@ -89,6 +89,19 @@ def sign_in(browser, url: str, user: str = "admin", password: str = ADMIN_PASSWO
     wait_for(browser, lambda d: f"Signed in as {user}" in d.find_element(By.TAG_NAME, "body").text)
 
 
+def ask_in_chat(browser, question: str):  # noqa: ANN201 - the first source's <summary> element
+    """Ask in the Chat tab; returns the title of source [1] once the answer has streamed."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    next(t for t in browser.find_elements(By.CSS_SELECTOR, "[role=tab]") if "Chat" in t.text).click()
+    box = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "textarea"))[0]
+    box.send_keys(question)
+    box.send_keys(Keys.ENTER)
+    return wait_for(browser, lambda d: next((e for e in d.find_elements(By.CSS_SELECTOR, "summary")
+                                             if "[1] " in e.text), None))
+
+
 def test_upload_ask_and_open_the_cited_page(server, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -119,12 +132,7 @@ def test_upload_ask_and_open_the_cited_page(server, browser, tmp_path):
     job = KnowledgeBase(home=home).jobs.recent()[0]
     assert (job.kind, job.status, job.result["added"]) == ("upload", "done", 1)
 
-    next(t for t in browser.find_elements(By.CSS_SELECTOR, "[role=tab]") if "Chat" in t.text).click()
-    box = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "textarea"))[0]
-    box.send_keys("Who created the Debian project, and when?")
-    box.send_keys(Keys.ENTER)
-    summary = wait_for(browser, lambda d: next((e for e in d.find_elements(By.CSS_SELECTOR, "summary")
-                                                if "[1] " in e.text), None))
+    summary = ask_in_chat(browser, "Who created the Debian project, and when?")
     label = summary.text.splitlines()[-1]  # after the expander's icon
     assert label.startswith("[1] ")
     assert pdf.name in label, label
@@ -146,7 +154,6 @@ def test_a_scanned_pdf_uploaded_in_the_page_is_answered_citing_its_page_read_by_
     """A scan (no text layer) uploaded through the file input: read by OCR in the background job, then
     answered with a citation to its page, which says that the text was read by OCR."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
 
     scan = scanned_pdf(tmp_path / "scanned-guide.pdf", SAMPLES / "maint-guide-zh-cn-chapter-1-2.pdf", [8, 9])
     sign_in(browser, server)
@@ -157,12 +164,7 @@ def test_a_scanned_pdf_uploaded_in_the_page_is_answered_citing_its_page_read_by_
                                       if "Add to the knowledge base" in b.text), None)).click()
     wait_for(browser, lambda d: "1 documents" in d.find_element(By.TAG_NAME, "body").text, timeout=300)
 
-    next(t for t in browser.find_elements(By.CSS_SELECTOR, "[role=tab]") if "Chat" in t.text).click()
-    box = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "textarea"))[0]
-    box.send_keys("需要的开发文档有哪些？")
-    box.send_keys(Keys.ENTER)
-    summary = wait_for(browser, lambda d: next((e for e in d.find_elements(By.CSS_SELECTOR, "summary")
-                                                if "[1] " in e.text), None))
+    summary = ask_in_chat(browser, "需要的开发文档有哪些？")
     label = summary.text.splitlines()[-1]
     assert label.startswith("[1] scanned-guide.pdf — page 2") and label.endswith("read by OCR"), label
     summary.click()

@@ -270,6 +270,20 @@ def test_pdf_tables_become_rows_where_they_stood_and_framed_text_stays_text(tmp_
     assert "".join(b.text for b in extract(boxed).blocks) == "Run this:\napt-get update\napt-get upgrade\nDone."
 
 
+def test_pdf_tables_side_by_side_are_each_read_once_and_a_spent_budget_keeps_the_text(tmp_path: Path):
+    from ingest.pdf_tables import TableBudgetSpent, tables_into_pages
+
+    pdf = ruled_table_pdf(tmp_path / "prices.pdf", ["Prices"], [["Fruit", "Price"], ["Apple", "1"], ["Pear", "2"]],
+                          ["End."], beside=[["Drink", "Price"], ["Tea", "3"], ["Milk", "4"], ["Juice", "5"]])
+    text = "".join(b.text for b in extract(pdf).blocks)
+    assert text == ("Prices\n\nFruit: Apple | Price: 1\nFruit: Pear | Price: 2\n\n"
+                    "Drink: Tea | Price: 3\nDrink: Milk | Price: 4\nDrink: Juice | Price: 5\n\nEnd."), text
+    texts = ["Prices Fruit Price Apple 1"]
+    with pytest.raises(TableBudgetSpent):  # out of time: the page keeps the text it had
+        tables_into_pages(pdf, None, texts, budget_s=-1)
+    assert texts == ["Prices Fruit Price Apple 1"]
+
+
 def test_a_real_pdf_table_keeps_its_title_and_names_its_columns():
     """The Chinese guide's collaborators table: a title row, a header row, a merged cell over five rows."""
     page = next(b.text for b in extract(SAMPLES / "maint-guide-zh-cn-chapter-1-2.pdf").blocks if b.page == 3)

@@ -80,6 +80,9 @@ def test_a_chapter_s_own_contents_list_is_not_taken_for_its_headings():
     assert numbered_marks([page, nxt]) == [
         (0, 1, "本 FAQ 文档是什么？"), (0, 1, "什么是 Debian GNU/Linux？"),
         (1, 1, "Debian GNU/Linux 与其他 Linux 发行版的区别是什么？"), (1, 1, "Debian 一词如何发音？")]
+    # a number that comes again with another title is a numbered list, not a contents line
+    steps = ["1 Introduction\nWhy.\n2 Installation\nHow:\n1 Open the settings page\n2 Click install now\n3 Configuration\nSet."]
+    assert [t for _, _, t in numbered_marks(steps)] == ["Introduction", "Installation", "Configuration"]
     # a whole document that is a contents list (no section follows it) holds no headings either
     listing = "\n".join(f"{i}.{j}. Question {i}.{j}?" for i in (1, 2) for j in (1, 2, 3, 4))
     assert numbered_marks([listing]) == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import inspect, text
 
-from kb.catalogue import ADDED_COLUMNS, Catalogue
+from kb.catalogue import ADDED_COLUMNS, Catalogue, add_column
 from kb.knowledge_base import KnowledgeBase
 
 
@@ -29,4 +29,9 @@ def test_a_catalogue_from_before_the_ocr_column_gains_it_and_keeps_its_chunks(se
     assert [c.chunk_id for c in found] == before and not any(c.ocr for c in found)  # old rows read as "not OCR"
     (docs / "travel.md").write_text("# Travel\n\nTrain tickets are booked through the travel desk.\n")
     assert len(reopened.sync([docs]).added) == 1  # new rows insert with the column in place
-    Catalogue(settings.catalogue_url)  # opening it again alters nothing (the column is there)
+    again = Catalogue(settings.catalogue_url)  # opening it again alters nothing (the column is there)
+    # a second process that saw the column missing a moment before adds it too: no error, nothing changes
+    with again.engine.begin() as conn:
+        add_column(conn, "chunks", "ocr")
+    assert {c["name"] for c in inspect(again.engine).get_columns("chunks")} == columns
+    again.engine.dispose()
