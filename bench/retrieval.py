@@ -4,7 +4,7 @@
 
 --second-dense (issue 13, item 5) also embeds every chunk with a second model (e.g. the bundled English
 all-MiniLM-L6-v2; its time is reported as `second_embed_s`) and adds its ranking as a third one in the
-fusion, for English questions only ("lang-aware" rows: Chinese questions keep kb's default ranking).
+fusion, for questions without Chinese characters ("lang-aware" rows: the others keep kb's default ranking).
 
 Each corpus is indexed once with kb's defaults (cached under --work); every question is searched once
 per retriever, and the variants are fused from those rankings. Contexts are cut to 1,500 characters, as
@@ -32,7 +32,7 @@ from kb.catalogue import Chunk, Document  # noqa: E402
 from kb.embeddings import make_embedder  # noqa: E402
 from kb.knowledge_base import KnowledgeBase  # noqa: E402
 from kb.vector_index import embedded_text  # noqa: E402
-from retrieval.prompt import language  # noqa: E402
+from kb.text import CJK_CHAR  # noqa: E402
 from kb.settings import ChunkingSettings, EmbeddingSettings, Settings  # noqa: E402
 from retrieval.retriever import rrf, weighted_fusion  # noqa: E402
 
@@ -87,7 +87,8 @@ class SecondDense:
 
 def language_aware(question: str, dense: list, keyword: list, second: list, weights: tuple) -> list[int]:
     we, ws, wk = weights
-    if language(question) != "en":  # the second model is English-only: kb's default ranking
+    if CJK_CHAR.search(question):  # the second model is English-only: kb's default ranking for any Chinese
+        # (language() calls "什么是 Debian GNU/Linux？" English: most of its letters are Latin)
         cfg = Settings().retrieval
         f = weighted_fusion(dense, keyword, cfg.dense_weight, cfg.keyword_weight)
     else:
