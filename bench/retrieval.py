@@ -79,9 +79,12 @@ class SecondDense:
         self.vectors = self.embedder.embed_passages([embedded_text(r.heading, r.text) for r in rows])
         self.embed_s = time.perf_counter() - t0
 
-    def ranking(self, question: str, k: int) -> list[tuple[int, float]]:
+    def ranking(self, question: str, k: int, among: set[int] | None = None) -> list[tuple[int, float]]:
+        """The top k by cosine; `among`: only these chunks (the first rankings' candidates)."""
         scores = self.vectors @ self.embedder.embed_query(question)
-        top = np.argsort(-scores)[:k]
+        if among is not None:
+            scores = np.where(np.isin(self.ids, list(among)), scores, -np.inf)
+        top = [j for j in np.argsort(-scores)[:k] if np.isfinite(scores[j])]
         return [(int(self.ids[j]), float(scores[j])) for j in top]
 
 
@@ -139,6 +142,10 @@ def main() -> None:
                 ranked[f"dense {args.second_dense}"] = [i for i, _ in other]
                 for v, weights in LANG_AWARE.items():
                     ranked[v] = language_aware(q["question"], dense, keyword, other, weights)
+                among = {i for i, _ in dense} | {i for i, _ in keyword}
+                rescored = second.ranking(q["question"], len(among), among)
+                ranked["lang-aware rescoring candidates 0.5:0.2:0.3"] = language_aware(
+                    q["question"], dense, keyword, rescored, (0.5, 0.2, 0.3))
             chunks = kb.catalogue.chunks_by_ids({i for ids in ranked.values() for i in ids[:10]})
             for v, ids in ranked.items():
                 ctx = [{"source": Path(chunks[i].document.path).name, "text": chunks[i].text[:1500]} for i in ids[:10]]
