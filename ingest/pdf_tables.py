@@ -35,13 +35,20 @@ def _draws_a_grid(page) -> bool:  # noqa: ANN001 - a pypdfium2 PdfPage
     return False
 
 
-def ruled_pages(path: Path, password: str | None, texts: list[str]) -> list[int]:
-    """0-based pages with a text layer that draw the rules of a table."""
+def ruled_pages(path: Path, password: str | None, texts: list[str], deadline: float) -> list[int]:
+    """0-based pages with a text layer that draw the rules of a table (a few ms a page: a long PDF can
+    run past the deadline here already)."""
     import pypdfium2 as pdfium
 
     doc = pdfium.PdfDocument(str(path), password=password)
     try:
-        return [i for i, text in enumerate(texts) if text.strip() and _draws_a_grid(doc[i])]
+        ruled = []
+        for i, text in enumerate(texts):
+            if time.monotonic() > deadline:
+                raise TableBudgetSpent(0, 0, len(ruled), len(texts) - i)
+            if text.strip() and _draws_a_grid(doc[i]):
+                ruled.append(i)
+        return ruled
     finally:
         doc.close()
 
@@ -96,16 +103,17 @@ def page_with_tables(page) -> str | None:  # noqa: ANN001 - a pdfplumber Page
 def tables_into_pages(path: Path, password: str | None, texts: list[str], budget_s: float = BUDGET_S) -> int:
     """Rewrite, in place, the text of each page that holds a table; returns how many pages changed.
     Past `budget_s` the remaining pages keep their text as it was (TableBudgetSpent says how far it got)."""
-    pages = ruled_pages(path, password, texts)
+    deadline = time.monotonic() + budget_s
+    pages = ruled_pages(path, password, texts, deadline)
     if not pages:
         return 0
     import pdfplumber
 
-    changed, started = 0, time.monotonic()
+    changed = 0
     with pdfplumber.open(str(path), password=password or "") as pdf:
         for n, i in enumerate(pages):
-            if time.monotonic() - started > budget_s:
-                raise TableBudgetSpent(changed, n, len(pages))
+            if time.monotonic() > deadline:
+                raise TableBudgetSpent(changed, n, len(pages), 0)
             text = page_with_tables(pdf.pages[i])
             if text:
                 texts[i], changed = text, changed + 1
@@ -114,7 +122,9 @@ def tables_into_pages(path: Path, password: str | None, texts: list[str], budget
 
 
 class TableBudgetSpent(Exception):
-    def __init__(self, changed: int, looked_at: int, ruled: int):
-        super().__init__(f"tables read on {changed} page(s); stopped after {BUDGET_S:g} s with {ruled - looked_at} "
-                         f"of {ruled} ruled pages left as text")
+    """Out of time for tables: `changed` pages were rewritten; the rest keep their text."""
+
+    def __init__(self, changed: int, looked_at: int, ruled: int, unchecked: int):
+        left = f"{ruled - looked_at} of {ruled} ruled pages" + (f" and {unchecked} unchecked pages" if unchecked else "")
+        super().__init__(f"tables read on {changed} page(s); out of time for tables, {left} left as text")
         self.changed = changed
