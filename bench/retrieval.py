@@ -92,8 +92,7 @@ def language_aware(question: str, dense: list, keyword: list, second: list, weig
     we, ws, wk = weights
     if CJK_CHAR.search(question):  # the second model is English-only: kb's default ranking for any Chinese
         # (language() calls "什么是 Debian GNU/Linux？" English: most of its letters are Latin)
-        cfg = Settings().retrieval
-        f = weighted_fusion(dense, keyword, cfg.dense_weight, cfg.keyword_weight)
+        f = weighted_fusion(dense, keyword, DEFAULTS.dense_weight, DEFAULTS.keyword_weight)
     else:
         f = scaled(dense, we)
         for i, s in scaled(second, ws).items():
@@ -105,6 +104,7 @@ def language_aware(question: str, dense: list, keyword: list, second: list, weig
     return sorted(f, key=lambda i: (-f[i], i))
 
 
+DEFAULTS = Settings().retrieval  # the fusion weights kb runs with
 LANG_AWARE = {"lang-aware e5+MiniLM+bm25 0.35:0.35:0.3": (0.35, 0.35, 0.3),
               "lang-aware e5+MiniLM+bm25 0.5:0.2:0.3": (0.5, 0.2, 0.3)}
 
