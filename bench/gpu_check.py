@@ -81,9 +81,10 @@ def check_faiss(small: bool) -> dict:
 
 
 def check_embedder(device: str, small: bool) -> dict:
-    from kb.embeddings import SentenceTransformerEmbedder
+    from kb.embeddings import make_embedder
+    from kb.settings import EmbeddingSettings
 
-    emb = SentenceTransformerEmbedder("all-MiniLM-L6-v2", device=device, batch_size=256)
+    emb = make_embedder(EmbeddingSettings(model="all-MiniLM-L6-v2", device=device, batch_size=256))
     texts = [f"Debian package {i}: how to install, configure and upgrade it with apt and dpkg. " * 6
              for i in range(256 if small else 8192)]
     emb.embed_passages(texts[:64])
@@ -91,7 +92,7 @@ def check_embedder(device: str, small: bool) -> dict:
     t0 = time.perf_counter()
     vecs = emb.embed_passages(texts)
     sync(device)
-    return {"model": emb.name, "device": str(emb._model.device), "texts": len(texts),
+    return {"model": emb.name, "device": str(emb.device), "texts": len(texts),
             "chunks_per_s": round(len(texts) / (time.perf_counter() - t0), 1), "dim": int(vecs.shape[1])}
 
 

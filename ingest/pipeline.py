@@ -32,10 +32,11 @@ from ingest.extract import (CORRUPT, EMPTY, ENCRYPTED, MIME, NO_TEXT, READER_STO
 from ingest.extraction_worker import POOL, WorkerLimits
 from kb.catalogue import CachedEmbedding, Catalogue, Chunk, ChunkChange, Document, IngestRun, utcnow
 from kb.crash_points import crash_point
-from kb.embeddings import Embedder, text_hash
+from kb.embeddings import Embedder, english_embedder, text_hash
 from kb.errors import ExtractionError
 from kb.keyword_index import KeywordIndex
 from kb.settings import Settings
+from kb.text import CJK_CHAR
 from kb.vector_index import FaissIndex, embedded_text
 
 log = logging.getLogger(__name__)
@@ -222,6 +223,7 @@ class IndexWriter:
         self.index = index
         self.keywords = keywords
         self.embedder = embedder
+        self.english = english_embedder(settings.embedding, embedder)
         self.collection = collection
         self.on_event = on_event or (lambda *_: None)
         self.rebuilt_damaged_index = False  # set by the caller when the index was damaged and started empty
@@ -305,22 +307,35 @@ class IndexWriter:
     # -- embedding with cache --------------------------------------------------------------
     def _vectors(self, s: Session, items: list[tuple[str, str]], report: SyncReport) -> np.ndarray:
         """Vectors for (hash, text) pairs: from the cache, else embedded and cached at once."""
-        model = self.embedder.name
-        cached = self.catalogue.cached_vectors(s, model, [h for h, _ in items])
-        todo = {h: t for h, t in items if h not in cached}
-        report.reused += len(items) - len(todo)
-        if todo:
-            hashes = list(todo)
-            vecs = self.embedder.embed_passages([todo[h] for h in hashes], progress=False)
-            report.embedded += len(hashes)
-            # Cache rows commit in their own transaction: embedding work survives a crash.
-            with self.catalogue.session() as cs:
-                for h, v in zip(hashes, vecs, strict=True):
-                    cs.merge(CachedEmbedding(model=model, text_sha256=h, vector=v.astype(np.float32).tobytes()))
-            cached.update({h: v.astype(np.float32).tobytes() for h, v in zip(hashes, vecs, strict=True)})
+        cached = self._cached(s, self.embedder, items, report)
         if not items:
             return np.zeros((0, self.embedder.dimension), dtype=np.float32)
         return np.vstack([np.frombuffer(cached[h], dtype=np.float32) for h, _ in items])
+
+    def _cached(self, s: Session, embedder: Embedder, items: list[tuple[str, str]],
+                report: SyncReport | None) -> dict[str, bytes]:
+        cached = self.catalogue.cached_vectors(s, embedder.name, [h for h, _ in items])
+        todo = {h: t for h, t in items if h not in cached}
+        if report is not None:
+            report.reused += len(items) - len(todo)
+            report.embedded += len(todo)
+        if todo:
+            hashes = list(todo)
+            vecs = embedder.embed_passages([todo[h] for h in hashes], progress=False)
+            # Cache rows commit in their own transaction: embedding work survives a crash.
+            with self.catalogue.session() as cs:
+                for h, v in zip(hashes, vecs, strict=True):
+                    cs.merge(CachedEmbedding(model=embedder.name, text_sha256=h, vector=v.astype(np.float32).tobytes()))
+            cached.update({h: v.astype(np.float32).tobytes() for h, v in zip(hashes, vecs, strict=True)})
+        return cached
+
+    def _english_vectors(self, s: Session, drafts: list) -> None:
+        """The English model's vectors of the chunks without Chinese characters, into the embedding cache,
+        where the retriever reads them (retrieval/english.py). Nothing else depends on them: a chunk
+        without one is ranked as if the English model agreed with the main one."""
+        if self.english is not None:
+            self._cached(s, self.english, [(text_hash(d.embed_text), d.embed_text) for d in drafts
+                                           if not CJK_CHAR.search(d.embed_text)], None)
 
     # -- one durable write -----------------------------------------------------------------
     def _write(self, pending: list[_Pending], removals: list[str], report: SyncReport) -> None:
@@ -517,6 +532,7 @@ class IndexWriter:
             report.pages += doc.pages or 0
             with self.catalogue.session() as s:
                 vectors = self._vectors(s, [(text_hash(d.embed_text), d.embed_text) for d in drafts], report)
+                self._english_vectors(s, drafts)
             return _Pending(str(f), sha, size, mime, doc.pages, drafts, vectors)
         except ExtractionError as exc:
             return _Pending(str(f), sha, size, mime, None, [], None, error=str(exc))

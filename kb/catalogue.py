@@ -411,6 +411,18 @@ class Catalogue:
             out.update({h: v for h, v in s.execute(q)})
         return out
 
+    def chunk_vectors(self, model: str, ids: Iterable[int]) -> dict[int, bytes]:
+        """`model`'s cached vectors of these chunks (by the hash of their embedded text), where cached."""
+        ids = list(ids)
+        out: dict[int, bytes] = {}
+        with self.session() as s:
+            for i in range(0, len(ids), 500):
+                q = (select(Chunk.id, CachedEmbedding.vector)
+                     .join(CachedEmbedding, CachedEmbedding.text_sha256 == Chunk.embed_sha256)
+                     .where(CachedEmbedding.model == model, Chunk.id.in_(ids[i : i + 500])))
+                out.update({c: v for c, v in s.execute(q)})
+        return out
+
     def counts(self, collection: str) -> dict[str, int]:
         with self.session() as s:
             col = self.collection(s, collection, create=False)

