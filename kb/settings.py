@@ -35,7 +35,7 @@ class EmbeddingSettings(BaseModel):
     english_model: str = Field(
         "all-MiniLM-L6-v2", description="A second, English-only model: chunks without Chinese characters are "
         "also embedded with it when written, and a question without Chinese characters is ranked by it too, "
-        "among the candidates (retrieval.english_weight). Measured +5.8 points recall@3 on English answer "
+        "among the candidates (retrieval.english_weight). Measured +5 points recall@3 on English answer "
         "bodies (docs/benchmarks.md). '' = off; unused when it is the main model."
     )
     batch_size: int = Field(32, description="Texts embedded per call.")
@@ -81,7 +81,7 @@ class RetrievalSettings(BaseModel):
     dense_weight: float = Field(0.7, description="Weight of the dense side in the fusion.")
     keyword_weight: float = Field(0.3, description="Weight of the BM25 side in the fusion.")
     english_weight: float = Field(
-        0.2, description="Part of dense_weight given to embedding.english_model's cosine, for questions "
+        0.3, description="Part of dense_weight given to embedding.english_model's cosine, for questions "
         "without Chinese characters (weighted fusion)."
     )
     rrf_k: int = Field(60, description="Reciprocal rank fusion constant (larger flattens rank differences).")

@@ -64,11 +64,11 @@ def test_the_fusion_gives_english_weight_to_the_english_model_and_the_main_model
     keyword = [(3, 4.0), (4, 2.0)]
     english = [(2, 0.6), (4, 0.4), (1, 0.1)]  # chunk 3 has no English vector
     fused = r.fuse(dense, keyword, english)
-    # e5 0.5 x scaled cosine, English 0.2 x scaled cosine (else e5's), BM25 0.3 x BM25 / best
-    assert fused[1] == pytest.approx(0.5 * 1.0 + 0.2 * 0.0)
-    assert fused[2] == pytest.approx(0.5 * 0.5 + 0.2 * 1.0)
-    assert fused[3] == pytest.approx(0.5 * 0.0 + 0.2 * 0.0 + 0.3 * 1.0)
-    assert fused[4] == pytest.approx(0.2 * 0.6 + 0.3 * 0.5)
+    # e5 0.4 x scaled cosine, English 0.3 x scaled cosine (else e5's), BM25 0.3 x BM25 / best
+    assert fused[1] == pytest.approx(0.4 * 1.0 + 0.3 * 0.0)
+    assert fused[2] == pytest.approx(0.4 * 0.5 + 0.3 * 1.0)
+    assert fused[3] == pytest.approx(0.4 * 0.0 + 0.3 * 0.0 + 0.3 * 1.0)
+    assert fused[4] == pytest.approx(0.3 * 0.6 + 0.3 * 0.5)
     assert r.fuse(dense, keyword, []) == pytest.approx({1: 0.7, 2: 0.35, 3: 0.3, 4: 0.15})
 
 
