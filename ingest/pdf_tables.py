@@ -2,10 +2,10 @@
 with each table as rows ("column: value | column: value", ingest/tables.py) where it stood, instead of
 pypdf's loose cell words that no question matches.
 
-Only pages that draw a grid are looked at: 2+ thin horizontal and 2+ thin vertical strokes (pdfium
-measures them in microseconds; pdfplumber takes ~100 ms a page). Link underlines, bullets and framed
-code listings draw no vertical rules, so the pages of a printed web page or a LaTeX manual are skipped;
-a table drawn as whole cell boxes is not found (kept as text). A "table" of one column is left as text.
+Only pages that draw a grid are looked at: 2+ thin horizontal and 2+ thin vertical strokes, or cells
+drawn as boxes side by side (pdfium measures them in microseconds; pdfplumber takes ~100 ms a page).
+Link underlines, bullets and framed code listings (boxes stacked in one column) draw neither, so the
+pages of a printed web page or a LaTeX manual are skipped. A "table" of one column is left as text.
 """
 
 from __future__ import annotations
@@ -17,22 +17,72 @@ from ingest.tables import table_lines
 
 RULES = 2  # a ruled table draws at least two horizontal and two vertical rules (its frame)
 THIN = 2.0  # points: a rule is at most this thick
+MAX_SEGMENTS = 64  # a path drawn with more segments is a figure, not a table's boxes
+MAX_BOXES = 2000  # boxes compared on one page
 BUDGET_S = 30.0  # per file: a long PDF ruled on every page keeps the rest of its time limit for the text
 X_TOLERANCE = 1.5  # pdfplumber's default (3) glues words on tightly set PDFs ("October8,2022")
+
+
+def _straight_edges(path) -> tuple[int, int]:  # noqa: ANN001 - a pypdfium2 path object
+    """Horizontal and vertical straight segments longer than THIN in a path that is no thin rule
+    itself: the sides of a cell box (`re`), or a grid drawn as one path. Long paths (curves, charts)
+    are not looked into: a table's boxes and rules are a few segments each."""
+    import ctypes
+
+    import pypdfium2.raw as pdfium_c
+
+    n = pdfium_c.FPDFPath_CountSegments(path.raw)
+    if n > MAX_SEGMENTS:
+        return 0, 0
+    x, y = ctypes.c_float(), ctypes.c_float()
+    across = down = 0
+    last = None
+    for i in range(n):
+        segment = pdfium_c.FPDFPath_GetPathSegment(path.raw, i)
+        pdfium_c.FPDFPathSegment_GetPoint(segment, ctypes.byref(x), ctypes.byref(y))
+        point = (x.value, y.value)
+        if last is not None and pdfium_c.FPDFPathSegment_GetType(segment) == pdfium_c.FPDF_SEGMENT_LINETO:
+            dx, dy = abs(point[0] - last[0]), abs(point[1] - last[1])
+            across += dy < 0.01 and dx > THIN
+            down += dx < 0.01 and dy > THIN
+        last = point
+    return across, down
+
+
+def _side_by_side(boxes: list[tuple[float, float, float, float]]) -> bool:
+    """Two boxes sharing a vertical side, over most of their height: cells of one row. (A framed code
+    listing stacks its boxes in one column.)"""
+    boxes = sorted(boxes)[:MAX_BOXES]
+    for i, (l1, b1, r1, t1) in enumerate(boxes):
+        for l2, b2, r2, t2 in boxes[i + 1:]:
+            if l2 > r1 + THIN:
+                break
+            if abs(l2 - r1) <= THIN and min(t1, t2) - max(b1, b2) > 0.5 * min(t1 - b1, t2 - b2):
+                return True
+    return False
 
 
 def _draws_a_grid(page) -> bool:  # noqa: ANN001 - a pypdfium2 PdfPage
     import pypdfium2.raw as pdfium_c
 
     across = down = 0
+    boxes = []
     for o in page.get_objects(max_depth=2):
         if o.type == pdfium_c.FPDF_PAGEOBJ_PATH:
-            left, bottom, right, top = o.get_bounds()
-            across += top - bottom <= THIN < right - left
-            down += right - left <= THIN < top - bottom
+            left, bottom, right, top = bounds = o.get_bounds()
+            if top - bottom <= THIN < right - left:
+                across += 1
+            elif right - left <= THIN < top - bottom:
+                down += 1
+            elif right - left > THIN and top - bottom > THIN:
+                a, d = _straight_edges(o)
+                if a > RULES and d > RULES:  # a whole grid drawn as one path
+                    return True
+                if a and d:
+                    boxes.append(bounds)
             if across >= RULES and down >= RULES:
                 return True
-    return False
+    return _side_by_side(boxes)
 
 
 def ruled_pages(path: Path, password: str | None, texts: list[str], deadline: float) -> list[int]:

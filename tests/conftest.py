@@ -114,10 +114,11 @@ def scanned_pdf(dst: Path, source: Path, pages: list[int], keep: list[int] = ())
 
 
 def ruled_table_pdf(dst: Path, above: list[str], table: list[list[str]], below: list[str],
-                    beside: list[list[str]] = ()) -> Path:
+                    beside: list[list[str]] = (), boxes: bool = False) -> Path:
     """A one-page PDF as a word processor prints it: lines of text, a table ruled with drawn lines
     (one row per list, the first the header), more lines of text. A second table `beside` the first,
-    to its right, from the same top. Helvetica, hand-written content stream."""
+    to its right, from the same top. `boxes`: each cell drawn as its own box (`re`), as browsers print
+    bordered cells, instead of rules. Helvetica, hand-written content stream."""
     from pypdf import PdfWriter
     from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
 
@@ -135,13 +136,16 @@ def ruled_table_pdf(dst: Path, above: list[str], table: list[list[str]], below: 
         for r, row in enumerate(grid):
             for c, cell in enumerate(row):
                 ops.append(text(left + c * col_w + 4, top - (r + 1) * row_h + 6, cell))
-        if grid:
+        if grid and boxes:
+            ops += [f"{left + c * col_w} {top - (r + 1) * row_h} {col_w} {row_h} re S\n"
+                    for r in range(len(grid)) for c in range(len(grid[0]))]
+        elif grid:
             width = col_w * len(grid[0])
             for r in range(len(grid) + 1):  # the rules
                 ops.append(f"{left} {top - r * row_h} m {left + width} {top - r * row_h} l S\n")
             for c in range(len(grid[0]) + 1):
                 ops.append(f"{left + c * col_w} {top} m {left + c * col_w} {top - row_h * len(grid)} l S\n")
-            height = max(height, row_h * len(grid))
+        height = max(height, row_h * len(grid))
     y = top - height - 20
     for line in below:
         ops.append(text(72, y, line))
