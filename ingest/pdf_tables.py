@@ -112,6 +112,19 @@ def _text(region) -> str:  # noqa: ANN001 - a pdfplumber page or cropped page
     return region.extract_text(x_tolerance=X_TOLERANCE) or ""
 
 
+def _centre_outside(box: tuple[float, float, float, float]):  # noqa: ANN202 - a pdfplumber filter
+    """Objects whose centre lies outside the box: a letter touching a table's rule stays in the text
+    beside it (pdfplumber gives a cell the characters whose centre is in it, so none is read twice)."""
+    x0, top, x1, bottom = box
+
+    def outside(o) -> bool:  # noqa: ANN001 - a pdfplumber object dict
+        if "x0" not in o or "top" not in o:
+            return True
+        return not (x0 <= (o["x0"] + o["x1"]) / 2 <= x1 and top <= (o["top"] + o["bottom"]) / 2 <= bottom)
+
+    return outside
+
+
 def _bands(tables: list) -> list[list]:
     """Tables grouped into horizontal bands: tables side by side (overlapping vertically) share one."""
     bands: list[list] = []
@@ -141,8 +154,7 @@ def page_with_tables(page) -> str | None:  # noqa: ANN001 - a pdfplumber Page
         beside = page.crop((x0, b_top, x1, b_bottom))
         for t in sorted(band, key=lambda t: t.bbox[0]):
             parts.append("\n".join(table_lines(rows_of[id(t)])))
-            box = (max(t.bbox[0], x0), b_top, min(t.bbox[2], x1), b_bottom)
-            beside = beside.outside_bbox(box, strict=False)
+            beside = beside.filter(_centre_outside((t.bbox[0], b_top, t.bbox[2], b_bottom)))
         parts.append(_text(beside))  # text beside the tables, if any
         y = b_bottom
     if y < bottom:

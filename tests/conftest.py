@@ -114,11 +114,12 @@ def scanned_pdf(dst: Path, source: Path, pages: list[int], keep: list[int] = ())
 
 
 def ruled_table_pdf(dst: Path, above: list[str], table: list[list[str]], below: list[str],
-                    beside: list[list[str]] = (), boxes: bool = False) -> Path:
+                    beside: list[list[str]] = (), boxes: bool = False, aside: str = "") -> Path:
     """A one-page PDF as a word processor prints it: lines of text, a table ruled with drawn lines
     (one row per list, the first the header), more lines of text. A second table `beside` the first,
     to its right, from the same top. `boxes`: each cell drawn as its own box (`re`), as browsers print
-    bordered cells, instead of rules. Helvetica, hand-written content stream."""
+    bordered cells, instead of rules. `aside`: a line of text to the right of the table, its first
+    letter touching the table's right rule. Helvetica, hand-written content stream."""
     from pypdf import PdfWriter
     from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
 
@@ -146,6 +147,8 @@ def ruled_table_pdf(dst: Path, above: list[str], table: list[list[str]], below: 
             for c in range(len(grid[0]) + 1):
                 ops.append(f"{left + c * col_w} {top} m {left + c * col_w} {top - row_h * len(grid)} l S\n")
         height = max(height, row_h * len(grid))
+    if aside:
+        ops.append(text(72.0 + col_w * len(table[0]) - 1, top - row_h + 6, aside))
     y = top - height - 20
     for line in below:
         ops.append(text(72, y, line))

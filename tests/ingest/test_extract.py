@@ -265,6 +265,11 @@ def test_pdf_tables_become_rows_where_they_stood_and_framed_text_stays_text(tmp_
         "City: Berlin | Hotel limit: 140 EUR | Approver: Team lead\n"
         "City: Shanghai | Hotel limit: 900 CNY | Approver: Office manager\n\n"
         "Receipts are kept for ten years.")
+    # text beside the table whose first letter touches the table's rule keeps that letter
+    pdf = ruled_table_pdf(tmp_path / "aside.pdf", ["Travel policy"], [["City", "Hotel limit"], ["Berlin", "140 EUR"]],
+                          ["Done."], aside="Note: limits include breakfast.")
+    text = "".join(b.text for b in extract(pdf).blocks)
+    assert "City: Berlin | Hotel limit: 140 EUR" in text and "Note: limits include breakfast." in text, text
     # a one-column box (a framed code listing) is no table: its lines stay as they were
     boxed = ruled_table_pdf(tmp_path / "boxed.pdf", ["Run this:"], [["apt-get update"], ["apt-get upgrade"]], ["Done."])
     assert "".join(b.text for b in extract(boxed).blocks) == "Run this:\napt-get update\napt-get upgrade\nDone."
