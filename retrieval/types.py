@@ -14,7 +14,7 @@ class Context:
     heading: str | None
     source: str  # document path
     document_id: int
-    signals: dict[str, float] = field(default_factory=dict)  # dense cosine, bm25, rrf, rerank
+    signals: dict[str, float] = field(default_factory=dict)  # fused, dense cosine, bm25, english cosine, rerank
     ocr: bool = False  # read by OCR from a scanned page: may hold misread characters
 
 
