@@ -23,30 +23,45 @@ BUDGET_S = 30.0  # per file: a long PDF ruled on every page keeps the rest of it
 X_TOLERANCE = 1.5  # pdfplumber's default (3) glues words on tightly set PDFs ("October8,2022")
 
 
-def _straight_edges(path) -> tuple[int, int]:  # noqa: ANN001 - a pypdfium2 path object
-    """Horizontal and vertical straight segments longer than THIN in a path that is no thin rule
-    itself: the sides of a cell box (`re`), or a grid drawn as one path. Long paths (curves, charts)
-    are not looked into: a table's boxes and rules are a few segments each."""
+def _straight_edges(path) -> tuple[list[float], list[float]]:  # noqa: ANN001 - a pypdfium2 path object
+    """The heights of the horizontal and the x of the vertical straight segments longer than THIN in a
+    path that is no thin rule itself (the sides of a cell box, `re`, or a grid drawn as one path), in
+    page space. Long paths (curves, charts) are not looked into: a table's boxes are a few segments each."""
     import ctypes
 
     import pypdfium2.raw as pdfium_c
 
     n = pdfium_c.FPDFPath_CountSegments(path.raw)
-    if n > MAX_SEGMENTS:
-        return 0, 0
+    if not 0 < n <= MAX_SEGMENTS:
+        return [], []
+    a, b, c, d, e, f = path.get_matrix().get()  # segment points are in the path's own space
     x, y = ctypes.c_float(), ctypes.c_float()
-    across = down = 0
+    across: list[float] = []
+    down: list[float] = []
     last = None
     for i in range(n):
         segment = pdfium_c.FPDFPath_GetPathSegment(path.raw, i)
-        pdfium_c.FPDFPathSegment_GetPoint(segment, ctypes.byref(x), ctypes.byref(y))
-        point = (x.value, y.value)
+        if not segment or not pdfium_c.FPDFPathSegment_GetPoint(segment, ctypes.byref(x), ctypes.byref(y)):
+            return [], []
+        point = (a * x.value + c * y.value + e, b * x.value + d * y.value + f)
         if last is not None and pdfium_c.FPDFPathSegment_GetType(segment) == pdfium_c.FPDF_SEGMENT_LINETO:
             dx, dy = abs(point[0] - last[0]), abs(point[1] - last[1])
-            across += dy < 0.01 and dx > THIN
-            down += dx < 0.01 and dy > THIN
+            if dy < 0.01 and dx > THIN:
+                across.append(point[1])
+            elif dx < 0.01 and dy > THIN:
+                down.append(point[0])
         last = point
     return across, down
+
+
+def _distinct(values: list[float]) -> int:
+    """How many different positions, those within THIN of each other counted once."""
+    count, last = 0, None
+    for v in sorted(values):
+        if last is None or v - last > THIN:
+            count += 1
+        last = v
+    return count
 
 
 def _side_by_side(boxes: list[tuple[float, float, float, float]]) -> bool:
@@ -75,10 +90,10 @@ def _draws_a_grid(page) -> bool:  # noqa: ANN001 - a pypdfium2 PdfPage
             elif right - left <= THIN < top - bottom:
                 down += 1
             elif right - left > THIN and top - bottom > THIN:
-                a, d = _straight_edges(o)
-                if a > RULES and d > RULES:  # a whole grid drawn as one path
+                ys, xs = _straight_edges(o)
+                if _distinct(ys) > RULES and _distinct(xs) > RULES:  # a whole grid drawn as one path
                     return True
-                if a and d:
+                if ys and xs:
                     boxes.append(bounds)
             if across >= RULES and down >= RULES:
                 return True

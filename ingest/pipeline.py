@@ -33,10 +33,10 @@ from ingest.extraction_worker import POOL, WorkerLimits
 from kb.catalogue import CachedEmbedding, Catalogue, Chunk, ChunkChange, Document, IngestRun, utcnow
 from kb.crash_points import crash_point
 from kb.embeddings import Embedder, english_embedder, text_hash
-from kb.errors import ExtractionError
+from kb.errors import EmbeddingError, ExtractionError
 from kb.keyword_index import KeywordIndex
 from kb.settings import Settings
-from kb.text import CJK_CHAR
+from kb.text import is_english
 from kb.vector_index import FaissIndex, embedded_text
 
 log = logging.getLogger(__name__)
@@ -330,12 +330,18 @@ class IndexWriter:
         return cached
 
     def _english_vectors(self, s: Session, drafts: list) -> None:
-        """The English model's vectors of the chunks without Chinese characters, into the embedding cache,
-        where the retriever reads them (retrieval/english.py). Nothing else depends on them: a chunk
-        without one is ranked as if the English model agreed with the main one."""
-        if self.english is not None:
+        """The English model's vectors of the chunks written in English, into the embedding cache, where
+        the retriever reads them (Retriever.english_ranking). Nothing else depends on them: a chunk
+        without one is ranked as if the English model agreed with the main one, so a model that fails
+        to load is reported and switched off, and the write goes on."""
+        if self.english is None:
+            return
+        try:
             self._cached(s, self.english, [(text_hash(d.embed_text), d.embed_text) for d in drafts
-                                           if not CJK_CHAR.search(d.embed_text)], None)
+                                           if is_english(d.embed_text)], None)
+        except EmbeddingError as exc:
+            log.warning("the English model is off for this write: %s", exc)
+            self.english = None
 
     # -- one durable write -----------------------------------------------------------------
     def _write(self, pending: list[_Pending], removals: list[str], report: SyncReport) -> None:

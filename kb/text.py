@@ -29,3 +29,22 @@ _RADICALS = {c: unicodedata.normalize("NFKC", chr(c)) for c in [*range(0x2E80, 0
 def unify_radicals(text: str) -> str:
     """Radical code points replaced by the ideographs they stand for; everything else untouched."""
     return text.translate(_RADICALS)
+
+
+_WORDS = re.compile(r"[^\W\d_]+")  # runs of letters, any script
+# Short words common in any English text and rare in other languages' (French, German, Dutch... share a few,
+# "in", "on", "is", never many): their share of the words tells English from other Latin-script text.
+_ENGLISH_WORDS = frozenset(
+    "the of and to is are was were what how why which who whom where when that this these those with for from by "
+    "at it its be been being can could do does did not or if you your i my me we our they their there here "
+    "should would will have has had about into than then also any all some such".split())
+
+
+def is_english(text: str) -> bool:
+    """Written in English: nearly all letters a-z, and English function words at least 15 % of the words.
+    No Chinese character is not enough: French, Russian or Korean text is not English either."""
+    words = _WORDS.findall(text.lower())
+    letters = sum(len(w) for w in words)
+    if not words or sum(len(w) for w in words if w.isascii()) < 0.9 * letters:
+        return False
+    return sum(w in _ENGLISH_WORDS for w in words) >= 0.15 * len(words)

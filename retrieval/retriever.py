@@ -4,6 +4,7 @@ answer "nothing relevant"."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 
@@ -12,12 +13,15 @@ from sqlalchemy import select
 
 from kb.catalogue import Catalogue, Chunk, Document
 from kb.embeddings import Embedder
+from kb.errors import EmbeddingError
 from kb.keyword_index import KeywordHits, KeywordIndex
 from kb.settings import RetrievalSettings
-from kb.text import CJK_CHAR
+from kb.text import is_english
 from kb.vector_index import FaissIndex, embedded_text
 from retrieval.dense import dense_search
 from retrieval.types import Context, Retrieval
+
+log = logging.getLogger(__name__)
 
 
 def rrf(rankings: Iterable[tuple[float, list[int]]], k: int) -> dict[int, float]:
@@ -126,20 +130,29 @@ class Retriever:
 
     def english_ranking(self, question: str, dense: list[tuple[int, float]],
                         keyword: list[tuple[int, float]]) -> list[tuple[int, float]]:
-        """For a question without Chinese characters, the English model's cosine of each candidate whose
-        vector was written with it (ingest/pipeline.py), best first; [] when that does not apply.
+        """For a question in English, the English model's cosine of each candidate whose vector was
+        written with it (ingest/pipeline.py), best first; [] when that does not apply, or when fewer than
+        half the candidates (or fewer than 2) have one: scaled over a few, the cosines would say little.
 
         A rescoring of the candidates, not a third search: it needs no second index to keep consistent,
-        and measured within 1.7 points of one (docs/benchmarks.md)."""
-        if self.english is None or self.cfg.fusion != "weighted" or self.cfg.mode == "keyword" \
-                or CJK_CHAR.search(question):
+        and measured within one question of one on the English sets (docs/benchmarks.md)."""
+        cfg = self.cfg
+        if self.english is None or cfg.english_weight <= 0 or cfg.fusion != "weighted" or cfg.mode == "keyword" \
+                or not is_english(question):
             return []
-        vectors = self.catalogue.chunk_vectors(self.english.name, {i for i, _ in dense} | {i for i, _ in keyword})
-        if not vectors:
+        pool = {i for i, _ in dense} | {i for i, _ in keyword}
+        vectors = self.catalogue.chunk_vectors(self.english.name, pool)
+        if len(vectors) < max(2, len(pool) / 2):
             return []
-        ids = sorted(vectors)
-        sims = np.vstack([np.frombuffer(vectors[i], dtype=np.float32) for i in ids]) @ \
-            self.english.embed_query(question).reshape(-1)
+        try:
+            query = self.english.embed_query(question).reshape(-1)
+        except EmbeddingError as exc:  # the main ranking still answers
+            log.warning("the English model is off for this question: %s", exc)
+            return []
+        ids = [i for i in sorted(vectors) if len(vectors[i]) == 4 * len(query)]  # same name, other model: skip
+        if len(ids) < 2:
+            return []
+        sims = np.vstack([np.frombuffer(vectors[i], dtype=np.float32) for i in ids]) @ query
         return [(ids[j], float(sims[j])) for j in np.argsort(-sims, kind="stable")]
 
     def fuse(self, dense: list[tuple[int, float]], keyword: list[tuple[int, float]],
@@ -161,16 +174,15 @@ class Retriever:
 
     def passes_floor(self, dense: list[tuple[int, float]], hits: KeywordHits,
                      english: list[tuple[int, float]] = ()) -> bool:
-        """Relevant when the best dense cosine reaches the floor (the main model's, or the English
-        model's), or one chunk holds most of the question's keyword weight. Calibrated on
-        ../shared/eval (every in-domain question passes) against off-topic questions (none passes): see
-        docs/benchmarks.md."""
+        """Relevant when the best dense cosine reaches the floor (the main model's; unless a floor is
+        set, the English model's for a question in English), or one chunk holds most of the question's
+        keyword weight. Calibrated on ../shared/eval (every in-domain question passes) against off-topic
+        questions (none passes): see docs/benchmarks.md."""
         floor = self.cfg.min_dense_score
-        if floor is None:
-            floor = self.embedder.relevance_floor
-        if dense and dense[0][1] >= floor:
+        if dense and dense[0][1] >= (self.embedder.relevance_floor if floor is None else floor):
             return True
-        if english and self.english.relevance_floor and english[0][1] >= self.english.relevance_floor:
+        if floor is None and english and self.english.relevance_floor \
+                and english[0][1] >= self.english.relevance_floor:
             return True
         if self.cfg.mode == "keyword" and hits.ranking:
             return True

