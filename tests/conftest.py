@@ -118,8 +118,9 @@ def ruled_table_pdf(dst: Path, above: list[str], table: list[list[str]], below: 
     """A one-page PDF as a word processor prints it: lines of text, a table ruled with drawn lines
     (one row per list, the first the header), more lines of text. A second table `beside` the first,
     to its right, from the same top. `style`: "rules" (one path per rule), "boxes" (each cell its own
-    box, `re`, as browsers print bordered cells) or "one path" (every rule in one path). `aside`: a line of text to the right of the table, its first
-    letter touching the table's right rule. Helvetica, hand-written content stream."""
+    box, `re`, as browsers print bordered cells) or "one path" (every rule in one path). `aside`: a
+    line of text to the right of the table, its first letter touching the table's right rule.
+    Helvetica, hand-written content stream."""
     from pypdf import PdfWriter
     from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
 
