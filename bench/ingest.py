@@ -4,7 +4,9 @@
 
 For each corpus: a full `sync` into a fresh home (wall time), a second `sync` with nothing changed
 (the cost of an incremental re-index), and `embed_passages` on exactly the chunk texts the index holds
-(the ceiling ingestion can approach on this machine). Prints a Markdown table; saves JSON in bench/results/.
+(the ceiling ingestion can approach on this machine), and the English model (embedding.english_model)
+on the chunks in English: with --english-model '' the sync leaves it out, and `english_share_of_full`
+is what it adds to a write. Prints a Markdown table; saves JSON in bench/results/.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import select  # noqa: E402
 
 from kb.catalogue import Chunk  # noqa: E402
+from kb.embeddings import make_embedder  # noqa: E402
 from kb.knowledge_base import KnowledgeBase  # noqa: E402
+from kb.text import is_english  # noqa: E402
 from kb.vector_index import embedded_text  # noqa: E402
 from kb.settings import EmbeddingSettings, Settings  # noqa: E402
 
@@ -49,6 +53,13 @@ def bench(corpus: Path, model: str, english_model: str) -> dict:
         t0 = time.perf_counter()
         kb.embedder.embed_passages(texts)
         encode_s = time.perf_counter() - t0
+        # What the English model adds to a write: its encoding of the chunks in English, timed alone.
+        english = make_embedder(EmbeddingSettings(model=Settings().embedding.english_model))
+        in_english = [t for t in texts if is_english(t)]
+        english.embed_passages(in_english[:2])
+        t0 = time.perf_counter()
+        english.embed_passages(in_english)
+        english_s = time.perf_counter() - t0
     files = len(first.added) + len(first.failed)
     return {
         "corpus": str(corpus.relative_to(ROOT.parent)) if corpus.is_relative_to(ROOT.parent) else str(corpus),
@@ -60,6 +71,8 @@ def bench(corpus: Path, model: str, english_model: str) -> dict:
         "embedded_per_s": round(first.embedded / full_s, 2),
         "raw_encode_chunks_per_s": round(len(texts) / encode_s, 2),
         "unchanged_resync_s": round(noop_s, 2), "unchanged_reembedded": again.embedded,
+        "english_chunks": len(in_english), "english_encode_s": round(english_s, 1),
+        "english_share_of_full": round(english_s / full_s, 3),
     }
 
 
@@ -75,7 +88,8 @@ def main() -> None:
         rows.append(bench(corpus.resolve(), args.model, args.english_model))
         print(json.dumps(rows[-1]), flush=True)
     cols = ["corpus", "files", "pages", "chunks", "full_s", "pages_per_s", "chunks_per_s", "embedded_per_s",
-            "raw_encode_chunks_per_s", "unchanged_resync_s", "unchanged_reembedded"]
+            "raw_encode_chunks_per_s", "unchanged_resync_s", "unchanged_reembedded", "english_chunks",
+            "english_encode_s", "english_share_of_full"]
     print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(str(r[c]) for c in cols) + " |")
