@@ -17,7 +17,7 @@ from ingest.tables import table_lines
 
 RULES = 2  # a ruled table draws at least two horizontal and two vertical rules (its frame)
 THIN = 2.0  # points: a rule is at most this thick
-MAX_SEGMENTS = 64  # a path drawn with more segments is a figure, not a table's boxes
+MAX_SEGMENTS = 4000  # segments read per path: a 60-row grid drawn as one path has ~300
 MAX_BOXES = 2000  # boxes compared on one page
 BUDGET_S = 30.0  # per file: a long PDF ruled on every page keeps the rest of its time limit for the text
 X_TOLERANCE = 1.5  # pdfplumber's default (3) glues words on tightly set PDFs ("October8,2022")
@@ -25,14 +25,17 @@ X_TOLERANCE = 1.5  # pdfplumber's default (3) glues words on tightly set PDFs ("
 
 def _straight_edges(path) -> tuple[list[float], list[float]]:  # noqa: ANN001 - a pypdfium2 path object
     """The heights of the horizontal and the x of the vertical straight segments longer than THIN in a
-    path that is no thin rule itself (the sides of a cell box, `re`, or a grid drawn as one path), in
-    page space. Long paths (curves, charts) are not looked into: a table's boxes are a few segments each."""
+    stroked path that is no thin rule itself (the sides of a cell box, `re`, or a grid drawn as one
+    path), in page space. Filled shapes (a bar chart's bars) and paths with curves (figures) are no
+    table's: nothing."""
     import ctypes
 
     import pypdfium2.raw as pdfium_c
 
     n = pdfium_c.FPDFPath_CountSegments(path.raw)
-    if not 0 < n <= MAX_SEGMENTS:
+    fill, stroke = ctypes.c_int(), ctypes.c_int()
+    if not 0 < n <= MAX_SEGMENTS or not pdfium_c.FPDFPath_GetDrawMode(path.raw, ctypes.byref(fill),
+                                                                      ctypes.byref(stroke)) or not stroke.value:
         return [], []
     a, b, c, d, e, f = path.get_matrix().get()  # segment points are in the path's own space
     x, y = ctypes.c_float(), ctypes.c_float()
@@ -44,7 +47,10 @@ def _straight_edges(path) -> tuple[list[float], list[float]]:  # noqa: ANN001 - 
         if not segment or not pdfium_c.FPDFPathSegment_GetPoint(segment, ctypes.byref(x), ctypes.byref(y)):
             return [], []
         point = (a * x.value + c * y.value + e, b * x.value + d * y.value + f)
-        if last is not None and pdfium_c.FPDFPathSegment_GetType(segment) == pdfium_c.FPDF_SEGMENT_LINETO:
+        kind = pdfium_c.FPDFPathSegment_GetType(segment)
+        if kind == pdfium_c.FPDF_SEGMENT_BEZIERTO:
+            return [], []
+        if last is not None and kind == pdfium_c.FPDF_SEGMENT_LINETO:
             dx, dy = abs(point[0] - last[0]), abs(point[1] - last[1])
             if dy < 0.01 and dx > THIN:
                 across.append(point[1])

@@ -32,7 +32,7 @@ from ingest.extract import (CORRUPT, EMPTY, ENCRYPTED, MIME, NO_TEXT, READER_STO
 from ingest.extraction_worker import POOL, WorkerLimits
 from kb.catalogue import CachedEmbedding, Catalogue, Chunk, ChunkChange, Document, IngestRun, utcnow
 from kb.crash_points import crash_point
-from kb.embeddings import Embedder, english_embedder, text_hash
+from kb.embeddings import Embedder, english_embedder, english_failed, text_hash
 from kb.errors import EmbeddingError, ExtractionError
 from kb.keyword_index import KeywordIndex
 from kb.settings import Settings
@@ -340,7 +340,7 @@ class IndexWriter:
             self._cached(s, self.english, [(text_hash(d.embed_text), d.embed_text) for d in drafts
                                            if is_english(d.embed_text)], None)
         except EmbeddingError as exc:
-            log.warning("the English model is off for this write: %s", exc)
+            english_failed(self.english, exc)
             self.english = None
 
     # -- one durable write -----------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import (
@@ -411,16 +411,21 @@ class Catalogue:
             out.update({h: v for h, v in s.execute(q)})
         return out
 
-    def chunk_vectors(self, model: str, ids: Iterable[int]) -> dict[int, bytes]:
-        """`model`'s cached vectors of these chunks (by the hash of their embedded text), where cached."""
+    def chunk_vectors(self, model: str, ids: Iterable[int],
+                      only: Callable[[str], bool] | None = None) -> dict[int, bytes]:
+        """`model`'s cached vectors of these chunks (by the hash of their embedded text), where cached;
+        with `only`, of the chunks whose embedded text it accepts."""
+        from kb.vector_index import embedded_text
+
         ids = list(ids)
         out: dict[int, bytes] = {}
         with self.session() as s:
             for i in range(0, len(ids), 500):
-                q = (select(Chunk.id, CachedEmbedding.vector)
+                q = (select(Chunk.id, Chunk.heading, Chunk.text, CachedEmbedding.vector)
                      .join(CachedEmbedding, CachedEmbedding.text_sha256 == Chunk.embed_sha256)
                      .where(CachedEmbedding.model == model, Chunk.id.in_(ids[i : i + 500])))
-                out.update({c: v for c, v in s.execute(q)})
+                out.update({r.id: r.vector for r in s.execute(q)
+                            if only is None or only(embedded_text(r.heading, r.text))})
         return out
 
     def counts(self, collection: str) -> dict[str, int]:

@@ -7,6 +7,7 @@ the model does (so chunks can be sized to its window), and loads its weights laz
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import threading
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from kb.device import torch_device
 from kb.errors import EmbeddingError
 from kb.settings import EmbeddingSettings
 from kb.text import CJK
+
+log = logging.getLogger(__name__)
 
 
 class Embedder(Protocol):
@@ -189,7 +192,10 @@ class BundledMiniLMEmbedder(_BatchedEmbedder):
     def _model(self):
         from kb.minilm import MiniLM
 
-        return MiniLM(self.folder, self.device)
+        try:
+            return MiniLM(self.folder, self.device)
+        except Exception as exc:  # noqa: BLE001 - a missing file, a device torch cannot use: one clear error
+            raise EmbeddingError(f"cannot load {self.name} from {self.folder} on {self.device}: {exc}") from exc
 
     @property
     def dimension(self) -> int:
@@ -307,13 +313,23 @@ def make_embedder(cfg: EmbeddingSettings) -> Embedder:
         return _EMBEDDERS[key]
 
 
+_BROKEN_ENGLISH: set[str] = set()  # English models that failed to load in this process: not tried again
+
+
+def english_failed(english: Embedder, exc: Exception) -> None:
+    """Switch the English model off for this process: questions and writes go on with the main model."""
+    log.warning("the English model %s is off: %s", english.name, exc)
+    _BROKEN_ENGLISH.add(english.name)
+
+
 def english_embedder(cfg: EmbeddingSettings, main: Embedder) -> Embedder | None:
-    """The second, English-only embedder (`embedding.english_model`); None when off or the main model."""
+    """The second, English-only embedder (`embedding.english_model`); None when off, the main model, or
+    failed to load before."""
     if not cfg.english_model:
         return None
     english = make_embedder(EmbeddingSettings(model=cfg.english_model, device=cfg.device, batch_size=cfg.batch_size))
     same = english.name == main.name or {english.name, main.name} <= {f"st:{n}" for n in MINILM_NAMES}
-    return None if same else english
+    return None if same or english.name in _BROKEN_ENGLISH else english
 
 
 # Embedders that ship inside PyPI packages, by the names settings accept. `hash-N` is the named

@@ -39,7 +39,8 @@ class EmbeddingSettings(BaseModel):
         "(docs/benchmarks.md). '' = off; unused when it is the main model."
     )
     batch_size: int = Field(32, description="Texts embedded per call.")
-    device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda'.")
+    device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda'; for the English "
+                        "model too.")
     query_prefix: str | None = Field(
         None, description="Prefix for queries with sentence-transformers models; None = 'query: ' for e5 models."
     )
@@ -103,6 +104,8 @@ class RetrievalSettings(BaseModel):
 
     @model_validator(mode="after")
     def _english_within_dense(self) -> "RetrievalSettings":
+        if "english_weight" not in self.model_fields_set:  # a small dense_weight set alone keeps working
+            self.english_weight = min(self.english_weight, self.dense_weight)
         if not 0 <= self.english_weight <= self.dense_weight:
             raise ValueError(f"english_weight ({self.english_weight}) must be between 0 and dense_weight "
                              f"({self.dense_weight}): it is the English model's part of the dense weight")

@@ -41,10 +41,12 @@ _ENGLISH_WORDS = frozenset(
 
 
 def is_english(text: str) -> bool:
-    """Written in English: nearly all letters a-z, and English function words at least 15 % of the words.
+    """Written in English: nearly all letters a-z, and English function words at least 15 % of the words
+    and at least two of them (a short German or Dutch question shares one: "was", "is").
     No Chinese character is not enough: French, Russian or Korean text is not English either."""
     words = _WORDS.findall(text.lower())
     letters = sum(len(w) for w in words)
     if not words or sum(len(w) for w in words if w.isascii()) < 0.9 * letters:
         return False
-    return sum(w in _ENGLISH_WORDS for w in words) >= 0.15 * len(words)
+    hits = sum(w in _ENGLISH_WORDS for w in words)
+    return hits >= 2 and hits >= 0.15 * len(words)

@@ -12,7 +12,7 @@ import numpy as np
 from sqlalchemy import select
 
 from kb.catalogue import Catalogue, Chunk, Document
-from kb.embeddings import Embedder
+from kb.embeddings import Embedder, english_failed
 from kb.errors import EmbeddingError
 from kb.keyword_index import KeywordHits, KeywordIndex
 from kb.settings import RetrievalSettings
@@ -141,16 +141,20 @@ class Retriever:
                 or not is_english(question):
             return []
         pool = {i for i, _ in dense} | {i for i, _ in keyword}
-        vectors = self.catalogue.chunk_vectors(self.english.name, pool)
-        if len(vectors) < max(2, len(pool) / 2):
+        # Only chunks in English: the cache may also hold this model's vectors of other text (written when
+        # it was a home's main model, under the same name).
+        vectors = self.catalogue.chunk_vectors(self.english.name, pool, only=is_english)
+        enough = max(2, len(pool) / 2)
+        if len(vectors) < enough:
             return []
         try:
             query = self.english.embed_query(question).reshape(-1)
         except EmbeddingError as exc:  # the main ranking still answers
-            log.warning("the English model is off for this question: %s", exc)
+            english_failed(self.english, exc)
+            self.english = None
             return []
         ids = [i for i in sorted(vectors) if len(vectors[i]) == 4 * len(query)]  # same name, other model: skip
-        if len(ids) < 2:
+        if len(ids) < enough:
             return []
         sims = np.vstack([np.frombuffer(vectors[i], dtype=np.float32) for i in ids]) @ query
         return [(ids[j], float(sims[j])) for j in np.argsort(-sims, kind="stable")]

@@ -290,6 +290,9 @@ def test_a_pdf_table_drawn_as_cell_boxes_becomes_rows_and_stacked_boxes_stay_tex
                               ["Done."], style="boxes")
     assert ruled_pages(listing, None, ["Run this: apt-get update"], float("inf")) == []
     assert ruled_pages(pdf, None, ["Travel policy"], float("inf")) == [0]
+    long_table = ruled_table_pdf(tmp_path / "long.pdf", ["Rooms"], [["Room", "Floor", "Seats"]] +
+                                 [[f"R{i}", str(i % 5), str(10 + i)] for i in range(30)], [], style=style)
+    assert ruled_pages(long_table, None, ["Rooms"], float("inf")) == [0]  # 30 rows: ~100 segments in one path
 
 
 def test_pdf_tables_side_by_side_are_each_read_once_and_a_spent_budget_keeps_the_text(tmp_path: Path):

