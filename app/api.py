@@ -15,14 +15,19 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field
 
+from app.reader_paths import ReaderPaths
+from app.upload_stream import BadUpload, MultipartUpload
 from app.worker import Worker
-from kb.access import Identity
+from ingest.uploads import UploadTooLarge
+from kb.access import LEVELS, Identity
 from kb.errors import (AuthError, CatalogueError, ConfigError, GeneratorError, KBError, LockedError,
                        MissingDependencyError, NotFoundError, PermissionDeniedError)
 from kb.knowledge_base import KnowledgeBase
@@ -32,9 +37,14 @@ from retrieval.answer import Answer, AnswerStream
 from retrieval.types import Context, Retrieval, merge_retrievals
 
 log = logging.getLogger(__name__)
+MAX_ID = 2 ** 63 - 1  # ids are 64-bit in the catalogue: a larger one is a bad request, not a server error
 ALL_COLLECTIONS = "kb:all"  # the chat "model" that answers from every collection the caller may read
 STATUS_OF = [(AuthError, 401), (PermissionDeniedError, 403), (NotFoundError, 404), (LockedError, 409), (MissingDependencyError, 503), (ConfigError, 400),
              (GeneratorError, 503), (CatalogueError, 503), (KBError, 500)]
+
+
+class ForbiddenCollection(NotFoundError):
+    """A collection the caller may not read: answered exactly like a missing one, and audited."""
 
 
 class SearchRequest(BaseModel):
@@ -113,10 +123,17 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
     worker = Worker(settings).start() if run_worker else None
     app = FastAPI(title="kb", version="1", description=__doc__)
 
-    def caller(authorization: str | None = Header(None)) -> Identity:
-        """Every /v1 route: `Authorization: Bearer <token>` (the OpenAI clients' api_key)."""
+    def caller(request: Request, authorization: str | None = Header(None)) -> Identity:
+        """Every /v1 route: `Authorization: Bearer <token>` (the OpenAI clients' api_key), checked before
+        the request's body is read."""
         scheme, _, token = (authorization or "").partition(" ")
-        return default.access.from_token(token.strip() if scheme.lower() == "bearer" else None)
+        who = default.access.from_token(token.strip() if scheme.lower() == "bearer" else None)
+        request.state.who = who
+        return who
+
+    def reply(who: Identity, data):  # noqa: ANN001, ANN202 - a JSON value
+        """What the caller may see of it: administrators everything, others no server paths or settings."""
+        return data if who.admin else ReaderPaths(default.catalogue, settings.home, readable(who)).scrub(data)
 
     def readable(who: Identity) -> list[str]:
         return who.readable(sorted(set(collection_names(default.catalogue)) | {settings.collection}))
@@ -125,7 +142,9 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
         """The collection's KnowledgeBase acting for the caller (its checks raise 403)."""
         name = collection or settings.collection
         exists = name == settings.collection or name in collection_names(default.catalogue)
-        if (must_exist and not exists) or not who.may(name, "read"):  # a forbidden one does not exist for them
+        if not who.may(name, "read"):  # a forbidden one does not exist for them
+            raise (ForbiddenCollection if exists else NotFoundError)(f"no collection {name!r}")
+        if must_exist and not exists:
             raise NotFoundError(f"no collection {name!r}")
         if name not in kbs:
             kbs[name] = KnowledgeBase(settings=settings, collection=name)
@@ -155,11 +174,6 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
 
     @app.middleware("http")
     async def measure(request: Request, call_next):  # noqa: ANN001, ANN202
-        route = request.url.path
-        if request.method == "POST" and route == "/v1/documents":
-            size = int(request.headers.get("content-length") or 0)
-            if size > settings.ingest.max_file_mb * 1e6 * 20:  # refuse before reading the body
-                return error(f"upload of {size / 1e6:.0f} MB is too large", 413)
         t0 = time.perf_counter()
         response = await call_next(request)
         matched = request.scope.get("route")
@@ -171,10 +185,21 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
     @app.exception_handler(KBError)
     async def kb_error(request: Request, exc: KBError) -> JSONResponse:
         code = next(c for t, c in STATUS_OF if isinstance(exc, t))
-        response = error(str(exc), code, type(exc).__name__)
+        if code in (401, 403) or isinstance(exc, ForbiddenCollection):  # refusals are audited (bounded)
+            who = getattr(request.state, "who", None)
+            await run_in_threadpool(default.access.audit_failure, who.name if who else "(no valid token)", "refused",
+                                    None, status=code, route=f"{request.method} {request.url.path}",
+                                    client=request.client.host if request.client else None, reason=str(exc)[:300])
+        response = error(str(exc), 404 if isinstance(exc, ForbiddenCollection) else code,
+                         "NotFoundError" if isinstance(exc, ForbiddenCollection) else type(exc).__name__)
         if code == 401:
             response.headers["WWW-Authenticate"] = "Bearer"
         return response
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error("internal error (the server's log has the details)", 500, "server_error")
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -194,9 +219,9 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
         r, views = retrieve(who, req)
         views[0].access.audit(who.name, "search", ",".join(v.collection for v in views), question=req.question)
         telemetry.observe_stages(r.timings)
-        return {"question": req.question, "relevant": r.relevant,
-                "contexts": [context_json(c, n) for n, c in enumerate(r.contexts, 1)],
-                "timings_ms": {k: round(v * 1000, 2) for k, v in r.timings.items()}}
+        return reply(who, {"question": req.question, "relevant": r.relevant,
+                           "contexts": [context_json(c, n) for n, c in enumerate(r.contexts, 1)],
+                           "timings_ms": {k: round(v * 1000, 2) for k, v in r.timings.items()}})
 
     @app.post("/v1/ask", response_model=None)
     def ask(req: AskRequest, who: Identity = Depends(caller)) -> dict | StreamingResponse:
@@ -204,7 +229,7 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
         if not req.stream:
             answer = stream.result()
             telemetry.observe_stages(answer.timings)
-            return answer_json(answer)
+            return reply(who, answer_json(answer))
 
         def events() -> Iterator[str]:
             try:
@@ -214,33 +239,71 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
                 yield sse("error", {"error": {"message": str(exc), "type": type(exc).__name__}})
                 return
             telemetry.observe_stages(stream.answer.timings)
-            yield sse("answer", answer_json(stream.answer))
+            yield sse("answer", reply(who, answer_json(stream.answer)))
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return streamed(events(), stream)
 
     def answer_stream(who: Identity, req: AskRequest):  # noqa: ANN202 - AnswerStream
         if req.collection:
             return kb_for(who, req.collection).ask_stream(req.question, req.backend, req.top_k, req.documents)
+        generator = default.for_caller(who).generator(req.backend)  # refused before any work when not theirs
         r, views = retrieve(who, req)
         views[0].access.audit(who.name, "ask", ",".join(v.collection for v in views), question=req.question)
-        return AnswerStream(req.question, r, default.generator(req.backend), settings.retrieval.context_chars)
+        return AnswerStream(req.question, r, generator, settings.retrieval.context_chars)
 
     @app.get("/v1/documents")
     def list_documents(collection: str | None = None, who: Identity = Depends(caller)) -> list[dict]:
-        return [dataclasses.asdict(d) | {"name": Path(d.path).name} for d in kb_for(who, collection).documents()]
+        return reply(who, [dataclasses.asdict(d) | {"name": Path(d.path).name}
+                           for d in kb_for(who, collection).documents()])
 
-    @app.post("/v1/documents", status_code=202)
-    def upload(files: list[UploadFile] = File(...), collection: str | None = Form(None),
-               who: Identity = Depends(caller)) -> dict:
-        kb = kb_for(who, collection, must_exist=False)
-        job, refused = kb.submit_uploads([(f.filename or "upload", f.size or 0, f.file.read) for f in files])
+    @app.post("/v1/documents", status_code=202, response_model=None)
+    async def upload(request: Request, collection: str | None = None,
+                     who: Identity = Depends(caller)) -> dict | JSONResponse:
+        """multipart/form-data: files in fields named `files`; the collection in ?collection= or in a
+        `collection` field before the files. The token and a write grant are checked before the body is
+        read; the body is read as it arrives and cut off (413, nothing kept) once a file passes
+        max_file_mb or the whole passes max_upload_mb; a file of a type kb cannot read is never written."""
+        if not who.admin and not any(LEVELS.get(lv, 0) >= LEVELS["write"] for lv in who.grants.values()):
+            raise PermissionDeniedError(f"{who.name} may not add documents to any collection")
+        limit = settings.ingest.max_upload_mb * 1e6 + 1e6  # room for the multipart framing
+        declared = request.headers.get("content-length", "0")
+        if not declared.isdigit():
+            raise HTTPException(400, "bad Content-Length")
+        if int(declared) > limit:
+            raise HTTPException(413, f"the upload is too large: more than {settings.ingest.max_upload_mb:g} MB in all")
+        views: list[KnowledgeBase] = []
+
+        def sink_for(field: str | None):  # noqa: ANN202 - the chosen collection's UploadSink
+            views.append(kb_for(who, field or collection, must_exist=False))
+            return views[0].upload_sink()  # raises 403 without write on it, before a byte is stored
+
+        try:
+            receiver = MultipartUpload(request.headers.get("content-type"), sink_for)
+        except BadUpload as exc:
+            raise HTTPException(400, str(exc)) from None
+        try:
+            async for piece in request.stream():
+                receiver.feed(piece)
+            sink = receiver.finish()
+        except BadUpload as exc:
+            if receiver.sink is not None:
+                receiver.sink.abort()
+            raise HTTPException(400, str(exc)) from None
+        except UploadTooLarge as exc:  # the sink removed what it had: stop reading, the client is cut off
+            return error(str(exc), 413)
+        except BaseException:  # the client went away, or anything else: nothing half-received is kept
+            if receiver.sink is not None:
+                receiver.sink.abort()
+            raise
+        job, refused = await run_in_threadpool(views[0].queue_uploads, sink)
         if job is None:
-            raise HTTPException(413, "; ".join(f"{Path(p).name}: {r}" for p, r in refused) or "no file")
-        return {"job": queued(job), "refused": [{"file": Path(p).name, "reason": r} for p, r in refused]}
+            raise HTTPException(413 if any("too large" in r for _, r in refused) else 400,
+                                "; ".join(f"{Path(p).name}: {r}" for p, r in refused) or "no file")
+        return reply(who, {"job": queued(job), "refused": [{"file": Path(p).name, "reason": r} for p, r in refused]})
 
     @app.delete("/v1/documents/{ref:path}")
     def delete_document(ref: str, collection: str | None = None, who: Identity = Depends(caller)) -> dict:
-        return {"removed": kb_for(who, collection).remove(ref)}
+        return reply(who, {"removed": kb_for(who, collection).remove(ref)})
 
     @app.post("/v1/reindex", status_code=202)
     def reindex(req: ReindexRequest, who: Identity = Depends(caller)) -> dict:
@@ -250,25 +313,25 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
         missing = [p for p in req.paths if not Path(p).exists()]
         if missing:
             raise HTTPException(400, f"no such file or folder on the server: {', '.join(missing)}")
-        return {"job": queued(kb.submit_reindex(req.paths, req.full))}
+        return reply(who, {"job": queued(kb.submit_reindex(req.paths, req.full))})
 
     @app.get("/v1/jobs/{job_id}")
-    def job(job_id: int, who: Identity = Depends(caller)) -> dict:
+    def job(job_id: int = PathParam(ge=1, le=MAX_ID), who: Identity = Depends(caller)) -> dict:
         found = default.jobs.get(job_id)
         if not who.may(found.collection, "read"):
             raise NotFoundError(f"no job {job_id}")  # another collection's job does not exist for this caller
-        return found.to_dict()
+        return reply(who, found.to_dict())
 
     @app.get("/v1/jobs")
     def jobs(collection: str | None = None, limit: int = Query(20, ge=1, le=1000),
              who: Identity = Depends(caller)) -> list[dict]:
-        return [j.to_dict() for j in default.jobs.recent(collection, limit) if who.may(j.collection, "read")]
+        return reply(who, [j.to_dict() for j in default.jobs.recent(collection, limit) if who.may(j.collection, "read")])
 
     @app.get("/v1/status")
     def status(collection: str | None = None, who: Identity = Depends(caller)) -> dict:
         st = kb_for(who, collection).status()
         st.collections = readable(who)
-        return st.to_dict()
+        return reply(who, st.to_dict())
 
     @app.get("/v1/audit", response_model=None)
     def audit(limit: int = Query(1000, ge=1, le=100_000), format: str = "json",
@@ -317,7 +380,7 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
             return {**head, "object": "chat.completion",
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": a.text},
                                  "finish_reason": "stop"}],
-                    "usage": _usage(a), "citations": answer_json(a)["citations"]}
+                    "usage": _usage(a), "citations": reply(who, answer_json(a)["citations"])}
 
         def chunks() -> Iterator[str]:
             def chunk(delta: dict, finish: str | None = None, **extra) -> str:  # noqa: ANN003
@@ -334,10 +397,10 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
                 return
             a = stream.answer
             telemetry.observe_stages(a.timings)
-            yield chunk({}, "stop", usage=_usage(a), citations=answer_json(a)["citations"])
+            yield chunk({}, "stop", usage=_usage(a), citations=reply(who, answer_json(a)["citations"]))
             yield "data: [DONE]\n\n"
 
-        return StreamingResponse(chunks(), media_type="text/event-stream")
+        return streamed(chunks(), stream)
 
     app.state.worker = worker
     return app
@@ -350,12 +413,30 @@ def app_from_environment() -> FastAPI:
     return create_app(Settings(), run_worker=os.environ.get("KB_SERVE_JOBS", "1") == "1")
 
 
+def streamed(pieces: Iterator[str], stream: AnswerStream) -> StreamingResponse:
+    """Server-sent events from a generator run in a thread; when the client goes away (the response is
+    cancelled) the answer's generation is told to stop, instead of running on to max_new_tokens."""
+    async def body():  # noqa: ANN202
+        try:
+            async for piece in iterate_in_threadpool(pieces):
+                yield piece
+        finally:
+            stream.close()
+
+    return StreamingResponse(body(), media_type="text/event-stream")
+
+
 def _last_user_text(messages: list[dict]) -> str:
     for m in reversed(messages):
+        if not isinstance(m, dict):
+            raise HTTPException(400, "each message must be an object with `role` and `content`")
         if m.get("role") == "user":
             content = m.get("content")
             if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
-                content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+                texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type", "text") == "text"]
+                if not all(isinstance(t, str) for t in texts):
+                    raise HTTPException(400, "a text part of a message must be {\"type\": \"text\", \"text\": STRING}")
+                content = " ".join(texts)
             if isinstance(content, str) and content.strip():
                 if len(content) > 4000:
                     raise HTTPException(400, "the last user message is longer than 4000 characters")

@@ -9,7 +9,9 @@ import logging.handlers
 import sys
 from pathlib import Path
 
+from kb.access import GRANT_LEVELS
 from kb.errors import CatalogueError, ConfigError, KBError, LockedError, NotFoundError
+from kb.private_home import make_private
 from kb.settings import Settings
 from retrieval.generators import GENERATORS
 
@@ -68,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
 
     u = sub.add_parser("ui", parents=[common], help="start the web UI (Streamlit) on http://localhost:8501")
     u.add_argument("--port", type=int, default=8501)
-    u.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all interfaces)")
+    u.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: this machine only; 0.0.0.0 opens it to the network)")
 
     sv = sub.add_parser("serve", parents=[common], help="start the HTTP API (REST + OpenAI-compatible) with a job worker")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
@@ -88,10 +91,15 @@ def _parser() -> argparse.ArgumentParser:
     gr.add_argument("action", choices=["add", "remove", "list", "member", "unmember"])
     gr.add_argument("name", nargs="?")
     gr.add_argument("user", nargs="?", help="(member, unmember) the user")
-    gt = sub.add_parser("grant", parents=[common], help="give a user or group read/write/admin on a collection")
+    gt = sub.add_parser("grant", parents=[common], help="give a user or group read/write/admin on a collection, or "
+                        "deny it (none); prints the level it leaves")
     gt.add_argument("principal", help="user or group name (user:NAME / group:NAME when both exist)")
     gt.add_argument("target", metavar="COLLECTION", help="collection name, or * for every collection")
-    gt.add_argument("level", choices=["read", "write", "admin", "none"], help="none: revoke")
+    gt.add_argument("level", choices=list(GRANT_LEVELS),
+                    help="none: a deny that wins over every other grant reaching the same users (groups and *)")
+    rv = sub.add_parser("revoke", parents=[common], help="remove a grant (or a deny) of a user or group on a collection")
+    rv.add_argument("principal", help="user or group name (user:NAME / group:NAME when both exist)")
+    rv.add_argument("target", metavar="COLLECTION", help="collection name, or *")
     tk = sub.add_parser("token", parents=[common], help="API tokens: create USER (printed once) | revoke TOKEN")
     tk.add_argument("action", choices=["create", "revoke"])
     tk.add_argument("value", help="the user (create) or the token or its first 10 characters (revoke)")
@@ -123,20 +131,20 @@ def _configure_logging(home: Path, verbose: bool) -> None:
     logging.captureWarnings(True)
     root = logging.getLogger()
     root.setLevel(logging.INFO)
-    try:
-        home.mkdir(parents=True, exist_ok=True)
-        file = logging.handlers.RotatingFileHandler(home / "kb.log", maxBytes=5_000_000, backupCount=2,
-                                                    encoding="utf-8")
-        file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(file)
-    except OSError:
-        pass  # a read-only home still answers questions
     err = logging.StreamHandler()
     err.setLevel(logging.INFO if verbose else logging.WARNING)
     if not verbose:
         err.addFilter(lambda r: r.name.split(".")[0] in ("kb", "ingest", "retrieval", "app"))
     err.setFormatter(logging.Formatter("%(name)s: %(message)s" if verbose else "kb: %(message)s"))
     root.addHandler(err)
+    try:
+        make_private(home)  # before the log file is made: it is private too
+        file = logging.handlers.RotatingFileHandler(home / "kb.log", maxBytes=5_000_000, backupCount=2,
+                                                    encoding="utf-8")
+        file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(file)
+    except OSError:
+        pass  # a read-only home still answers questions
 
 
 def _print_report(report, as_json: bool) -> None:
@@ -342,7 +350,7 @@ def _worker(settings: Settings, args) -> int:  # noqa: ANN001
 
 
 def _access(kb, args) -> int:  # noqa: ANN001, C901 - one branch per subcommand
-    """kb user / group / grant / token / audit."""
+    """kb user / group / grant / revoke / token / audit."""
     import getpass
 
     access = kb.access
@@ -373,12 +381,14 @@ def _access(kb, args) -> int:  # noqa: ANN001, C901 - one branch per subcommand
             (access.add_member if args.action == "member" else access.remove_member)(need(), args.user)
         else:
             (access.add_group if args.action == "add" else access.remove_group)(need())
-    elif args.command == "grant":
-        if args.level == "none":
+    elif args.command in ("grant", "revoke"):
+        if args.command == "revoke":
             access.revoke(args.principal, args.target)
         else:
             access.grant(args.principal, args.target, args.level)
-        access.audit("operator", "grant", args.target, principal=args.principal, level=args.level)
+        access.audit("operator", args.command, args.target, principal=args.principal,
+                     **({"level": args.level} if args.command == "grant" else {}))
+        print(f"{args.principal} on {args.target!r} now: {access.effective(args.principal, args.target)}")
     elif args.command == "token":
         if args.action == "create":
             token = access.create_token(args.value)
@@ -461,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1 if any(problems.values()) else 0
             _print_status(kb.status(), args.json)
             return 0
-        if args.command in ("user", "group", "grant", "token", "audit"):
+        if args.command in ("user", "group", "grant", "revoke", "token", "audit"):
             return _access(kb, args)
         if args.command == "rebuild-catalogue":
             sources = {kb.collection: [str(Path(p).resolve()) for p in args.paths]} if args.paths else None

@@ -204,25 +204,40 @@ def guarded(action, kb: KnowledgeBase) -> None:  # noqa: ANN001 - a tab's functi
         st.error(label_escape(str(exc)))
 
 
+def end_session() -> None:
+    """Forget everything of the signed-in user in this browser session (conversation, sources, uploads
+    list, selections): the next person at this computer starts empty."""
+    st.session_state.clear()
+
+
 def signed_in(kb: KnowledgeBase) -> Identity | None:
     """The signed-in caller of this browser session, or the sign-in form (None until it succeeds).
-    Wrong passwords lock the account for growing times (kb/access.py)."""
+    The session ends when the account is removed or its password changed. Wrong passwords lock the
+    account for growing times (kb/access.py), and are audited there."""
     if (who := st.session_state.get("who")) is not None:
         try:  # grants are read again on every run: a revoked user loses access at once
-            who = st.session_state["who"] = kb.access.identity(who.name)
-            return who
+            fresh = kb.access.identity(who.name)
+            if fresh.stamp == who.stamp:
+                st.session_state["who"] = fresh
+                return fresh
         except NotFoundError:  # removed meanwhile
-            st.session_state.pop("who", None)
+            pass
+        end_session()
     st.title("Knowledge base")
-    name = st.text_input("User name")
-    password = st.text_input("Password", type="password")
-    if st.button("Sign in", type="primary") and name:
+    with st.form("sign-in"):  # a form: the fields keep their values on Tab, Enter signs in
+        name = st.text_input("User name")
+        password = st.text_input("Password", type="password")
+        submitted = st.form_submit_button("Sign in", type="primary")
+    if submitted and name:
         try:
-            st.session_state["who"] = kb.access.sign_in(name, password)
-            kb.access.audit(name, "sign-in")
-            st.rerun()
+            who = kb.access.sign_in(name, password)
         except KBError as exc:
             st.error(label_escape(str(exc)))
+            return None
+        end_session()  # nothing of an earlier session survives into this one
+        st.session_state["who"] = who
+        kb.access.audit(name, "sign-in")
+        st.rerun()
     return None
 
 
@@ -249,14 +264,16 @@ def admin(kb: KnowledgeBase) -> None:
         c = st.columns(3)
         principal = c[0].text_input("User or group (group:NAME)")
         collection = c[1].text_input("Collection (* = all)")
-        level = c[2].selectbox("Level", ["read", "write", "admin", "none"])
+        level = c[2].selectbox("Level", ["read", "write", "admin", "none", "remove"],
+                               format_func=lambda lv: {"none": "none (deny)", "remove": "remove the grant"}.get(lv, lv))
         if st.form_submit_button("Grant") and principal and collection:
-            if level == "none":
+            if level == "remove":
                 access.revoke(principal, collection)
+                access.audit(kb.caller.name, "revoke", collection, principal=principal)
             else:
                 access.grant(principal, collection, level)
-            access.audit(kb.caller.name, "grant", collection, principal=principal, level=level)
-            st.success(label_escape(f"{principal}: {level} on {collection}"))
+                access.audit(kb.caller.name, "grant", collection, principal=principal, level=level)
+            st.success(label_escape(f"{principal} on {collection} now: {access.effective(principal, collection)}"))
     st.subheader("Audit log")
     rows = access.audit_log(200)
     st.dataframe(rows, hide_index=True, width="stretch")
@@ -283,7 +300,7 @@ def main() -> None:
         st.title("Knowledge base")
         st.caption(label_escape(f"Signed in as {who.name}" + (" (admin)" if who.admin else "")))
         if st.button("Sign out"):
-            st.session_state.pop("who", None)
+            end_session()
             st.rerun()
         if not collections:
             st.info("No collection is shared with you yet; ask an administrator.")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from kb.catalogue import Catalogue, Document, IngestRun
+from kb.catalogue import Catalogue, Collection, Document, IngestRun
 from kb.errors import ConfigError, NotFoundError
 
 
@@ -63,3 +63,11 @@ def previous_roots(catalogue: Catalogue, collection: str) -> list[str]:
         raise ConfigError(f"no folders given and collection {collection!r} was never re-indexed; "
                           "name the folders: kb reindex PATH...")
     return roots
+
+
+def indexed_roots(catalogue: Catalogue, collections: list[str], runs: int = 500) -> set[str]:
+    """Every file or folder the collections' recent syncs were given (for showing paths relative to them)."""
+    with catalogue.session() as s:
+        rows = s.scalars(select(IngestRun.roots).join(Collection, Collection.id == IngestRun.collection_id)
+                         .where(Collection.name.in_(collections)).order_by(IngestRun.id.desc()).limit(runs))
+        return {root for roots in rows for root in roots or []}

@@ -240,7 +240,7 @@ class SentenceTransformerEmbedder(_BatchedEmbedder):
 
         ref = self.model_ref
         try:
-            return SentenceTransformer(ref, device=self.device)
+            return SentenceTransformer(ref, device=self.device, local_files_only=True)  # never a download
         except Exception as exc:  # noqa: BLE001 - any load failure becomes one clear error
             raise EmbeddingError(f"cannot load sentence-transformers model {self.model_ref!r}: {exc}") from exc
 

@@ -14,22 +14,23 @@ from pathlib import Path
 
 from ingest.chunking import chunker_identity
 from ingest.pipeline import Event, SyncReport
-from ingest.uploads import Upload, store_uploads, uploads_dir
+from ingest.uploads import Upload, UploadSink, store_uploads, uploads_dir
 from ingest.writing import Wait, Writes
 from kb import document_lookup, monitoring
 from kb.access import AccessControl, Identity
 from kb.catalogue import Catalogue
 from kb.embeddings import Embedder, english_embedder, make_embedder
-from kb.errors import CatalogueError, PermissionDeniedError
+from kb.errors import CatalogueError, ConfigError, PermissionDeniedError
 from kb.index_store import IndexStore
 from kb.jobs import Job, JobQueue
 from kb.keyword_index import ENGINE_ID
 from kb.locking import writer_died
+from kb.private_home import make_private
 from kb.settings import Settings, check_collection_name
 from kb.status import Status, collection_status, integrity_problems, refuse_damaged_catalogue
 from retrieval.answer import Answer, AnswerStream, query_log_row
 from retrieval.evaluation import EvalReport, evaluate, load_qa
-from retrieval.generators import Generator, make_generator
+from retrieval.generators import GENERATORS, Generator, choose_backend, make_generator
 from retrieval.rerank import make_reranker
 from retrieval.retriever import Retriever, documents_named
 from retrieval.types import Context, Retrieval
@@ -44,6 +45,7 @@ class KnowledgeBase:
         self.settings = settings
         self.home = Path(settings.home)
         self.collection = check_collection_name(collection or settings.collection)
+        make_private(self.home)
         self.indexes = IndexStore(self.home, settings.index, self.index_identity,
                                   lambda c: self.writes.repair(c), lambda c: self.writes.catch_up(c))
         self.caller: Identity | None = None  # who this view acts for (for_caller); None = the local operator
@@ -72,7 +74,6 @@ class KnowledgeBase:
     # -- parts, made on first use ------------------------------------------------------------
     @cached_property
     def catalogue(self) -> Catalogue:
-        self.home.mkdir(parents=True, exist_ok=True)
         catalogue = Catalogue(self.settings.catalogue_url)
         if writer_died(self.home):  # the last writer was killed mid-way: check before anyone reads
             refuse_damaged_catalogue(catalogue, self.settings)
@@ -91,8 +92,18 @@ class KnowledgeBase:
         return make_reranker(self.settings.retrieval.reranker, self.settings.embedding.device)
 
     def generator(self, backend: str | None = None) -> Generator:
-        """The answer generator (one per process and settings: a local model is loaded once)."""
+        """The answer generator (one per process and settings: a local model is loaded once). A caller
+        may name only the backend the operator configured; administrators may choose another, and
+        `openai` only when its endpoint is configured (questions and passages never go to a default URL)."""
         cfg = self.settings.generator
+        if backend and backend not in (cfg.backend, choose_backend(cfg, self.settings.embedding.device)):
+            if backend not in GENERATORS:
+                raise ConfigError(f"unknown generator backend {backend!r}; choose one of: {', '.join(sorted(GENERATORS))}")
+            if self.caller is not None and not self.caller.admin:
+                raise PermissionDeniedError(f"{self.caller.name} may not choose the answer backend "
+                                            "(administrators only)")
+            if self.caller is not None and backend == "openai" and "base_url" not in cfg.model_fields_set:
+                raise ConfigError("the openai backend has no endpoint here (the operator sets KB_GENERATOR__BASE_URL)")
         cfg = cfg.model_copy(update={"backend": backend}) if backend else cfg
         return make_generator(cfg, self.settings.embedding.device, self.settings.retrieval.context_chars)
 
@@ -135,15 +146,29 @@ class KnowledgeBase:
     def jobs(self) -> JobQueue:
         return JobQueue(self.catalogue)
 
-    def submit_uploads(self, files: Iterable[Upload]) -> tuple[Job | None, list[tuple[str, str]]]:
-        """Store uploaded files now (a file over the size limit is refused before it is read) and queue
-        their indexing; returns the job (None when every file was refused) and the refused (path, reason)."""
+    def upload_sink(self) -> UploadSink:
+        """Where an upload is received, piece by piece, within the upload limits (needs `write`: checked
+        before a byte is stored); `queue_uploads` then makes its files visible and queues their indexing."""
         self._allow("write")
-        paths, refused = store_uploads(files, self.uploads_dir(), self.settings.ingest.max_file_mb)
+        ing = self.settings.ingest
+        return UploadSink(self.uploads_dir(), ing.max_file_mb, ing.max_upload_mb, ing.max_upload_files)
+
+    def queue_uploads(self, sink: UploadSink) -> tuple[Job | None, list[tuple[str, str]]]:
+        """The received files under their names, and the job indexing them (None when every file was
+        refused); returns the job and the refused (path, reason)."""
+        self._allow("write")
+        paths = sink.commit()
         if paths:
             self._allow("write", "upload", files=[p.name for p in paths])
         job = self.jobs.submit(self.collection, "upload", {"paths": [str(p) for p in paths]}) if paths else None
-        return job, refused
+        return job, sink.refused
+
+    def submit_uploads(self, files: Iterable[Upload]) -> tuple[Job | None, list[tuple[str, str]]]:
+        """Files already in memory (the web page): each refused before it is read when its type, its size
+        or the upload's total says so; the others are stored and queued for indexing."""
+        sink = self.upload_sink()
+        store_uploads(files, sink)
+        return self.queue_uploads(sink)
 
     def submit_reindex(self, paths: list[str | Path] = (), full: bool = False) -> Job:
         """Queue a re-index (no paths: the previous folders and the uploads) or a full rebuild. Naming
@@ -198,9 +223,10 @@ class KnowledgeBase:
                    documents: list[str] | None = None) -> AnswerStream:
         """Iterate for the answer text as it streams; `.answer` (an Answer) is set at the end and logged."""
         self._allow("read", "ask", question=question)
+        generator = self.generator(backend)  # a backend the caller may not use is refused before any work
         r = self.retrieve(question, top_k, documents)
         log = lambda a: self.query_log.add(self.collection, **query_log_row("ask", question, r, a))  # noqa: E731
-        return AnswerStream(question, r, self.generator(backend), self.settings.retrieval.context_chars, on_done=log)
+        return AnswerStream(question, r, generator, self.settings.retrieval.context_chars, on_done=log)
 
     def ask(self, question: str, backend: str | None = None, top_k: int | None = None,
             documents: list[str] | None = None) -> Answer:

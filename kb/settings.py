@@ -140,6 +140,11 @@ class GeneratorSettings(BaseModel):
 class IngestSettings(BaseModel):
     pdf_password: SecretStr | None = Field(None, description="Password tried on encrypted PDFs.")
     max_file_mb: float = Field(200, description="Files larger than this are refused.")
+    max_upload_mb: float = Field(
+        1000, description="Most megabytes one upload (all its files) may bring; an upload past it, or with a "
+        "file past max_file_mb, is cut off as soon as it passes (HTTP 413) and nothing of it is kept."
+    )
+    max_upload_files: int = Field(100, description="Files one upload may bring; the rest are refused.")
     max_unpacked_mb: float = Field(
         1000, description="Office files (ZIP containers) whose parts unpack to more than this are refused "
         "before parsing (zip bombs); so are parts compressed more than 200:1 and containers of 20,000+ parts."

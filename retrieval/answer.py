@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -64,6 +65,11 @@ class AnswerStream:
         self.on_done = on_done  # e.g. the query log
         self.reasoning = ""
         self.answer: Answer | None = None
+        self.stopped = threading.Event()
+
+    def close(self) -> None:
+        """The reader went away: the generator stops within a token (it may be mid-step in another thread)."""
+        self.stopped.set()
 
     def __iter__(self) -> Iterator[str]:
         yield from self._produce()
@@ -86,7 +92,7 @@ class AnswerStream:
         answer_parts: list[str] = []
         t0 = time.perf_counter()
         first = None
-        for piece in gen.stream(prompt, usage):
+        for piece in gen.stream(prompt, usage, self.stopped):
             for kind, text in splitter.feed(piece):
                 if kind == "reasoning":
                     self.reasoning += text

@@ -4,6 +4,7 @@ any OpenAI-compatible endpoint, and the extractive fallback that needs no langua
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import threading
@@ -21,14 +22,18 @@ from kb.text import CJK
 from retrieval.citations import split_sentences
 from retrieval.prompt import Prompt
 
+log = logging.getLogger(__name__)
+LOAD_RETRY_S = 60  # a model that failed to load is tried again after this long, not on every question
+
 
 class Generator(Protocol):
     backend: str  # "extractive" | "transformers" | "openai"
     model: str
     label: str  # shown with every answer
 
-    def stream(self, prompt: Prompt, usage: dict | None = None) -> Iterator[str]:
-        """Answer text as it is produced (may contain <think>…</think>); fills usage tokens if given."""
+    def stream(self, prompt: Prompt, usage: dict | None = None, stop: threading.Event | None = None) -> Iterator[str]:
+        """Answer text as it is produced (may contain <think>…</think>); fills usage tokens if given.
+        Once `stop` is set (the reader went away) generation ends within a token or an event."""
         ...
 
     def generate(self, prompt: Prompt, usage: dict | None = None) -> str: ...
@@ -133,7 +138,7 @@ class ExtractiveGenerator(_Generate):
             best = [min(scored, key=lambda s: (s[1], s[2]))]
         return sorted((n, pos, sent) for _, n, pos, sent, _ in best)
 
-    def stream(self, prompt: Prompt, usage: dict | None = None) -> Iterator[str]:
+    def stream(self, prompt: Prompt, usage: dict | None = None, stop: threading.Event | None = None) -> Iterator[str]:
         sep = "" if prompt.language == "zh" else " "
         for i, (n, _, sent) in enumerate(self.pick(prompt)):
             yield (sep if i else "") + f"{sent}[{n}]"
@@ -156,16 +161,31 @@ class TransformersGenerator(_Generate):
         self.label = f"{Path(cfg.model).name} (transformers, {self.device})"
         self._tok = None
         self._lm = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one generation at a time: held by the generating thread
+        self._load_lock = threading.Lock()  # the model loads once, however many first questions arrive
+        self._failed: tuple[float, GeneratorError] | None = None  # when loading last failed, and why
 
     def load(self) -> None:
-        if self._lm is not None:
-            return
+        with self._load_lock:
+            if self._lm is not None:
+                return
+            if self._failed and time.monotonic() - self._failed[0] < LOAD_RETRY_S:
+                raise self._failed[1]
+            try:
+                self._load()
+                self._failed = None
+            except GeneratorError as exc:
+                log.warning("%s (tried again in %d s at the earliest)", exc, LOAD_RETRY_S)
+                self._failed = (time.monotonic(), exc)
+                raise
+
+    def _load(self) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         cfg = self.cfg
-        kwargs: dict = {"dtype": torch.bfloat16 if self.device == "cuda" else torch.float32}
+        # only what is on this machine: never a download at question time (a 15 GB model, a hub outage)
+        kwargs: dict = {"dtype": torch.bfloat16 if self.device == "cuda" else torch.float32, "local_files_only": True}
         if self.device == "cuda":
             try:
                 import flash_attn  # noqa: F401
@@ -182,15 +202,15 @@ class TransformersGenerator(_Generate):
                 bnb_4bit_compute_dtype=torch.bfloat16)
             kwargs["device_map"] = "auto"
         try:
-            tok = AutoTokenizer.from_pretrained(cfg.model)
+            tok = AutoTokenizer.from_pretrained(cfg.model, local_files_only=True)
             lm = AutoModelForCausalLM.from_pretrained(cfg.model, **kwargs)
-        except OSError as exc:
-            raise GeneratorError(f"cannot load the model {cfg.model!r}: {exc}") from exc
+        except (OSError, ValueError) as exc:
+            raise GeneratorError(f"cannot load the model {cfg.model!r} from this machine: {exc}") from exc
         if cfg.quantization == "none":
             lm = lm.to(self.device)
         if cfg.adapter:
             peft = require("peft", "lora")
-            lm = peft.PeftModel.from_pretrained(lm, cfg.adapter)
+            lm = peft.PeftModel.from_pretrained(lm, cfg.adapter, local_files_only=True)
         lm.eval()
         self._tok, self._lm = tok, lm
 
@@ -205,8 +225,8 @@ class TransformersGenerator(_Generate):
         """R1-style templates end the prompt with "<think>": the output starts inside the reasoning."""
         return self.render(prompt).rstrip().endswith("<think>")
 
-    def stream(self, prompt: Prompt, usage: dict | None = None) -> Iterator[str]:
-        from transformers import TextIteratorStreamer
+    def stream(self, prompt: Prompt, usage: dict | None = None, stop: threading.Event | None = None) -> Iterator[str]:
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         text = self.render(prompt)
         tok, lm, cfg = self._tok, self._lm, self.cfg
@@ -215,25 +235,39 @@ class TransformersGenerator(_Generate):
         sampling = {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p} if cfg.temperature > 0 \
             else {"do_sample": False}
         failure: list[BaseException] = []
+        abandoned = threading.Event()
+
+        class Stopped(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs) -> bool:  # noqa: ANN001, ANN003
+                return abandoned.is_set() or (stop is not None and stop.is_set())
 
         def run() -> None:
             try:
                 lm.generate(**inputs, streamer=streamer, max_new_tokens=cfg.max_new_tokens,
                             repetition_penalty=cfg.repetition_penalty,
                             pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-                            **sampling)
+                            stopping_criteria=StoppingCriteriaList([Stopped()]), **sampling)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
                 failure.append(exc)
                 streamer.end()
+            finally:
+                self._lock.release()  # by the generating thread: a reader that stalls never holds the model
 
         out: list[str] = []
-        with self._lock:
+        self._lock.acquire()
+        try:
             worker = threading.Thread(target=run, daemon=True)
             worker.start()
+        except BaseException:
+            self._lock.release()
+            raise
+        try:
             for piece in streamer:
                 out.append(piece)
                 yield piece
-            worker.join()
+        finally:  # also when the reader closes the stream early: the model stops at its next token
+            abandoned.set()
+        worker.join()
         if failure:
             raise GeneratorError(f"generation failed: {failure[0]}") from failure[0]
         if usage is not None:
@@ -261,7 +295,7 @@ class OpenAIGenerator(_Generate):
             body["repetition_penalty"] = cfg.repetition_penalty  # vLLM's extension
         return body
 
-    def stream(self, prompt: Prompt, usage: dict | None = None) -> Iterator[str]:
+    def stream(self, prompt: Prompt, usage: dict | None = None, stop: threading.Event | None = None) -> Iterator[str]:
         import httpx
 
         cfg = self.cfg
@@ -280,6 +314,8 @@ class OpenAIGenerator(_Generate):
                                              f"{resp.read().decode(errors='replace')[:300]}")
                     thinking = False
                     for event in self._events(resp):
+                        if stop is not None and stop.is_set():
+                            return  # leaving the `with` closes the connection: the server stops generating
                         if event.get("usage") and usage is not None:
                             usage.update(prompt_tokens=event["usage"].get("prompt_tokens"),
                                          completion_tokens=event["usage"].get("completion_tokens"))

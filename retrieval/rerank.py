@@ -13,6 +13,6 @@ def make_reranker(name: str | None, device: str = "auto"):  # noqa: ANN201 - a C
     from sentence_transformers import CrossEncoder
 
     try:
-        return CrossEncoder(name, device=torch_device(device))
+        return CrossEncoder(name, device=torch_device(device), local_files_only=True)  # never a download
     except Exception as exc:  # noqa: BLE001 - any load failure becomes one clear error
         raise ConfigError(f"cannot load the reranker {name!r}: {exc}") from exc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 from retrieval.prompt import Prompt
@@ -18,7 +19,7 @@ class EchoGenerator:
     def __init__(self, *_args) -> None:  # (settings, device, context_chars) like every registered backend
         self.prompts: list[Prompt] = []
 
-    def stream(self, prompt: Prompt, usage: dict | None = None) -> Iterator[str]:
+    def stream(self, prompt: Prompt, usage: dict | None = None, stop: threading.Event | None = None) -> Iterator[str]:
         self.prompts.append(prompt)
         first = prompt.contexts[0].text.strip().splitlines()[0]
         for word in f"{first} [1]".split(" "):

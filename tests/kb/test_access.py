@@ -5,6 +5,7 @@ KnowledgeBase refusing a caller before anything is read."""
 from __future__ import annotations
 
 import hashlib
+import time
 
 import pytest
 from sqlalchemy import select, update
@@ -97,3 +98,108 @@ def test_the_knowledge_base_refuses_a_caller_before_reading(settings, tmp_path):
     eve_default.search("anything at all")
     assert owner.access.audit_log()[0] | {"at": None} == {"at": None, "actor": "eve", "action": "search",
                                                            "collection": "default", "question": "anything at all"}
+
+
+def _counting_verify(access: AccessControl) -> list[str]:
+    """Wrap the real argon2 check to record which hashes it was asked to verify (the dummy or a user's)."""
+    from argon2 import PasswordHasher
+
+    seen: list[str] = []
+
+    class Counting(PasswordHasher):
+        def verify(self, hash_: str, password: str) -> bool:
+            seen.append("dummy" if hash_ == getattr(access, "_dummy_hash", None) else "user")
+            return super().verify(hash_, password)
+
+    access.hasher = Counting()
+    return seen
+
+
+def test_parallel_guesses_verify_no_more_than_the_free_attempts(access):
+    from concurrent.futures import ThreadPoolExecutor
+
+    access.add_user("alice", "correct horse battery")
+    seen = _counting_verify(access)
+    with ThreadPoolExecutor(40) as pool:  # 40 guesses at once; the old code verified every one of them
+        results = list(pool.map(lambda i: _try(access, "alice", f"guess {i}"), range(40)))
+    assert results.count("refused") == 40
+    assert seen.count("user") <= FREE_ATTEMPTS, seen
+    with access.catalogue.session() as s:
+        first_lock = s.scalar(select(User.locked_until))
+    assert first_lock is not None
+    with ThreadPoolExecutor(20) as pool:
+        list(pool.map(lambda i: _try(access, "alice", "x"), range(20)))
+    with access.catalogue.session() as s:
+        assert s.scalar(select(User.locked_until)) >= first_lock  # a lock never gets shorter
+    rows = [r for r in access.audit_log() if r["action"] == "sign-in-failed"]
+    assert rows and all(r["actor"] == "alice" for r in rows) and any(r["locked"] for r in rows)
+
+
+def _try(access: AccessControl, name: str, password: str) -> str:
+    try:
+        access.sign_in(name, password)
+        return "signed in"
+    except AuthError:
+        return "refused"
+
+
+def test_a_name_that_cannot_sign_in_costs_one_argon2_check_like_any_other(access):
+    access.add_user("robot", None)  # a token-only account
+    access.add_user("alice", "correct horse battery")
+    seen = _counting_verify(access)
+    for name in ("robot", "nobody", "alice"):
+        with pytest.raises(AuthError, match="wrong user name or password"):
+            access.sign_in(name, "some password")
+    assert seen == ["dummy", "dummy", "user"]  # the old code checked nothing for the token-only account
+    log = access.audit_log()
+    assert [r["actor"] for r in log if r["action"] == "sign-in-failed"] == ["alice", "(unknown)", "robot"]
+
+
+def test_none_is_a_deny_that_wins_over_group_and_wildcard_grants(access):
+    for name in ("dave", "alice", "erin"):
+        access.add_user(name, None)
+    access.add_group("staff")
+    for name in ("dave", "alice"):
+        access.add_member("staff", name)
+    access.grant("staff", "*", "read")
+    access.grant("dave", "hr", "none")
+    dave = access.identity("dave")
+    assert not dave.may("hr", "read") and dave.may("default", "read")  # the old `none` revoked, not denied
+    assert access.effective("dave", "hr") == "none"
+    access.grant("alice", "ledger", "write")
+    access.grant("group:staff", "ledger", "none")  # a group's deny reaches its members, over their own grant
+    assert not access.identity("alice").may("ledger", "read") and access.identity("alice").may("hr", "read")
+    assert access.effective("staff", "ledger") == "none for group staff; members: alice none, dave none"
+    access.grant("erin", "ledger", "read")
+    assert access.identity("erin").may("ledger", "read")  # not in the group: not denied
+    access.revoke("group:staff", "ledger")
+    assert access.identity("alice").may("ledger", "write")
+    access.grant("erin", "*", "none")
+    assert not access.identity("erin").may("ledger", "read")
+
+
+def test_failures_are_audited_within_a_budget_and_the_oldest_pruned(access, monkeypatch):
+    import kb.access as module
+
+    monkeypatch.setattr(module, "FAILURES_PER_MINUTE", 3)
+    monkeypatch.setattr(module, "FAILURES_KEPT", 4)
+    fresh = AccessControl(access.catalogue)
+    fresh.add_user("alice", None)
+    for i in range(10):
+        fresh.audit_failure("(no valid token)", "refused", None, status=401, n=i)
+    assert [r["n"] for r in fresh.audit_log() if r["action"] == "refused"] == [2, 1, 0]
+    fresh._failures.clock = lambda: time.monotonic() + 60  # the next minute
+    fresh.audit_failure("(no valid token)", "refused", None, status=401, n=10)
+    rows = fresh.audit_log()
+    assert rows[1]["action"] == "failures-not-recorded" and rows[1]["count"] == 7
+    assert [r.get("n") for r in rows if r["action"] in module.FAILURE_ACTIONS] == [10, None, 2, 1]  # 4 kept
+
+
+def test_token_creation_and_revocation_are_audited(access):
+    access.add_user("alice", None)
+    token = access.create_token("alice", actor="admin")
+    access.revoke_token(token[:10])
+    rows = access.audit_log()
+    assert [(r["actor"], r["action"], r["prefix"]) for r in rows] == [("operator", "token-revoke", token[:10]),
+                                                                      ("admin", "token-create", token[:10])]
+    assert token not in str(rows)

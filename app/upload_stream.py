@@ -1,0 +1,91 @@
+"""`POST /v1/documents` read as it arrives: multipart/form-data parsed piece by piece (python-multipart's
+streaming parser) straight into an UploadSink, so a file of a refused type is never written and an
+upload past its limits is cut off the moment it passes them; no temp copy of the body is spooled first."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from ingest.uploads import UploadSink
+
+FIELD_BYTES = 1000  # a form field (`collection`) is short
+
+
+class BadUpload(Exception):
+    """The body is not an upload kb understands (the message says why): HTTP 400."""
+
+
+class MultipartUpload:
+    """Feed the body's pieces to `feed`, then call `finish`. `sink_for(collection)` is asked for the sink
+    when the first file arrives: the collection field, when sent, must come before the files."""
+
+    def __init__(self, content_type: str | None, sink_for: Callable[[str | None], UploadSink]):
+        kind, params = parse_options_header(content_type or "")
+        if kind != b"multipart/form-data" or not params.get(b"boundary"):
+            raise BadUpload("send the files as multipart/form-data, in fields named `files`")
+        self.sink_for = sink_for
+        self.sink: UploadSink | None = None
+        self.fields: dict[str, str] = {}
+        self._header, self._value, self._headers = b"", b"", {}
+        self._part: str | None = None  # "file" (accepted), "skip" (refused or ignored), or a field name
+        self._field = bytearray()
+        self.parser = MultipartParser(params[b"boundary"], callbacks={
+            "on_part_begin": self._begin, "on_header_field": self._header_field,
+            "on_header_value": self._header_value, "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished, "on_part_data": self._data, "on_part_end": self._end})
+
+    def feed(self, chunk: bytes) -> None:
+        try:
+            self.parser.write(chunk)
+        except (ValueError, KeyError) as exc:  # python-multipart's parse errors are ValueErrors
+            raise BadUpload(f"the multipart body cannot be read: {exc}") from exc
+
+    def finish(self) -> UploadSink:
+        self.parser.finalize()
+        if self.sink is None:
+            raise BadUpload("no file in the upload (send them in fields named `files`)")
+        return self.sink
+
+    def _begin(self) -> None:
+        self._headers, self._part = {}, None
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header += data[start:end]
+
+    def _header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def _header_end(self) -> None:
+        self._headers[self._header.lower()] = self._value
+        self._header, self._value = b"", b""
+
+    def _headers_finished(self) -> None:
+        _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
+        name = params.get(b"name", b"").decode("utf-8", "replace")
+        filename = params.get(b"filename")
+        if filename is None:  # a plain form field
+            if self.sink is not None and name == "collection":
+                raise BadUpload("put the `collection` field before the files (or use ?collection=)")
+            self._part, self._field = name, bytearray()
+            return
+        if self.sink is None:
+            self.sink = self.sink_for(self.fields.get("collection") or None)
+        refused = self.sink.begin(filename.decode("utf-8", "replace") or "upload")
+        self._part = "skip" if refused else "file"
+
+    def _data(self, data: bytes, start: int, end: int) -> None:
+        if self._part == "file":
+            self.sink.write(data[start:end])
+        elif self._part not in (None, "skip"):
+            self._field += data[start:end]
+            if len(self._field) > FIELD_BYTES:
+                raise BadUpload(f"the form field {self._part!r} is longer than {FIELD_BYTES} bytes")
+
+    def _end(self) -> None:
+        if self._part == "file":
+            self.sink.end()
+        elif self._part not in (None, "skip"):
+            self.fields[self._part] = self._field.decode("utf-8", "replace").strip()
+        self._part = None
