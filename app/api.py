@@ -114,6 +114,31 @@ class Telemetry:
             self.stages.labels(stage).observe(seconds)
 
 
+class Measured:
+    """Counts and times every request (plain ASGI: a streamed answer still learns that its client left,
+    which Starlette's BaseHTTPMiddleware would hide from it)."""
+
+    def __init__(self, app, telemetry: Telemetry):  # noqa: ANN001 - an ASGI app
+        self.app, self.telemetry = app, telemetry
+
+    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0, status = time.perf_counter(), [500]
+
+        async def sending(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.telemetry.requests.labels(route, scope["method"], str(status[0])).inc()
+            self.telemetry.latency.labels(route).observe(time.perf_counter() - t0)
+
+
 def create_app(settings: Settings | None = None, run_worker: bool = True) -> FastAPI:
     """The API over one data home. `run_worker`: also run queued jobs in this process."""
     settings = settings or Settings()
@@ -172,15 +197,7 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
             worker.wake.set()
         return job.to_dict()
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next):  # noqa: ANN001, ANN202
-        t0 = time.perf_counter()
-        response = await call_next(request)
-        matched = request.scope.get("route")
-        route = getattr(matched, "path", "unmatched")
-        telemetry.requests.labels(route, request.method, str(response.status_code)).inc()
-        telemetry.latency.labels(route).observe(time.perf_counter() - t0)
-        return response
+    app.add_middleware(Measured, telemetry=telemetry)
 
     @app.exception_handler(KBError)
     async def kb_error(request: Request, exc: KBError) -> JSONResponse:

@@ -5,7 +5,9 @@ become jobs and then searchable documents, errors as JSON with the right status,
 from __future__ import annotations
 
 import json
+import select
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -51,8 +53,9 @@ def api(tmp_path_factory):
     tokens = {"tester": access.create_token("tester"), "bob": access.create_token("bob")}
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    (root / "tmp").mkdir()  # the server's temp folder: an upload must never be spooled there
     with running([sys.executable, "-m", "app.cli", "--home", str(home), "serve", "--port", str(port)],
-                 url + "/healthz", root / "serve.log", ENV, cwd=ROOT):
+                 url + "/healthz", root / "serve.log", {**ENV, "TMPDIR": str(root / "tmp")}, cwd=ROOT):
         yield url, settings, root, tokens
 
 
@@ -238,3 +241,95 @@ def test_a_user_never_sees_a_collection_not_granted_to_their_group(api):
     with client(api, "tester") as admin:
         rows = [json.loads(line) for line in admin.get("/v1/audit", params={"format": "jsonl"}).text.splitlines()]
     assert any(r["actor"] == "bob" and r["action"] == "search" and r.get("question") == secret_question for r in rows)
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
+
+
+def raw_chunked_upload(api, token: str | None, file_name: str, total_mb: int, watch: list[Path]) -> tuple[int, int, int]:
+    """POST /v1/documents with `Transfer-Encoding: chunked` (no Content-Length) over a plain socket, 1 MB a
+    chunk, until the server answers. Returns (status, MB sent, the most bytes seen in the watched folders)."""
+    host, port = api[0].removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    sock.sendall((f"POST /v1/documents HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n{auth}"
+                  "Content-Type: multipart/form-data; boundary=BB\r\n\r\n").encode())
+    head = f'--BB\r\nContent-Disposition: form-data; name="files"; filename="{file_name}"\r\n\r\n'.encode()
+    most, sent = 0, 0
+    for i in range(total_mb):
+        if select.select([sock], [], [], 0.05)[0]:  # the server answered: stop sending
+            break
+        piece = (head if i == 0 else b"") + b"word " * 200_000
+        try:
+            sock.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+        except OSError:  # the server closed the connection
+            break
+        sent += 1
+        most = max(most, sum(folder_bytes(f) for f in watch))
+    select.select([sock], [], [], 10)
+    status = int(sock.recv(65536).split(b" ", 2)[1])
+    sock.close()
+    return status, sent, max(most, sum(folder_bytes(f) for f in watch))
+
+
+def test_an_upload_is_refused_before_its_body_is_stored(api):
+    """No token: 401 before a byte of the body is read (the old server spooled 100 MB to its temp folder
+    first); a writer's file past the limit (1 MB here): 413 as soon as it passes, nothing kept."""
+    root, uploads = api[2], api[1].home / "uploads"
+    status, sent, most = raw_chunked_upload(api, None, "big.txt", 100, [root / "tmp", uploads])
+    assert status == 401 and sent < 20 and most < 3_000_000, (status, sent, most)
+    status, sent, most = raw_chunked_upload(api, api[3]["tester"], "big.txt", 100, [root / "tmp", uploads])
+    assert status == 413 and sent < 20 and most < 3_000_000, (status, sent, most)
+    assert folder_bytes(root / "tmp") == 0 and not [p for p in uploads.rglob("*") if p.is_file() and "big" in p.name]
+    with client(api) as c:  # a type kb cannot read is refused by its name and never written
+        r = c.post("/v1/documents", files=[("files", ("setup.exe", b"MZ" * 1000, "application/octet-stream"))])
+        assert r.status_code == 400 and "unsupported file type '.exe'" in r.json()["error"]["message"]
+    assert not list(uploads.rglob("*.exe"))
+
+
+def test_a_reader_keeps_the_operators_backend(api):
+    question = {"question": "Where does the name Debian come from?"}
+    with client(api, "bob") as bob:
+        refused = bob.post("/v1/ask", json={**question, "backend": "transformers"})
+        assert refused.status_code == 403 and "administrators only" in refused.json()["error"]["message"]
+        assert bob.post("/v1/ask", json={**question, "backend": "extractive"}).status_code == 200  # the configured one
+        assert bob.post("/v1/ask", json={**question, "backend": "openai", "collection": "default"}).status_code == 403
+
+
+def test_refused_requests_are_audited(api):
+    with client(api, "bob") as bob:
+        assert bob.get("/v1/audit").status_code == 403
+        assert bob.post("/v1/search", json={"question": "pay", "collection": "hr"}).status_code == 404
+    assert httpx.get(api[0] + "/v1/jobs", headers={"Authorization": "Bearer kb_wrong"}).status_code == 401
+    with client(api) as admin:
+        rows = [r for r in admin.get("/v1/audit").json() if r["action"] == "refused"]
+    seen = {(r["actor"], r["status"], r["route"]) for r in rows}
+    assert {("bob", 403, "GET /v1/audit"), ("bob", 404, "POST /v1/search"),
+            ("(no valid token)", 401, "GET /v1/jobs")} <= seen
+
+
+def test_readers_see_paths_relative_to_their_folders_and_no_server_settings(api):
+    question = {"question": "Where does the name Debian come from?"}
+    with client(api, "bob") as bob:
+        contexts = bob.post("/v1/search", json=question).json()["contexts"]
+        status = bob.get("/v1/status").json()
+        docs = bob.get("/v1/documents").json()
+        answer = bob.post("/v1/ask", json=question).json()
+    assert contexts and all(c["path"] == f"docs/{c['document']}" for c in contexts)
+    assert {d["path"] for d in docs} >= {f"docs/{PDF}"} and all(not d["path"].startswith("/") for d in docs)
+    assert all(c["path"].startswith("docs/") for c in answer["citations"])
+    assert "home" not in status and "catalogue_url" not in status and str(api[2]) not in json.dumps(status)
+    with client(api) as admin:  # administrators see the server's paths
+        full = admin.post("/v1/search", json=question).json()["contexts"][0]["path"]
+        assert full.startswith(str(api[2])) and "catalogue_url" in admin.get("/v1/status").json()
+
+
+def test_odd_input_answers_json_400_never_a_plain_500(api):
+    with client(api) as c:
+        huge = c.get("/v1/jobs/" + "9" * 40)
+        assert huge.status_code == 400 and "job_id" in huge.json()["error"]["message"]
+        odd = c.post("/v1/chat/completions", json={"model": "default", "messages": [
+            {"role": "user", "content": [{"type": "text", "text": 5}]}]})
+        assert odd.status_code == 400 and "text part" in odd.json()["error"]["message"]
+        assert c.post("/v1/chat/completions", json={"model": "default", "messages": ["hi"]}).status_code == 400

@@ -77,15 +77,19 @@ def wait_for(driver, condition, timeout=120):
 
 
 def sign_in(browser, url: str, user: str = "admin", password: str = ADMIN_PASSWORD) -> None:
-    """Sign in through the page's form (the first admin was made by `kb ui` from KB_ADMIN_PASSWORD)."""
+    """Sign in through the page's form from the keyboard, as a person does: name, Tab, password, Enter
+    (the first admin was made by `kb ui` from KB_ADMIN_PASSWORD). Stays on the tab when it is open."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
 
-    browser.get(url)
-    name = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "input[type=text]"))[0]
-    name.send_keys(user)
-    browser.find_element(By.CSS_SELECTOR, "input[type=password]").send_keys(password)
-    time.sleep(0.5)  # Streamlit commits a text input on blur / after typing stops
-    next(b for b in browser.find_elements(By.TAG_NAME, "button") if "Sign in" in b.text).click()
+    if browser.current_url.rstrip("/") != url.rstrip("/"):
+        browser.get(url)
+    wait_for(browser, lambda d: "Signed in as" not in d.find_element(By.TAG_NAME, "body").text)  # signed out
+    name = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid=stForm] input[type=text]"))[0]
+    name.send_keys(user, Keys.TAB)
+    focused = wait_for(browser, lambda d: d.switch_to.active_element.get_attribute("type") == "password"
+                       and d.switch_to.active_element)
+    focused.send_keys(password, Keys.ENTER)
     wait_for(browser, lambda d: f"Signed in as {user}" in d.find_element(By.TAG_NAME, "body").text)
 
 
@@ -259,3 +263,10 @@ def test_markdown_in_a_document_name_and_heading_shows_as_text(settings, browser
         wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "[data-testid=stChatMessage]")) >= 2)
         time.sleep(2)
         assert "7,654,321" not in browser.find_element(By.TAG_NAME, "body").text
+
+        # bob signs out on a shared computer; the next person, in the same tab, sees nothing of his
+        next(b for b in browser.find_elements(By.TAG_NAME, "button") if "Sign out" in b.text).click()
+        sign_in(browser, url)
+        time.sleep(2)
+        assert "falcon bonus pool" not in browser.find_element(By.TAG_NAME, "body").text
+        assert not browser.find_elements(By.CSS_SELECTOR, "[data-testid=stChatMessage]")

@@ -190,3 +190,19 @@ def test_sign_in_is_required_and_a_user_sees_only_granted_collections(indexed, t
     assert sorted(admin.sidebar.selectbox[0].options) == ["default", "hr"]
     assert [t.label for t in admin.tabs][-1] == "Admin"
     assert any(r["actor"] == "bob" and r["action"] == "ask" for r in access.audit_log())
+
+
+def test_signing_out_or_a_changed_password_ends_the_session_and_clears_the_page(indexed):
+    indexed.access.add_user("bob", "bob-password")
+    indexed.access.grant("bob", "default", "read")
+    bob = signed_in("bob", "bob-password")
+    bob.chat_input[0].set_value("When do the nightly backups run?").run()
+    assert "nightly backups" in repr(bob.session_state) and bob.chat_message
+    indexed.access.set_password("bob", "a new password")  # an administrator resets it
+    bob.run()
+    assert not bob.chat_message and not bob.tabs and "nightly backups" not in repr(bob.session_state)
+    again = signed_in("bob", "a new password")
+    again.chat_input[0].set_value("When do the nightly backups run?").run()
+    next(b for b in again.sidebar.button if b.label == "Sign out").click().run()
+    assert not again.chat_message and "who" not in again.session_state
+    assert "nightly backups" not in repr(again.session_state) and "bob" not in repr(again.session_state)

@@ -203,3 +203,21 @@ def test_token_creation_and_revocation_are_audited(access):
     assert [(r["actor"], r["action"], r["prefix"]) for r in rows] == [("operator", "token-revoke", token[:10]),
                                                                       ("admin", "token-create", token[:10])]
     assert token not in str(rows)
+
+
+def test_kb_grant_none_denies_and_prints_the_level_it_leaves(settings, capsys):
+    from app.cli import _parser, main
+
+    kb = KnowledgeBase(settings=settings)
+    kb.access.add_user("dave", None)
+    kb.access.add_group("staff")
+    kb.access.add_member("staff", "dave")
+    home = ["--home", str(settings.home)]
+    assert main([*home, "grant", "group:staff", "*", "read"]) == 0
+    assert main([*home, "grant", "dave", "hr", "none"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "dave on 'hr' now: none"
+    assert not kb.access.identity("dave").may("hr", "read") and kb.access.identity("dave").may("wiki", "read")
+    assert main([*home, "revoke", "dave", "hr"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "dave on 'hr' now: read"
+    assert [r["action"] for r in kb.access.audit_log()][:2] == ["revoke", "grant"]
+    assert _parser().parse_args(["ui"]).host == "127.0.0.1"  # `kb ui` listens on this machine unless told

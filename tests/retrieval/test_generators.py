@@ -99,3 +99,32 @@ def test_backend_choice_without_cuda(qwen2):
     assert choose_backend(GeneratorSettings(model=str(qwen2)), device="cuda") == "transformers"
     assert choose_backend(GeneratorSettings(model="no-such/model-xyz"), device="cuda") == "extractive"
     assert make_generator(GeneratorSettings(backend="openai")).backend == "openai"
+
+
+def test_the_model_loads_once_however_many_first_questions_arrive(qwen2):
+    import threading
+
+    gen = TransformersGenerator(greedy(qwen2), device="cpu")
+    loads = []
+    real = gen._load
+    gen._load = lambda: loads.append(1) or real()
+    threads = [threading.Thread(target=gen.load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert loads == [1] and gen._lm is not None
+
+
+def test_a_model_that_is_not_on_this_machine_fails_once_and_is_not_retried_on_every_question(tmp_path):
+    gen = TransformersGenerator(greedy(tmp_path / "not-here"), device="cpu")
+    tries = []
+    real = gen._load
+    gen._load = lambda: tries.append(1) or real()
+    for _ in range(3):
+        with pytest.raises(GeneratorError, match="cannot load the model .* from this machine"):
+            gen.load()
+    assert tries == [1]  # within the back-off the same error answers at once
+    hub = TransformersGenerator(greedy("deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"), device="cpu")
+    with pytest.raises(GeneratorError, match="from this machine"):  # a hub id not cached here: no download
+        hub.load()
