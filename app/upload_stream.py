@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from ingest.uploads import UploadSink
@@ -34,19 +35,29 @@ class MultipartUpload:
         self.parser = MultipartParser(params[b"boundary"], callbacks={
             "on_part_begin": self._begin, "on_header_field": self._header_field,
             "on_header_value": self._header_value, "on_header_end": self._header_end,
-            "on_headers_finished": self._headers_finished, "on_part_data": self._data, "on_part_end": self._end})
+            "on_headers_finished": self._headers_finished, "on_part_data": self._data, "on_part_end": self._end,
+            "on_end": self._finished})
+        self.ended = False
 
     def feed(self, chunk: bytes) -> None:
         try:
             self.parser.write(chunk)
-        except (ValueError, KeyError) as exc:  # python-multipart's parse errors are ValueErrors
+        except FormParserError as exc:
             raise BadUpload(f"the multipart body cannot be read: {exc}") from exc
 
     def finish(self) -> UploadSink:
-        self.parser.finalize()
+        try:
+            self.parser.finalize()
+        except FormParserError as exc:
+            raise BadUpload(f"the multipart body cannot be read: {exc}") from exc
+        if not self.ended:
+            raise BadUpload("the upload was cut short (its closing boundary never came): nothing was kept")
         if self.sink is None:
             raise BadUpload("no file in the upload (send them in fields named `files`)")
         return self.sink
+
+    def _finished(self) -> None:
+        self.ended = True
 
     def _begin(self) -> None:
         self._headers, self._part = {}, None

@@ -83,8 +83,12 @@ class UploadSink:
             self._current = None
 
     def commit(self) -> list[Path]:
-        """Rename every received file to its name (a file uploaded again is a new version of it)."""
-        self.end()
+        """Rename every file received whole to its name (a file uploaded again is a new version of it);
+        one still being received is not whole and is dropped."""
+        if self._current is not None:
+            os.close(self._current[0])
+            self._current[1].unlink(missing_ok=True)
+            self._current = None
         stored = []
         for tmp, final in self.parts:
             tmp.replace(final)

@@ -106,7 +106,7 @@ def test_second_writer_waits_then_fails_clearly(settings, tmp_path):
     from kb.errors import LockedError
 
     kb = KnowledgeBase(settings=settings)
-    settings.home.mkdir(parents=True)
+    settings.home.mkdir(parents=True, exist_ok=True)  # (KnowledgeBase made it already, private)
     lock = FileLock(str(settings.home / "writer.lock"))
     lock.acquire()
     try:

@@ -67,6 +67,9 @@ def test_the_collection_must_come_before_the_files_and_the_body_must_be_multipar
         MultipartUpload("application/json", lambda c: sink)
     with pytest.raises(BadUpload, match="no file"):
         receive(body(part("collection", b"hr")), sink)
+    cut = body(part("files", b"# A\n\nwhole\n", "a.md"), part("files", b"# B\n\nhalf of it", "b.md"))[:-40]
+    with pytest.raises(BadUpload, match="cut short"):
+        receive(cut, UploadSink(tmp_path / "v", 1, 1, 5))
 
 
 def test_a_long_name_is_shortened_in_its_stem_and_keeps_its_extension():
