@@ -190,6 +190,7 @@ def test_reindex_job_and_metrics(api):
     with client(api) as c:
         job = wait_job(c, c.post("/v1/reindex", json={}).json()["job"]["id"])
         assert job["status"] == "done" and job["result"]["unchanged"] >= 2 and job["progress"]["total"] >= 2
+        assert c.post("/v1/search", json={"question": "How do I get Debian?"}).status_code == 200  # whatever ran before
         text = c.get("/metrics").text
     assert 'kb_requests_total{method="POST",route="/v1/search",status="200"}' in text
     assert 'kb_stage_seconds_count{stage="embed"}' in text and 'kb_chunks{collection="default"}' in text
