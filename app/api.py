@@ -27,7 +27,7 @@ from app.reader_paths import ReaderPaths
 from app.upload_stream import BadUpload, MultipartUpload
 from app.worker import Worker
 from ingest.uploads import UploadTooLarge
-from kb.access import LEVELS, Identity
+from kb.access import Identity
 from kb.errors import (AuthError, CatalogueError, ConfigError, GeneratorError, KBError, LockedError,
                        MissingDependencyError, NotFoundError, PermissionDeniedError)
 from kb.knowledge_base import KnowledgeBase
@@ -204,10 +204,18 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
         code = next(c for t, c in STATUS_OF if isinstance(exc, t))
         if code in (401, 403) or isinstance(exc, ForbiddenCollection):  # refusals are audited (bounded)
             who = getattr(request.state, "who", None)
-            await run_in_threadpool(default.access.audit_failure, who.name if who else "(no valid token)", "refused",
-                                    None, status=code, route=f"{request.method} {request.url.path}",
-                                    client=request.client.host if request.client else None, reason=str(exc)[:300])
-        response = error(str(exc), 404 if isinstance(exc, ForbiddenCollection) else code,
+            try:
+                await run_in_threadpool(default.access.audit_failure, who.name if who else "(no valid token)",
+                                        "refused", None, status=code, route=f"{request.method} {request.url.path}",
+                                        client=request.client.host if request.client else None, reason=str(exc)[:300])
+            except Exception as audit_exc:  # noqa: BLE001 - the refusal is answered even when the audit cannot be written
+                log.warning("could not audit a refused request: %s", audit_exc)
+        who = getattr(request.state, "who", None)
+        try:  # a reader sees no server path in an error either
+            message = str(exc) if who is None or code == 401 else await run_in_threadpool(reply, who, str(exc))
+        except Exception:  # noqa: BLE001 - e.g. the catalogue is down: say what failed, not where
+            message = f"{type(exc).__name__} (the server's log has the details)"
+        response = error(message, 404 if isinstance(exc, ForbiddenCollection) else code,
                          "NotFoundError" if isinstance(exc, ForbiddenCollection) else type(exc).__name__)
         if code == 401:
             response.headers["WWW-Authenticate"] = "Bearer"
@@ -253,7 +261,7 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
                 for piece in stream:
                     yield sse("token", {"text": piece})
             except KBError as exc:
-                yield sse("error", {"error": {"message": str(exc), "type": type(exc).__name__}})
+                yield sse("error", {"error": {"message": reply(who, str(exc)), "type": type(exc).__name__}})
                 return
             telemetry.observe_stages(stream.answer.timings)
             yield sse("answer", reply(who, answer_json(stream.answer)))
@@ -280,43 +288,52 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
         `collection` field before the files. The token and a write grant are checked before the body is
         read; the body is read as it arrives and cut off (413, nothing kept) once a file passes
         max_file_mb or the whole passes max_upload_mb; a file of a type kb cannot read is never written."""
-        if not who.admin and not any(LEVELS.get(lv, 0) >= LEVELS["write"] for lv in who.grants.values()):
+        if not any(who.may(c, "write") for c in [settings.collection, *who.grants]):  # denies count too
             raise PermissionDeniedError(f"{who.name} may not add documents to any collection")
         limit = settings.ingest.max_upload_mb * 1e6 + 1e6  # room for the multipart framing
         declared = request.headers.get("content-length", "0")
         if not declared.isdigit():
             raise HTTPException(400, "bad Content-Length")
+        too_large = f"the upload is too large: more than {settings.ingest.max_upload_mb:g} MB in all"
         if int(declared) > limit:
-            raise HTTPException(413, f"the upload is too large: more than {settings.ingest.max_upload_mb:g} MB in all")
+            raise HTTPException(413, too_large)
         views: list[KnowledgeBase] = []
 
         def sink_for(field: str | None):  # noqa: ANN202 - the chosen collection's UploadSink
             views.append(kb_for(who, field or collection, must_exist=False))
             return views[0].upload_sink()  # raises 403 without write on it, before a byte is stored
 
+        chosen = await run_in_threadpool(sink_for, None) if collection else None  # checked before the body
         try:
-            receiver = MultipartUpload(request.headers.get("content-type"), sink_for)
+            receiver = MultipartUpload(request.headers.get("content-type"), sink_for, chosen)
         except BadUpload as exc:
             raise HTTPException(400, str(exc)) from None
+        received = 0
         try:
             async for piece in request.stream():
-                receiver.feed(piece)
+                received += len(piece)  # every byte counts, refused parts and fields too
+                if received > limit:
+                    raise UploadTooLarge(too_large)
+                await run_in_threadpool(receiver.feed, piece)  # disk and catalogue work off the event loop
             sink = receiver.finish()
+            job, refused = await run_in_threadpool(views[0].queue_uploads, sink)
+        except UploadTooLarge as exc:  # stop reading, the client is cut off; nothing of it is kept
+            if receiver.sink is not None:
+                receiver.sink.abort()
+            return error(str(exc), 413)
         except BadUpload as exc:
             if receiver.sink is not None:
                 receiver.sink.abort()
             raise HTTPException(400, str(exc)) from None
-        except UploadTooLarge as exc:  # the sink removed what it had: stop reading, the client is cut off
-            return error(str(exc), 413)
         except BaseException:  # the client went away, or anything else: nothing half-received is kept
             if receiver.sink is not None:
                 receiver.sink.abort()
             raise
-        job, refused = await run_in_threadpool(views[0].queue_uploads, sink)
         if job is None:
             raise HTTPException(413 if any("too large" in r for _, r in refused) else 400,
                                 "; ".join(f"{Path(p).name}: {r}" for p, r in refused) or "no file")
-        return reply(who, {"job": queued(job), "refused": [{"file": Path(p).name, "reason": r} for p, r in refused]})
+        body = {"job": queued(job), "refused": [{"file": Path(p).name, "reason": r} for p, r in refused]}
+        return await run_in_threadpool(reply, who, body)
 
     @app.delete("/v1/documents/{ref:path}")
     def delete_document(ref: str, collection: str | None = None, who: Identity = Depends(caller)) -> dict:
@@ -335,8 +352,8 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
     @app.get("/v1/jobs/{job_id}")
     def job(job_id: int = PathParam(ge=1, le=MAX_ID), who: Identity = Depends(caller)) -> dict:
         found = default.jobs.get(job_id)
-        if not who.may(found.collection, "read"):
-            raise NotFoundError(f"no job {job_id}")  # another collection's job does not exist for this caller
+        if not who.may(found.collection, "read"):  # another collection's job does not exist for this caller
+            raise ForbiddenCollection(f"no job {job_id}")
         return reply(who, found.to_dict())
 
     @app.get("/v1/jobs")
@@ -410,7 +427,8 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
                 for piece in stream:
                     yield chunk({"content": piece})
             except KBError as exc:
-                yield f"data: {json.dumps({'error': {'message': str(exc), 'type': type(exc).__name__}})}\n\n"
+                problem = {"error": {"message": reply(who, str(exc)), "type": type(exc).__name__}}
+                yield f"data: {json.dumps(problem)}\n\n"
                 return
             a = stream.answer
             telemetry.observe_stages(a.timings)

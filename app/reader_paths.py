@@ -21,8 +21,7 @@ class ReaderPaths:
         home = Path(home).resolve()
         swaps = {str(uploads_dir(home, c)) + "/": "uploads/" for c in collections}
         for root in indexed_roots(catalogue, collections):
-            swaps[root.rstrip("/") + "/"] = Path(root).name + "/"  # a folder: paths under it
-            swaps.setdefault(root, Path(root).name)  # a file given alone
+            swaps[root.rstrip("/") + "/"] = Path(root).name + "/"  # a folder: paths under it (a file: its name)
         swaps[str(home)] = "(home)"
         self.swaps = sorted(swaps.items(), key=lambda kv: -len(kv[0]))  # the longest (innermost) first
 

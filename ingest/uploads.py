@@ -15,7 +15,7 @@ from pathlib import Path
 from ingest.extract import supported_suffixes
 
 Upload = tuple[str, int, Callable[[], bytes]]  # (name as sent, size in bytes, read the bytes)
-MAX_NAME = 200
+MAX_NAME_BYTES = 200
 
 
 class UploadTooLarge(Exception):
@@ -28,8 +28,10 @@ def safe_upload_name(name: str) -> str:
     name = unicodedata.normalize("NFC", name).replace("\\", "/").rsplit("/", 1)[-1]
     name = re.sub(r"[^\w.\- ()\u3000-\u9fff]", "_", name).strip(" .")
     suffix = Path(name).suffix if len(Path(name).suffix) <= 16 else ""
-    if len(name) > MAX_NAME:
-        name = name[: MAX_NAME - len(suffix)].rstrip(" .") + suffix
+    if len(name) > MAX_NAME_BYTES:
+        name = name[: MAX_NAME_BYTES - len(suffix)].rstrip(" .") + suffix
+    while len(name.encode()) > MAX_NAME_BYTES:  # file systems count bytes (255): a CJK character is 3
+        name = name[: len(name) - len(suffix) - 1].rstrip(" .") + suffix
     return name or "upload"
 
 
@@ -90,10 +92,14 @@ class UploadSink:
             self._current[1].unlink(missing_ok=True)
             self._current = None
         stored = []
-        for tmp, final in self.parts:
-            tmp.replace(final)
-            if final not in stored:
-                stored.append(final)
+        try:
+            for tmp, final in self.parts:
+                tmp.replace(final)
+                if final not in stored:
+                    stored.append(final)
+        except OSError:
+            self.abort()  # what was not renamed yet is removed; what was is a complete file of this batch
+            raise
         self.parts = []
         return stored
 

@@ -31,6 +31,7 @@ DENY = "none"  # a grant of this level denies the collection (precedence: the mo
 GRANT_LEVELS = (DENY, *LEVELS)
 EVERY_COLLECTION = "*"
 FREE_ATTEMPTS = 5  # wrong passwords in a row before each further one locks the account for a while
+FIRST_LOCK_S = 2  # the lock after the last free attempt; it doubles with each further failure
 MAX_LOCK_S = 900
 # Failures (wrong passwords, refused requests) are audited at most this many a minute per process, the
 # rest counted in one entry; the oldest beyond FAILURES_KEPT are deleted: a flood cannot grow the log.
@@ -220,8 +221,8 @@ class AccessControl:
         refused = AuthError("wrong user name or password (after repeated failures: wait a while, then try again)")
         now = utcnow()
         attempt = User.failed_sign_ins + 1
-        lock_at = [(attempt == FREE_ATTEMPTS + k, now + dt.timedelta(seconds=2 ** (k + 1)))
-                   for k in range(MAX_LOCK_S.bit_length() - 1)]  # 2 s … 512 s, then MAX_LOCK_S
+        lock_at = [(attempt == FREE_ATTEMPTS + k, now + dt.timedelta(seconds=FIRST_LOCK_S * 2 ** k))
+                   for k in range(16) if FIRST_LOCK_S * 2 ** k < MAX_LOCK_S]  # 2 s, 4 s … 512 s, then MAX_LOCK_S
         with self.catalogue.session() as s:  # claim the attempt: only when the account is not locked
             claimed = s.execute(update(User).where(User.name == name, or_(User.locked_until.is_(None),
                                                                            User.locked_until <= now))

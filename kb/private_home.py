@@ -19,6 +19,7 @@ def make_private(home: Path) -> None:
     os.umask(os.umask(PRIVATE) | PRIVATE)  # keep any stricter bits the caller had
     home = Path(home)
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    home = home.resolve()  # a home reached through a link: the real folder is the one to keep private
     mode = stat.S_IMODE(home.stat().st_mode)
     if mode & PRIVATE and os.access(home, os.W_OK) and home.stat().st_uid == os.getuid():
         changed = tighten(home)

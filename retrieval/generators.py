@@ -170,14 +170,17 @@ class TransformersGenerator(_Generate):
             if self._lm is not None:
                 return
             if self._failed and time.monotonic() - self._failed[0] < LOAD_RETRY_S:
-                raise self._failed[1]
+                raise GeneratorError(str(self._failed[1]))
             try:
                 self._load()
                 self._failed = None
-            except GeneratorError as exc:
-                log.warning("%s (tried again in %d s at the earliest)", exc, LOAD_RETRY_S)
-                self._failed = (time.monotonic(), exc)
-                raise
+            except Exception as exc:  # noqa: BLE001 - out of memory, a bad adapter, a quantization library …
+                failure = exc if isinstance(exc, GeneratorError) else GeneratorError(
+                    f"cannot load the model {self.cfg.model!r}: {type(exc).__name__}: {exc}")
+                self._tok = self._lm = None
+                log.warning("%s (tried again in %d s at the earliest)", failure, LOAD_RETRY_S)
+                self._failed = (time.monotonic(), failure)
+                raise failure from exc
 
     def _load(self) -> None:
         import torch

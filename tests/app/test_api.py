@@ -22,7 +22,7 @@ from tests.processes import free_port, running
 
 pytestmark = pytest.mark.slow
 ENV = {"KB_EMBEDDING__MODEL": FAST_MODEL, "KB_CHUNKING__CHUNK_TOKENS": "120", "KB_CHUNKING__OVERLAP_TOKENS": "20",
-       "KB_INGEST__MAX_FILE_MB": "1", "KB_INGEST__LOCK_TIMEOUT_S": "1",
+       "KB_INGEST__MAX_FILE_MB": "1", "KB_INGEST__MAX_UPLOAD_MB": "5", "KB_INGEST__LOCK_TIMEOUT_S": "1",
        "KB_GENERATOR__BASE_URL": "http://127.0.0.1:9/v1", "KB_GENERATOR__RETRIES": "0"}  # nothing listens on 9
 PDF = "debian-faq-en-chapters-1-2.pdf"
 
@@ -281,6 +281,9 @@ def test_an_upload_is_refused_before_its_body_is_stored(api):
     status, sent, most = raw_chunked_upload(api, None, "big.txt", 100, [root / "tmp", uploads])
     assert status == 401 and sent < 20 and most < 3_000_000, (status, sent, most)
     status, sent, most = raw_chunked_upload(api, api[3]["tester"], "big.txt", 100, [root / "tmp", uploads])
+    assert status == 413 and sent < 20 and most < 3_000_000, (status, sent, most)
+    # a refused type is not written, but its bytes count: the body is cut off past max_upload_mb (5 MB here)
+    status, sent, most = raw_chunked_upload(api, api[3]["tester"], "setup.exe", 100, [root / "tmp", uploads])
     assert status == 413 and sent < 20 and most < 3_000_000, (status, sent, most)
     assert folder_bytes(root / "tmp") == 0 and not [p for p in uploads.rglob("*") if p.is_file() and "big" in p.name]
     with client(api) as c:  # a type kb cannot read is refused by its name and never written

@@ -61,10 +61,15 @@ def test_past_a_limit_the_upload_is_cut_off_at_once_and_nothing_is_left(tmp_path
 
 def test_the_collection_must_come_before_the_files_and_the_body_must_be_multipart(tmp_path):
     sink = UploadSink(tmp_path / "u", 1, 1, 1)
-    with pytest.raises(BadUpload, match="before the files"):
+    with pytest.raises(BadUpload, match="once, before the files"):
         receive(body(part("files", b"x", "a.md"), part("collection", b"hr")), sink)
     with pytest.raises(BadUpload, match="multipart/form-data"):
         MultipartUpload("application/json", lambda c: sink)
+    with pytest.raises(BadUpload, match="boundary"):
+        MultipartUpload("multipart/form-data; boundary=" + "b" * 300, lambda c: sink)
+    other = UploadSink(tmp_path / "w", 1, 1, 5)  # a plain field named `file` or `skip` is ignored, not a crash
+    done, _ = receive(body(part("file", b"x"), part("skip", b"y"), part("files", b"# A\n\nz\n", "a.md")), other)
+    assert [p.name for p in done.commit()] == ["a.md"]
     with pytest.raises(BadUpload, match="no file"):
         receive(body(part("collection", b"hr")), sink)
     cut = body(part("files", b"# A\n\nwhole\n", "a.md"), part("files", b"# B\n\nhalf of it", "b.md"))[:-40]
@@ -74,5 +79,6 @@ def test_the_collection_must_come_before_the_files_and_the_body_must_be_multipar
 
 def test_a_long_name_is_shortened_in_its_stem_and_keeps_its_extension():
     name = safe_upload_name("报告" * 150 + ".docx")
-    assert len(name) == 200 and name.endswith(".docx")
+    assert 190 < len(name.encode()) <= 200 and name.endswith(".docx") and name.startswith("报告")  # bytes: 255 max
+    assert len(safe_upload_name("a" * 10_000 + ".pdf")) == 200
     assert safe_upload_name("../../etc/passwd") == "passwd"
