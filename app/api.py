@@ -30,11 +30,12 @@ from ingest.uploads import UploadTooLarge
 from kb.access import Identity
 from kb.errors import (AuthError, CatalogueError, ConfigError, GeneratorError, KBError, LockedError,
                        MissingDependencyError, NotFoundError, PermissionDeniedError)
+from kb.home import Home
 from kb.knowledge_base import KnowledgeBase
 from kb.monitoring import collection_names
 from kb.settings import Settings
 from retrieval.answer import Answer, AnswerStream
-from retrieval.types import Context, Retrieval, merge_retrievals
+from retrieval.types import Context
 
 log = logging.getLogger(__name__)
 MAX_ID = 2 ** 63 - 1  # ids are 64-bit in the catalogue: a larger one is a bad request, not a server error
@@ -142,55 +143,44 @@ class Measured:
 def create_app(settings: Settings | None = None, run_worker: bool = True) -> FastAPI:
     """The API over one data home. `run_worker`: also run queued jobs in this process."""
     settings = settings or Settings()
-    kbs: dict[str, KnowledgeBase] = {}
-    default = KnowledgeBase(settings=settings)
+    home = Home(settings)  # every route, collection and caller shares its parts
     telemetry = Telemetry()
-    worker = Worker(settings).start() if run_worker else None
+    worker = Worker(home).start() if run_worker else None
     app = FastAPI(title="kb", version="1", description=__doc__)
 
     def caller(request: Request, authorization: str | None = Header(None)) -> Identity:
         """Every /v1 route: `Authorization: Bearer <token>` (the OpenAI clients' api_key), checked before
         the request's body is read."""
         scheme, _, token = (authorization or "").partition(" ")
-        who = default.access.from_token(token.strip() if scheme.lower() == "bearer" else None)
+        who = home.access.from_token(token.strip() if scheme.lower() == "bearer" else None)
         request.state.who = who
         return who
 
     def reply(who: Identity, data):  # noqa: ANN001, ANN202 - a JSON value
         """What the caller may see of it: administrators everything, others no server paths or settings."""
-        return data if who.admin else ReaderPaths(default.catalogue, settings.home, readable(who)).scrub(data)
+        return data if who.admin else ReaderPaths(home.catalogue, settings.home, readable(who)).scrub(data)
 
     def readable(who: Identity) -> list[str]:
-        return who.readable(sorted(set(collection_names(default.catalogue)) | {settings.collection}))
+        return who.readable(sorted(set(collection_names(home.catalogue)) | {settings.collection}))
 
     def kb_for(who: Identity, collection: str | None, must_exist: bool = True) -> KnowledgeBase:
         """The collection's KnowledgeBase acting for the caller (its checks raise 403)."""
         name = collection or settings.collection
-        exists = name == settings.collection or name in collection_names(default.catalogue)
+        exists = name == settings.collection or name in collection_names(home.catalogue)
         if not who.may(name, "read"):  # a forbidden one does not exist for them
             raise (ForbiddenCollection if exists else NotFoundError)(f"no collection {name!r}")
         if must_exist and not exists:
             raise NotFoundError(f"no collection {name!r}")
-        if name not in kbs:
-            kbs[name] = KnowledgeBase(settings=settings, collection=name)
-        return kbs[name].for_caller(who)
+        return home.collection(name).for_caller(who)
 
-    def retrieve(who: Identity, req: SearchRequest) -> tuple[Retrieval, list[KnowledgeBase]]:
-        """One collection when named; otherwise every collection the caller may read, ranked together."""
-        if req.collection:
-            kb = kb_for(who, req.collection)
-            return kb.retrieve(req.question, req.top_k, req.documents), [kb]
-        views, results = [], []
-        for name in readable(who):
-            view = kb_for(who, name)
-            try:
-                results.append(view.retrieve(req.question, req.top_k, req.documents))
-                views.append(view)
-            except KBError as exc:  # one damaged or rebuilding collection must not silence the others
-                log.warning("search of %s skipped: %s", name, exc)
-        if not views:
+    def reader(who: Identity, collection: str | None) -> KnowledgeBase:
+        """The named collection, or every collection the caller may read, searched as one."""
+        if collection:
+            return kb_for(who, collection)
+        names = readable(who)
+        if not names:
             raise PermissionDeniedError(f"{who.name} may not read any collection")
-        return merge_retrievals(results, req.top_k or settings.retrieval.top_k), views
+        return home.collection(names[0]).for_caller(who).reading(names)
 
     def queued(job) -> dict:  # noqa: ANN001 - kb.jobs.Job
         if worker is not None:
@@ -205,7 +195,7 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
         if code in (401, 403) or isinstance(exc, ForbiddenCollection):  # refusals are audited (bounded)
             who = getattr(request.state, "who", None)
             try:
-                await run_in_threadpool(default.access.audit_failure, who.name if who else "(no valid token)",
+                await run_in_threadpool(home.access.audit_failure, who.name if who else "(no valid token)",
                                         "refused", None, status=code, route=f"{request.method} {request.url.path}",
                                         client=request.client.host if request.client else None, reason=str(exc)[:300])
             except Exception as audit_exc:  # noqa: BLE001 - the refusal is answered even when the audit cannot be written
@@ -241,8 +231,7 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
 
     @app.post("/v1/search")
     def search(req: SearchRequest, who: Identity = Depends(caller)) -> dict:
-        r, views = retrieve(who, req)
-        views[0].access.audit(who.name, "search", ",".join(v.collection for v in views), question=req.question)
+        r = reader(who, req.collection).retrieve(req.question, req.top_k, req.documents, record=True)
         telemetry.observe_stages(r.timings)
         return reply(who, {"question": req.question, "relevant": r.relevant,
                            "contexts": [context_json(c, n) for n, c in enumerate(r.contexts, 1)],
@@ -269,12 +258,7 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
         return streamed(events(), stream)
 
     def answer_stream(who: Identity, req: AskRequest):  # noqa: ANN202 - AnswerStream
-        if req.collection:
-            return kb_for(who, req.collection).ask_stream(req.question, req.backend, req.top_k, req.documents)
-        generator = default.for_caller(who).generator(req.backend)  # refused before any work when not theirs
-        r, views = retrieve(who, req)
-        views[0].access.audit(who.name, "ask", ",".join(v.collection for v in views), question=req.question)
-        return AnswerStream(req.question, r, generator, settings.retrieval.context_chars)
+        return reader(who, req.collection).ask_stream(req.question, req.backend, req.top_k, req.documents)
 
     @app.get("/v1/documents")
     def list_documents(collection: str | None = None, who: Identity = Depends(caller)) -> list[dict]:
@@ -351,7 +335,7 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
 
     @app.get("/v1/jobs/{job_id}")
     def job(job_id: int = PathParam(ge=1, le=MAX_ID), who: Identity = Depends(caller)) -> dict:
-        found = default.jobs.get(job_id)
+        found = home.jobs.get(job_id)
         if not who.may(found.collection, "read"):  # another collection's job does not exist for this caller
             raise ForbiddenCollection(f"no job {job_id}")
         return reply(who, found.to_dict())
@@ -359,7 +343,7 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
     @app.get("/v1/jobs")
     def jobs(collection: str | None = None, limit: int = Query(20, ge=1, le=1000),
              who: Identity = Depends(caller)) -> list[dict]:
-        return reply(who, [j.to_dict() for j in default.jobs.recent(collection, limit) if who.may(j.collection, "read")])
+        return reply(who, [j.to_dict() for j in home.jobs.recent(collection, limit) if who.may(j.collection, "read")])
 
     @app.get("/v1/status")
     def status(collection: str | None = None, who: Identity = Depends(caller)) -> dict:
@@ -373,7 +357,7 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
         """Who asked, uploaded, deleted or re-indexed what, and when (admins only); `format=jsonl` exports."""
         if not who.admin:
             raise PermissionDeniedError(f"{who.name} may not read the audit log (admins only)")
-        rows = default.access.audit_log(limit)
+        rows = home.access.audit_log(limit)
         if format == "jsonl":
             return PlainTextResponse("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
                                      media_type="application/jsonl")
@@ -384,14 +368,14 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
         """Prometheus text; collection names and counts, so for administrators (a scrape token)."""
         if not who.admin:
             raise PermissionDeniedError(f"{who.name} may not read the metrics (administrators only)")
-        for name in collection_names(default.catalogue):
-            counts = default.catalogue.counts(name)
+        for name in collection_names(home.catalogue):
+            counts = home.catalogue.counts(name)
             telemetry.chunks.labels(name).set(counts["chunks"])
             for st in ("indexed", "failed"):
                 telemetry.documents.labels(name, st).set(counts[st])
         for st in ("queued", "running", "done", "failed"):
             telemetry.jobs.labels(st).set(0)
-        for j in default.jobs.recent(limit=1000):
+        for j in home.jobs.recent(limit=1000):
             telemetry.jobs.labels(j.status).inc()
         return PlainTextResponse(generate_latest(telemetry.registry), media_type=CONTENT_TYPE_LATEST)
 

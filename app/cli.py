@@ -23,7 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     for parser, default in ((p, None), (common, argparse.SUPPRESS)):
         parser.add_argument("--home", default=default, help="data home (env KB_HOME, default indexes/)")
-        parser.add_argument("--collection", default=default, help="collection name (default: 'default')")
+        parser.add_argument("--collection", default=default,
+                            help="collection name (default: 'default'); search and ask also take A,B or all")
         parser.add_argument("-v", "--verbose", action="store_true", default=default or False,
                             help="also print kb's info messages and the libraries' warnings (always in HOME/kb.log)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -427,7 +428,17 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, KBError) as exc:
             print(f"kb: {exc}", file=sys.stderr)
             return 2
-    kb = KnowledgeBase(home=args.home, settings=settings, collection=args.collection)
+    names = (args.collection or "").split(",")
+    try:
+        several = len(names) > 1 or names == ["all"]
+        if several and args.command not in ("search", "ask"):
+            raise ConfigError(f"--collection {args.collection}: only search and ask read several collections")
+        kb = KnowledgeBase(home=args.home, settings=settings, collection=None if names == ["all"] else names[0])
+        if several:  # searched as one ranking
+            kb = kb.reading(kb.house.collection_names() if names == ["all"] else names)
+    except KBError as exc:
+        print(f"kb: {exc}", file=sys.stderr)
+        return 2
     wait = lambda msg: print(f"kb: {msg}", file=sys.stderr)  # noqa: E731
     progress = sys.stderr.isatty()
     try:

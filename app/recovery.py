@@ -11,7 +11,7 @@ from pathlib import Path
 from ingest.pipeline import SyncReport
 from kb.catalogue import Catalogue
 from kb.errors import CatalogueError, ConfigError
-from kb.knowledge_base import KnowledgeBase
+from kb.home import Home
 from kb.locking import writer_lock
 from kb.monitoring import REBUILD_PREFIX
 from kb.settings import Settings
@@ -60,8 +60,9 @@ def rebuild_catalogue(home: str | Path | None = None, settings: Settings | None 
                 wanted[d.name] = json.loads((d / "sources.json").read_text())["roots"]
         for d in sorted((home / "uploads").glob("*")):
             wanted.setdefault(d.name, []).append(str(d.resolve()))
+    fresh = Home(settings)  # the new catalogue, shared by every collection's re-index
     for name, roots in wanted.items():
         roots = [r for r in dict.fromkeys(roots) if Path(r).exists()]
         if roots:
-            reports[name] = KnowledgeBase(settings=settings, collection=name).sync(roots, progress=progress)
+            reports[name] = fresh.collection(name).sync(roots, progress=progress)
     return reports

@@ -14,6 +14,7 @@ from app.worker import Worker
 from ingest.extract import MIME
 from kb.access import Identity
 from kb.errors import KBError, NotFoundError
+from kb.home import Home
 from kb.knowledge_base import KnowledgeBase
 from kb.monitoring import collection_names
 from kb.settings import Settings
@@ -21,9 +22,9 @@ from retrieval.answer import Answer
 
 
 @st.cache_resource(show_spinner="Loading the knowledge base…")
-def knowledge_base(home: str, collection: str) -> KnowledgeBase:
-    """One KnowledgeBase per (home, collection), shared by every browser session (models load once)."""
-    return KnowledgeBase(home=home, settings=Settings(), collection=collection)
+def data_home(home: str) -> Home:
+    """One Home per data home, shared by every browser session and collection (models load once)."""
+    return Home(Settings(), home)
 
 
 def wait_notice(msg: str) -> None:
@@ -94,7 +95,7 @@ def chat(kb: KnowledgeBase) -> None:
 def job_worker(home: str) -> Worker:
     """The embedded default runs queued uploads and re-indexing in a thread of this server (deployments
     run `kb worker` instead and set KB_UI_JOBS=0); the page only submits and watches."""
-    return Worker(Settings()).start()
+    return Worker(data_home(home)).start()
 
 
 def job_line(job) -> str:  # noqa: ANN001 - kb.jobs.Job
@@ -128,7 +129,7 @@ def job_progress(kb: KnowledgeBase) -> None:
 
 def documents(kb: KnowledgeBase) -> None:
     if os.environ.get("KB_UI_JOBS", "1") == "1":
-        job_worker(str(kb.home))
+        job_worker(str(kb.home.resolve()))
     limit = kb.settings.ingest.max_file_mb
     round_key = st.session_state.setdefault("upload_round", 0)
     writable = kb.caller is None or kb.caller.may(kb.collection, "write")
@@ -142,7 +143,7 @@ def documents(kb: KnowledgeBase) -> None:
         if job is not None:
             followed.append(job.id)
             if os.environ.get("KB_UI_JOBS", "1") == "1":
-                job_worker(str(kb.home)).wake.set()
+                job_worker(str(kb.home.resolve())).wake.set()
         st.session_state["upload_results"] = [{"file": Path(p).name, "result": f"refused: {r}"} for p, r in refused]
         st.session_state["upload_round"] = round_key + 1  # clears the uploader
         st.rerun()
@@ -286,7 +287,7 @@ def main() -> None:
     st.set_page_config(page_title="Knowledge base", page_icon="📚", layout="wide")
     settings = Settings()
     home = str(Path(settings.home).resolve())
-    base = knowledge_base(home, settings.collection)
+    base = data_home(home).collection()
     try:
         who = signed_in(base)
         if who is None:
@@ -307,7 +308,7 @@ def main() -> None:
             return
         default = collections.index(settings.collection) if settings.collection in collections else 0
         collection = st.selectbox("Collection", collections, index=default)
-    kb = knowledge_base(home, collection).for_caller(who)
+    kb = data_home(home).collection(collection).for_caller(who)
     with st.sidebar:
         st.caption(md_escape(f"Answers by {kb.generator().label}"))
     names = ["Chat", "Documents", "Status"] + (["Admin"] if who.admin else [])

@@ -13,6 +13,7 @@ import time
 
 from kb.errors import KBError
 from kb.jobs import Job, JobQueue, worker_name
+from kb.home import Home
 from kb.knowledge_base import KnowledgeBase
 from kb.settings import Settings
 
@@ -21,21 +22,19 @@ LOCK_WAIT_S = 6 * 3600  # a job waits its turn for the writer lock (a long re-in
 
 
 class Worker:
-    def __init__(self, settings: Settings, name: str | None = None, poll_s: float = 0.5,
+    def __init__(self, home: Home | Settings, name: str | None = None, poll_s: float = 0.5,
                  heartbeat_s: float = 5.0, stale_after_s: float = 60.0):
-        ingest = settings.ingest.model_copy(update={"lock_timeout_s": max(settings.ingest.lock_timeout_s, LOCK_WAIT_S)})
-        self.settings = settings.model_copy(update={"ingest": ingest})
+        self.home = home if isinstance(home, Home) else Home(home)  # the process's Home, or one of its own
+        self.settings = self.home.settings
         self.name = name or worker_name()
         self.poll_s, self.heartbeat_s, self.stale_after_s = poll_s, heartbeat_s, stale_after_s
-        self._kbs: dict[str, KnowledgeBase] = {}
         self.stop = threading.Event()
         self.wake = threading.Event()  # set by a submitter in this process: no poll delay
-        self.queue = JobQueue(self.kb(settings.collection).catalogue)
+        self.queue = self.home.jobs
 
     def kb(self, collection: str) -> KnowledgeBase:
-        if collection not in self._kbs:
-            self._kbs[collection] = KnowledgeBase(settings=self.settings, collection=collection)
-        return self._kbs[collection]
+        """A job waits its turn for the writer lock (a long re-index ahead of it), beating meanwhile."""
+        return self.home.collection(collection).patient(max(self.settings.ingest.lock_timeout_s, LOCK_WAIT_S))
 
     def run_once(self) -> Job | None:
         """Claim and run one job; the finished job, or None when nothing was waiting."""

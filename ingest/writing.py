@@ -32,9 +32,10 @@ class Writes:
         return CollectionLayout(self.catalogue, collection, self.home / "collections", uploads_dir(self.home, collection))
 
     @contextmanager
-    def locked(self, on_wait: Wait = None) -> Iterator[None]:
-        """The writer lock; after a killed writer, the catalogue's integrity is checked before any write."""
-        with writer_lock(self.home, self.settings.ingest.lock_timeout_s, on_wait,
+    def locked(self, on_wait: Wait = None, timeout_s: float | None = None) -> Iterator[None]:
+        """The writer lock (waited for up to `timeout_s`, default the setting); after a killed writer, the
+        catalogue's integrity is checked before any write."""
+        with writer_lock(self.home, self.settings.ingest.lock_timeout_s if timeout_s is None else timeout_s, on_wait,
                          database_url=self.settings.database_url) as unclean:
             if unclean:
                 refuse_damaged_catalogue(self.catalogue, self.settings)
@@ -42,9 +43,9 @@ class Writes:
 
     @contextmanager
     def writing(self, collection: str, on_wait: Wait = None, on_event: Event | None = None,
-                lock: bool = True) -> Iterator[IndexWriter]:
+                lock: bool = True, timeout_s: float | None = None) -> Iterator[IndexWriter]:
         """An IndexWriter on the collection's indexes, under the writer lock (unless the caller holds it)."""
-        with self.locked(on_wait) if lock else nullcontext():
+        with self.locked(on_wait, timeout_s) if lock else nullcontext():
             index, keywords, rebuilt = self.indexes.for_writing(collection)  # checks the identity first
             writer = IndexWriter(self.settings, self.catalogue, index, keywords, self.embedder, collection, on_event)
             writer.rebuilt_damaged_index = rebuilt
@@ -54,19 +55,20 @@ class Writes:
                 keywords.close()  # releases tantivy's own writer lock at once
 
     def sync(self, collection: str, roots: list[str], command: str, progress: bool = False,
-             on_event: Event | None = None, on_wait: Wait = None, retry_failed: bool = False) -> SyncReport:
+             on_event: Event | None = None, on_wait: Wait = None, retry_failed: bool = False,
+             timeout_s: float | None = None) -> SyncReport:
         """`reindex` also removes what is gone from `roots`; `ingest` only adds and updates. Failed files
         whose bytes did not change are not read again unless `retry_failed`."""
-        with self.writing(collection, on_wait, on_event) as writer:
+        with self.writing(collection, on_wait, on_event, timeout_s=timeout_s) as writer:
             report = writer.sync([Path(p) for p in roots], delete_missing=command == "reindex",
                                  progress=progress, command=command, retry_failed=retry_failed)
         record_sources(self.layout(collection))
         return report
 
     def rebuild(self, collection: str, roots: list[str], progress: bool = False, on_event: Event | None = None,
-                on_wait: Wait = None) -> SyncReport:
+                on_wait: Wait = None, timeout_s: float | None = None) -> SyncReport:
         """`reindex --full`: everything rebuilt aside, then swapped in (ingest/rebuild.py)."""
-        with self.locked(on_wait):
+        with self.locked(on_wait, timeout_s):
             writing = lambda c, e=None: self.writing(c, on_event=e, lock=False)  # noqa: E731 - we hold the lock
             report = full_rebuild(self.layout(collection), roots, writing, self.indexes.open_index, progress,
                                   on_event, self.settings.crash_at)
@@ -83,10 +85,10 @@ class Writes:
             roots.append(str(uploads_dir(self.home, collection)))
         return roots
 
-    def remove(self, collection: str, doc: str, on_wait: Wait = None) -> list[str]:
+    def remove(self, collection: str, doc: str, on_wait: Wait = None, timeout_s: float | None = None) -> list[str]:
         """Documents by id, exact path, or a path suffix that names exactly one; an uploaded original goes
         with its document, files in user folders stay."""
-        with self.writing(collection, on_wait) as writer:
+        with self.writing(collection, on_wait, timeout_s=timeout_s) as writer:
             paths = document_lookup.resolve(self.catalogue, collection, doc)
             writer.remove(paths)
         uploads = uploads_dir(self.home, collection).resolve()

@@ -388,18 +388,29 @@ class Catalogue:
             )
             return set(s.scalars(q))
 
-    def chunks_by_ids(self, ids: Iterable[int], collection: str | None = None) -> dict[int, Chunk]:
-        """Chunks by id, with their document loaded; with `collection`, only that collection's (an index
+    def chunks_by_ids(self, ids: Iterable[int], collections: str | list[str] | None = None) -> dict[int, Chunk]:
+        """Chunks by id, with their document loaded; with `collections`, only those collections' (an index
         left ahead of the catalogue by a crash may hold ids that another collection has since taken)."""
         ids = list(ids)
+        names = [collections] if isinstance(collections, str) else collections
         with self.session() as s:
             q = select(Chunk).where(Chunk.id.in_(ids))
-            if collection is not None:
-                q = q.join(Document).join(Collection).where(Collection.name == collection)
+            if names is not None:
+                q = q.join(Document).join(Collection).where(Collection.name.in_(names))
             rows = s.scalars(q).all()
             for r in rows:
                 _ = r.document  # load before the session closes
             return {r.id: r for r in rows}
+
+    def chunk_collections(self, ids: Iterable[int]) -> dict[int, str]:
+        """Which collection each chunk belongs to (ids the catalogue lacks are left out)."""
+        ids, out = list(ids), {}
+        with self.session() as s:
+            for i in range(0, len(ids), 500):  # stay under SQL parameter limits
+                q = (select(Chunk.id, Collection.name).join(Document, Chunk.document_id == Document.id)
+                     .join(Collection, Document.collection_id == Collection.id).where(Chunk.id.in_(ids[i : i + 500])))
+                out.update(dict(s.execute(q).all()))
+        return out
 
     def cached_vectors(self, s: Session, model: str, hashes: Iterable[str]) -> dict[str, bytes]:
         hashes = list(set(hashes))

@@ -1,95 +1,80 @@
 """KnowledgeBase: the facade the CLI, the web page, the API and Python users call. Wiring only: each
 method hands one job to the module that owns it (ingest/, retrieval/, kb/).
 
-The single documented exception to `kb` importing nothing above it: this module wires `ingest`
-and `retrieval` together; nothing in `kb/` imports it back.
+With kb/home.py (the parts it shares), the documented exception to `kb` importing nothing above it:
+these two modules wire `ingest` and `retrieval` together; nothing else in `kb/` imports them.
 """
 
 from __future__ import annotations
 
-import copy
+import logging
 from collections.abc import Iterable
-from functools import cached_property
 from pathlib import Path
 
-from ingest.chunking import chunker_identity
 from ingest.pipeline import Event, SyncReport
 from ingest.uploads import Upload, UploadSink, store_uploads, uploads_dir
-from ingest.writing import Wait, Writes
+from ingest.writing import Wait
 from kb import document_lookup, monitoring
-from kb.access import AccessControl, Identity
-from kb.catalogue import Catalogue
-from kb.embeddings import Embedder, english_embedder, make_embedder
-from kb.errors import CatalogueError, ConfigError, PermissionDeniedError
-from kb.index_store import IndexStore
-from kb.jobs import Job, JobQueue
-from kb.keyword_index import ENGINE_ID
-from kb.locking import writer_died
-from kb.private_home import make_private
+from kb.access import Identity
+from kb.errors import CatalogueError, ConfigError, IndexCorruptError, KBError, PermissionDeniedError
+from kb.home import Home
+from kb.jobs import Job
 from kb.settings import Settings, check_collection_name
-from kb.status import Status, collection_status, integrity_problems, refuse_damaged_catalogue
+from kb.status import Status, collection_status, integrity_problems
 from retrieval.answer import Answer, AnswerStream, query_log_row
 from retrieval.evaluation import EvalReport, evaluate, load_qa
 from retrieval.generators import GENERATORS, Generator, choose_backend, make_generator
-from retrieval.rerank import make_reranker
-from retrieval.retriever import Retriever, documents_named
+from retrieval.retriever import Retriever, Shard, documents_named
 from retrieval.types import Context, Retrieval
+log = logging.getLogger(__name__)
 
 
 class KnowledgeBase:
-    def __init__(self, home: str | Path | None = None, settings: Settings | None = None,
-                 collection: str | None = None):
-        settings = settings or Settings()
-        if home is not None:
-            settings = settings.model_copy(update={"home": Path(home)})
-        self.settings = settings
-        self.home = Path(settings.home)
-        self.collection = check_collection_name(collection or settings.collection)
-        make_private(self.home)
-        self.indexes = IndexStore(self.home, settings.index, self.index_identity,
-                                  lambda c: self.writes.repair(c), lambda c: self.writes.catch_up(c))
-        self.caller: Identity | None = None  # who this view acts for (for_caller); None = the local operator
+    """One collection of a Home, acting for one caller (None: the local operator). Cheap to make: every
+    part (catalogue, models, indexes, jobs, query log) belongs to the Home and is shared."""
+
+    def __init__(self, home: str | Path | Home | None = None, settings: Settings | None = None,
+                 collection: str | None = None, caller: Identity | None = None):
+        self.house = home if isinstance(home, Home) else Home(settings, home)  # a path: a Home of its own
+        self.settings = self.house.settings
+        self.home = self.house.path
+        self.collection = check_collection_name(collection or self.settings.collection)
+        self.caller = caller  # who this view acts for (for_caller); None = the local operator
+        self.lock_timeout_s: float | None = None  # how long a write waits for the writer lock (None: the setting)
+
+    # the Home's parts, shared by every view
+    catalogue = property(lambda self: self.house.catalogue)
+    access = property(lambda self: self.house.access)
+    jobs = property(lambda self: self.house.jobs)
+    query_log = property(lambda self: self.house.query_log)
+    embedder = property(lambda self: self.house.embedder)
+    reranker = property(lambda self: self.house.reranker)
+    indexes = property(lambda self: self.house.indexes)
+    writes = property(lambda self: self.house.writes)
 
     # -- who may do what (kb/access.py) --------------------------------------------------------
-    @cached_property
-    def access(self) -> AccessControl:
-        return AccessControl(self.catalogue)
-
     def for_caller(self, caller: Identity, collection: str | None = None) -> KnowledgeBase:
         """A view acting for `caller`: reads need `read` on the collection, writes `write`; questions,
-        uploads, deletions and re-indexing are audited. Shares every loaded part with this one."""
-        self.catalogue, self.query_log, self.access, self.reranker  # noqa: B018 - made once, shared by every view
-        view = copy.copy(self)
-        view.caller, view.collection = caller, check_collection_name(collection or self.collection)
+        uploads, deletions and re-indexing are audited."""
+        view = KnowledgeBase(self.house, collection=collection or self.collection, caller=caller)
+        view.lock_timeout_s, view.scope = self.lock_timeout_s, self.scope if collection is None else ()
+        return view
+
+    def patient(self, lock_timeout_s: float) -> KnowledgeBase:
+        """This view, its writes waiting up to `lock_timeout_s` for the writer lock (the job worker)."""
+        view = KnowledgeBase(self.house, collection=self.collection, caller=self.caller)
+        view.lock_timeout_s = lock_timeout_s
         return view
 
     def _allow(self, level: str, action: str | None = None, **detail) -> None:  # noqa: ANN003
         """Checked before anything is read or written, so a forbidden chunk never reaches a prompt."""
+        if len(self.scope) > 1 and level != "read":
+            raise ConfigError(f"a write goes to one collection, not {', '.join(self.scope)}")
         if self.caller is None:
             return
         self.caller.require(self.collection, level)
         if action:
             self.access.audit(self.caller.name, action, self.collection, **detail)
-
-    # -- parts, made on first use ------------------------------------------------------------
-    @cached_property
-    def catalogue(self) -> Catalogue:
-        catalogue = Catalogue(self.settings.catalogue_url)
-        if writer_died(self.home):  # the last writer was killed mid-way: check before anyone reads
-            refuse_damaged_catalogue(catalogue, self.settings)
-        return catalogue
-
-    @cached_property
-    def embedder(self) -> Embedder:
-        return make_embedder(self.settings.embedding)
-
-    @cached_property
-    def query_log(self) -> monitoring.QueryLogWriter:
-        return monitoring.QueryLogWriter(self.catalogue)
-
-    @cached_property
-    def reranker(self):  # noqa: ANN201 - a sentence-transformers CrossEncoder, or None
-        return make_reranker(self.settings.retrieval.reranker, self.settings.embedding.device)
 
     def generator(self, backend: str | None = None) -> Generator:
         """The answer generator (one per process and settings: a local model is loaded once). A caller
@@ -108,19 +93,12 @@ class KnowledgeBase:
         return make_generator(cfg, self.settings.embedding.device, self.settings.retrieval.context_chars)
 
     def index_identity(self) -> dict:
-        """What an index was built with; a difference from the running settings needs `reindex --full`."""
-        return {"embedding_model": self.embedder.name, "dimension": self.embedder.dimension, "normalized": True,
-                "chunking": chunker_identity(self.settings.chunking), "keyword_index": ENGINE_ID,
-                "index_type": self.settings.index.type}
+        return self.house.index_identity()
 
     def uploads_dir(self) -> Path:
         return uploads_dir(self.home, self.collection)
 
     # -- writes (ingest/writing.py: one writer at a time) ----------------------------------------
-    @cached_property
-    def writes(self) -> Writes:
-        return Writes(self.settings, self.catalogue, self.embedder, self.indexes)
-
     def sync(self, paths: list[str | Path], full: bool = False, progress: bool = False,
              on_event: Event | None = None, on_wait: Wait = None, retry_failed: bool = False) -> SyncReport:
         """Make the collection match these files/folders: add new, update changed, remove deleted (needs
@@ -130,22 +108,19 @@ class KnowledgeBase:
         self._allow("write")
         roots = [str(Path(p).resolve()) for p in paths]
         if full:
-            return self.writes.rebuild(self.collection, roots, progress, on_event, on_wait)
+            return self.writes.rebuild(self.collection, roots, progress, on_event, on_wait, self.lock_timeout_s)
         roots = roots or document_lookup.previous_roots(self.catalogue, self.collection)
-        return self.writes.sync(self.collection, roots, "reindex", progress, on_event, on_wait, retry_failed)
+        return self.writes.sync(self.collection, roots, "reindex", progress, on_event, on_wait, retry_failed,
+                                self.lock_timeout_s)
 
     def ingest(self, paths: list[str | Path], progress: bool = False, on_event: Event | None = None,
                on_wait: Wait = None, retry_failed: bool = False) -> SyncReport:
         """Add or update files/folders without removing anything else."""
         self._allow("write")
         return self.writes.sync(self.collection, [str(Path(p).resolve()) for p in paths], "ingest", progress,
-                                on_event, on_wait, retry_failed)
+                                on_event, on_wait, retry_failed, self.lock_timeout_s)
 
     # -- background jobs (run by app/worker.py: in-process or `kb worker`) --------------------
-    @cached_property
-    def jobs(self) -> JobQueue:
-        return JobQueue(self.catalogue)
-
     def upload_sink(self) -> UploadSink:
         """Where an upload is received, piece by piece, within the upload limits (needs `write`: checked
         before a byte is stored); `queue_uploads` then makes its files visible and queues their indexing."""
@@ -182,7 +157,7 @@ class KnowledgeBase:
     def remove(self, doc: str, on_wait: Wait = None) -> list[str]:
         """Remove documents by id, exact path, or a path suffix that names exactly one."""
         self._allow("write", "delete", document=doc)
-        return self.writes.remove(self.collection, doc, on_wait)
+        return self.writes.remove(self.collection, doc, on_wait, self.lock_timeout_s)
 
     def reindex_all(self, progress: bool = False, on_event: Event | None = None, on_wait: Wait = None) -> SyncReport:
         """Re-sync the collection: the folders of its previous reindex and its uploaded files."""
@@ -194,39 +169,71 @@ class KnowledgeBase:
         self._allow("write")
         return self.writes.repair(collection or self.collection, on_wait)
 
-    # -- reads ----------------------------------------------------------------------------------
-    def retriever(self, collection: str | None = None) -> Retriever:
-        if collection not in (None, self.collection) and self.caller is not None:
-            raise PermissionDeniedError("a view reads its own collection only")
-        self._allow("read")
-        c = collection or self.collection
-        return Retriever(self.settings.retrieval, self.embedder, self.indexes.reader_index(c),
-                         self.indexes.reader_keywords(c), self.catalogue, c, self.reranker,
-                         english_embedder(self.settings.embedding, self.embedder))
+    # -- reads: this collection, or several as one (`reading`) ------------------------------------
+    def reading(self, collections: list[str]) -> KnowledgeBase:
+        """A view whose questions search these collections as one ranking (scores that compare across
+        them: retrieval/retriever.py), each question logged in each; needs `read` on every one."""
+        view = KnowledgeBase(self.house, collection=collections[0], caller=self.caller)
+        view.scope = tuple(check_collection_name(c) for c in dict.fromkeys(collections))
+        return view
 
-    def retrieve(self, question: str, top_k: int | None = None, documents: list[str] | None = None) -> Retrieval:
-        """The hybrid retriever's result: contexts (top-k), whether anything relevant was found, timings."""
-        self._allow("read")
-        doc_ids = documents_named(self.catalogue, self.collection, documents) if documents else None
-        return self.retriever().search(question, top_k, doc_ids)
+    scope: tuple[str, ...] = ()  # the collections a read covers (empty: this collection)
+
+    def _read_scope(self, action: str | None = None, **detail) -> list[str]:  # noqa: ANN003
+        names = list(self.scope or (self.collection,))
+        if self.caller is not None:
+            for c in names:
+                self.caller.require(c, "read")
+            if action:
+                self.access.audit(self.caller.name, action, ",".join(names), **detail)
+        return names
+
+    def retriever(self) -> Retriever:
+        """A collection whose indexes cannot be opened (damaged, being rebuilt) is left out of a search over
+        several, with a warning; alone, its error is raised."""
+        names, shards = self._read_scope(), []
+        for c in names:
+            try:
+                shards.append(Shard(c, self.indexes.reader_index(c), self.indexes.reader_keywords(c)))
+            except KBError as exc:
+                if len(names) == 1:
+                    raise
+                log.warning("search of %s skipped: %s", c, exc)
+        if not shards:
+            raise IndexCorruptError(f"no collection of {', '.join(names)} can be searched now (see the log)")
+        return Retriever(self.settings.retrieval, self.embedder, shards, self.catalogue, self.reranker,
+                         self.house.english())
+
+    def retrieve(self, question: str, top_k: int | None = None, documents: list[str] | None = None,
+                 record: bool = False) -> Retrieval:
+        """The hybrid retriever's result: contexts (top-k), whether anything relevant was found, timings.
+        `record`: a search of its own (audited and logged; an answer records itself)."""
+        names = self._read_scope("search" if record else None, question=question)
+        doc_ids = set().union(*(documents_named(self.catalogue, c, documents) for c in names)) if documents else None
+        r = self.retriever().search(question, top_k, doc_ids)
+        if record:
+            self._log("search", question, r, None)
+        return r
+
+    def _log(self, kind: str, question: str, r: Retrieval, answer: Answer | None) -> None:
+        for c in self.scope or (self.collection,):
+            self.query_log.add(c, **query_log_row(kind, question, r, answer))
 
     def search(self, question: str, top_k: int | None = None, documents: list[str] | None = None,
                log: bool = True) -> list[Context]:
         """Ranked contexts for a question (empty when nothing passes the relevance floor)."""
-        self._allow("read", "search", question=question)
-        r = self.retrieve(question, top_k, documents)
-        if log:
-            self.query_log.add(self.collection, **query_log_row("search", question, r, None))
-        return r.contexts
+        if not log:
+            self._read_scope("search", question=question)
+        return self.retrieve(question, top_k, documents, record=log).contexts
 
     def ask_stream(self, question: str, backend: str | None = None, top_k: int | None = None,
                    documents: list[str] | None = None) -> AnswerStream:
         """Iterate for the answer text as it streams; `.answer` (an Answer) is set at the end and logged."""
-        self._allow("read", "ask", question=question)
+        self._read_scope("ask", question=question)
         generator = self.generator(backend)  # a backend the caller may not use is refused before any work
         r = self.retrieve(question, top_k, documents)
-        log = lambda a: self.query_log.add(self.collection, **query_log_row("ask", question, r, a))  # noqa: E731
-        return AnswerStream(question, r, generator, self.settings.retrieval.context_chars, on_done=log)
+        return AnswerStream(question, r, generator, self.settings.retrieval.context_chars,
+                            on_done=lambda a: self._log("ask", question, r, a))
 
     def ask(self, question: str, backend: str | None = None, top_k: int | None = None,
             documents: list[str] | None = None) -> Answer:
@@ -235,8 +242,11 @@ class KnowledgeBase:
 
     def original(self, path: str) -> bytes | None:
         """A document's original bytes for download (None unless it is still the file indexed there)."""
-        self._allow("read")
-        return document_lookup.original(self.catalogue, self.collection, path)
+        for c in self._read_scope():
+            data = document_lookup.original(self.catalogue, c, path)
+            if data is not None:
+                return data
+        return None
 
     def evaluate(self, qa_path: str | Path, backend: str | None = None, answer_limit: int | None = None,
                  results_out: str | Path | None = None, progress: bool = False) -> EvalReport:

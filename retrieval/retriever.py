@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import select
@@ -54,41 +55,71 @@ def weighted_fusion(dense: list[tuple[int, float]], keyword: list[tuple[int, flo
     return fused
 
 
+@dataclass(frozen=True)
+class Shard:
+    """One collection's part of a search: its name and its two indexes."""
+
+    collection: str
+    index: FaissIndex
+    keywords: KeywordIndex
+
+
 class Retriever:
-    def __init__(self, cfg: RetrievalSettings, embedder: Embedder, index: FaissIndex, keywords: KeywordIndex,
-                 catalogue: Catalogue, collection: str, reranker=None,  # noqa: ANN001 - CrossEncoder-like
-                 english: Embedder | None = None):
+    """Searches one collection, or several as one (`shards`): their candidates are pooled and fused on
+    the raw signals (dense cosines of the same model, BM25 over the pool), so a weak collection's best
+    chunk does not score like a strong one's."""
+
+    def __init__(self, cfg: RetrievalSettings, embedder: Embedder, shards: list[Shard], catalogue: Catalogue,
+                 reranker=None, english: Embedder | None = None):  # noqa: ANN001 - CrossEncoder-like
         self.cfg = cfg
         self.embedder = embedder
         self.english = english  # embedding.english_model, or None
-        self.index = index
-        self.keywords = keywords
+        self.shards = shards
+        self.collections = [sh.collection for sh in shards]
         self.catalogue = catalogue
-        self.collection = collection
         self.reranker = reranker
 
     def _document_chunks(self, document_ids: set[int]) -> list[int]:
         with self.catalogue.session() as s:
             return list(s.scalars(select(Chunk.id).where(Chunk.document_id.in_(document_ids)).order_by(Chunk.id)))
 
-    def candidates(self, question: str, documents: set[int] | None = None) -> tuple[list, list, dict]:
+    def candidates(self, question: str, documents: set[int] | None = None) -> tuple[list, KeywordHits, dict]:
         """Dense and keyword rankings [(chunk id, score)], before fusion; timings."""
         cfg, t = self.cfg, {}
         t0 = time.perf_counter()
         dense: list[tuple[int, float]] = []
+        denses, keywords = [], []
         if cfg.mode != "keyword":
             qv = self.embedder.embed_query(question)
             t["embed"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             restrict = self._document_chunks(documents) if documents is not None else None
-            dense = dense_search(qv, self.index, cfg.candidates, restrict)
+            denses = [dense_search(qv, sh.index, cfg.candidates, restrict) for sh in self.shards]
             t["dense"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-        keyword = KeywordHits([], 0.0)
         if cfg.mode != "dense":
-            keyword = self.keywords.search(question, cfg.candidates, documents)
+            keywords = [sh.keywords.search(question, cfg.candidates, documents) for sh in self.shards]
             t["keyword"] = time.perf_counter() - t0
-        return dense, keyword, t
+        if len(self.shards) == 1:
+            return (denses[0] if denses else dense), (keywords[0] if keywords else KeywordHits([], 0.0)), t
+        return self._pooled(denses, keywords, t)
+
+    def _pooled(self, denses: list[list[tuple[int, float]]], keywords: list[KeywordHits],
+                t: dict) -> tuple[list, KeywordHits, dict]:
+        """Several collections' candidates as one pool, best first, each id kept only from the collection
+        the catalogue says it belongs to (an index left ahead by a crash may hold another's id)."""
+        t0 = time.perf_counter()
+        ids = {i for r in denses for i, _ in r} | {i for h in keywords for i, _ in h.ranking}
+        owner = self.catalogue.chunk_collections(ids)
+        def own(rankings: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
+            pooled = [(i, sc) for sh, r in zip(self.shards, rankings, strict=True) for i, sc in r
+                      if owner.get(i) == sh.collection]
+            return sorted(pooled, key=lambda kv: (-kv[1], kv[0]))[: self.cfg.candidates]
+        dense = own(denses) if denses else []
+        hits = KeywordHits(own([h.ranking for h in keywords]), max((h.coverage for h in keywords), default=0.0)) \
+            if keywords else KeywordHits([], 0.0)
+        t["pool"] = time.perf_counter() - t0
+        return dense, hits, t
 
     def search(self, question: str, top_k: int | None = None, documents: set[int] | None = None) -> Retrieval:
         cfg = self.cfg
@@ -108,7 +139,7 @@ class Retriever:
             for i, s in ranking:
                 signals[i][name] = s
         rows = self.catalogue.chunks_by_ids(order[: max(top_k, cfg.rerank_candidates if self.reranker else 0)],
-                                            self.collection)
+                                            self.collections)
         order = [i for i in order if i in rows]  # an id not in this collection's catalogue is an orphan
         timings["fuse"] = time.perf_counter() - t0
         scores = {i: fused[i] for i in order}

@@ -24,14 +24,3 @@ class Retrieval:
     contexts: list[Context]
     relevant: bool  # False: nothing in the collection passed the relevance floor
     timings: dict[str, float]  # seconds per stage
-
-
-def merge_retrievals(retrievals: list[Retrieval], top_k: int) -> Retrieval:
-    """Several collections' results for one question as one ranking (each one's fused scores share a
-    scale: weighted fusion of a min-max dense score and BM25 / best BM25, or RRF)."""
-    contexts = sorted((c for r in retrievals if r.relevant for c in r.contexts), key=lambda c: -c.score)[:top_k]
-    timings: dict[str, float] = {}
-    for r in retrievals:
-        for k, v in r.timings.items():
-            timings[k] = timings.get(k, 0.0) + v
-    return Retrieval(retrievals[0].question, contexts, bool(contexts), timings)
