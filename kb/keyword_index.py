@@ -23,7 +23,7 @@ import shutil
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -118,6 +118,16 @@ _FIELD = "terms"
 class KeywordHits:
     ranking: list[tuple[int, float]]  # (chunk id, BM25 score), best first
     coverage: float  # best share of the question's IDF weight found in one chunk (0 = no term matched)
+    docs: int = 0  # chunks in the index, and how many hold each question term (the IDF's inputs):
+    doc_freq: dict[str, tuple[int, int]] = field(default_factory=dict)  # term -> (times asked, chunks)
+
+    def idf_weight(self, docs: int, doc_freq: dict[str, int]) -> float:
+        """The question's IDF weight over the terms this index holds, with these statistics."""
+        return sum(c * bm25_idf(docs, doc_freq[t]) for t, (c, df) in self.doc_freq.items() if df)
+
+
+def bm25_idf(docs: int, df: int) -> float:
+    return math.log(1 + (docs - df + 0.5) / (df + 0.5))
 
 
 def _schema() -> tantivy.Schema:
@@ -263,19 +273,19 @@ class KeywordIndex:
                 tantivy.Query.term_set_query(self.schema, "document_id", sorted(document_ids)), 0.0)
             q = tantivy.Query.boolean_query([(tantivy.Occur.Must, q), (tantivy.Occur.Must, only)])
         hits = searcher.search(q, limit=k, count=False).hits
+        stats = {t: (c, searcher.doc_freq(_FIELD, t)) for t, c in query.items()}
         if not hits:
-            return KeywordHits([], self._coverage(searcher, query, n, {}))
+            return KeywordHits([], 0.0, n, stats)
         ids = [int(v) for v in searcher.fast_field_values("chunk_id", [a for _, a in hits])]
         ranking = sorted(((i, float(s)) for (s, _), i in zip(hits, ids, strict=True)), key=lambda kv: (-kv[1], kv[0]))
-        return KeywordHits(ranking, self._coverage(searcher, query, n, dict(ranking)))
+        return KeywordHits(ranking, self._coverage(searcher, query, n, dict(ranking), stats), n, stats)
 
-    def _coverage(self, searcher, query: Counter, n: int, top: dict[int, float]) -> float:  # noqa: ANN001
+    def _coverage(self, searcher, query: Counter, n: int, top: dict[int, float],  # noqa: ANN001
+                  stats: dict[str, tuple[int, int]]) -> float:
         """The best share of the question's IDF weight held by one of the top chunks. Terms unknown to
         the collection count at full IDF, so an off-topic question has low coverage."""
-        idf = {t: math.log(1 + (n - (df := searcher.doc_freq(_FIELD, t)) + 0.5) / (df + 0.5)) for t in query}
+        idf = {t: bm25_idf(n, stats[t][1]) for t in query}
         total = sum(query[t] * idf[t] for t in query) or 1.0
-        if not top:
-            return 0.0
         matched: Counter[int] = Counter()
         # a disjunction of id lookups: far cheaper than a TermSetQuery, which scans the id dictionary
         among = tantivy.Query.boolean_query(

@@ -115,9 +115,20 @@ class Retriever:
             pooled = [(i, sc) for sh, r in zip(self.shards, rankings, strict=True) for i, sc in r
                       if owner.get(i) == sh.collection]
             return sorted(pooled, key=lambda kv: (-kv[1], kv[0]))[: self.cfg.candidates]
-        dense = own(denses) if denses else []
-        hits = KeywordHits(own([h.ranking for h in keywords]), max((h.coverage for h in keywords), default=0.0)) \
-            if keywords else KeywordHits([], 0.0)
+        dense = own(denses) if denses else []  # cosines of one model compare as they are
+        hits = KeywordHits([], 0.0)
+        if keywords:  # BM25 does not: each index weighs a term by its own IDF. Rescaled to the pool's.
+            docs = sum(h.docs for h in keywords)
+            dfs: dict[str, int] = {}
+            for h in keywords:
+                for term, (_, df) in h.doc_freq.items():
+                    dfs[term] = dfs.get(term, 0) + df
+            rescaled = []
+            for h in keywords:
+                own_weight = h.idf_weight(h.docs, {t: df for t, (_, df) in h.doc_freq.items()})
+                factor = h.idf_weight(docs, dfs) / own_weight if own_weight else 1.0
+                rescaled.append([(i, sc * factor) for i, sc in h.ranking])
+            hits = KeywordHits(own(rescaled), max(h.coverage for h in keywords))
         t["pool"] = time.perf_counter() - t0
         return dense, hits, t
 
