@@ -8,11 +8,52 @@ matrix product scans the vectors once for all of them, instead of once per quest
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+class ModelLock:
+    """One model's calls one at a time, questions first: a passage step does not start while a question
+    waits, so a question waits for at most the one step already running (a few passages), never for a
+    whole upload's batch. Each loaded model has its own: two models never wait for each other."""
+
+    def __init__(self):
+        self._turn = threading.Condition()
+        self._busy = False
+        self._questions = 0  # waiting
+
+    @contextmanager
+    def question(self) -> Iterator[None]:
+        with self._turn:
+            self._questions += 1
+            try:
+                self._turn.wait_for(lambda: not self._busy)
+            finally:
+                self._questions -= 1
+            self._busy = True
+        try:
+            yield
+        finally:
+            self._release()
+
+    @contextmanager
+    def passages(self) -> Iterator[None]:
+        with self._turn:
+            self._turn.wait_for(lambda: not self._busy and not self._questions)
+            self._busy = True
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        with self._turn:
+            self._busy = False
+            self._turn.notify_all()
 
 
 class _Request(Generic[T, R]):
@@ -23,10 +64,12 @@ class _Request(Generic[T, R]):
 
 
 class Batcher(Generic[T, R]):
-    def __init__(self, call: Callable[[list[T]], Sequence[R]], max_batch: int = 32, lock: threading.Lock | None = None):
+    def __init__(self, call: Callable[[list[T]], Sequence[R]], max_batch: int = 32,
+                 lock: Callable[[], AbstractContextManager] | None = None):
         self.call = call
         self.max_batch = max_batch
-        self._running = lock or threading.Lock()  # held while a call runs (shared with other users of the model)
+        own = threading.Lock()
+        self._running = lock or (lambda: own)  # held while a call runs (shared with other users of the model)
         self._queue_lock = threading.Lock()
         self._waiting: list[_Request[T, R]] = []
 
@@ -34,7 +77,7 @@ class Batcher(Generic[T, R]):
         req: _Request[T, R] = _Request(item)
         with self._queue_lock:
             self._waiting.append(req)
-        with self._running:
+        with self._running():
             if not req.done:
                 with self._queue_lock:
                     batch = self._waiting[: self.max_batch]

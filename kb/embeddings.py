@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 from tqdm import tqdm
 
-from kb.batching import Batcher
+from kb.batching import Batcher, ModelLock
 from kb.device import torch_device
 from kb.errors import EmbeddingError
 from kb.settings import EmbeddingSettings
@@ -65,14 +65,27 @@ class _BatchedEmbedder:
     name: str
     batch_size: int = 32
     relevance_floor: float = 0.0
-    _call_lock = threading.Lock()  # model engines are not all thread-safe; web sessions share one
+    passage_step: int = CPU_STEP  # passages per turn of the model lock: a question waits for one step at most
 
     def _embed_batch(self, texts: list[str], is_query: bool) -> np.ndarray:
         raise NotImplementedError
 
-    def _embed_locked(self, texts: list[str], is_query: bool) -> np.ndarray:
-        with self._call_lock:
-            return self._embed_batch(texts, is_query)
+    @property
+    def _lock(self) -> ModelLock:
+        """This model's own lock (model engines are not all thread-safe; web sessions share one model)."""
+        if "_model_lock" not in self.__dict__:
+            with _BATCHER_LOCK:
+                self.__dict__.setdefault("_model_lock", ModelLock())
+        return self.__dict__["_model_lock"]
+
+    def _embed_passages(self, texts: list[str]) -> np.ndarray:
+        """One batch, a step at a time under the lock, questions let in between the steps."""
+        step = max(1, self.passage_step)
+        parts = []
+        for i in range(0, len(texts), step):
+            with self._lock.passages():
+                parts.append(self._embed_batch(texts[i : i + step], is_query=False))
+        return np.vstack(parts)
 
     def embed_passages(self, texts: list[str], progress: bool = False) -> np.ndarray:
         if not texts:
@@ -81,18 +94,19 @@ class _BatchedEmbedder:
         bar = tqdm(total=len(texts), desc="embedding", unit="chunk", disable=not progress or None, leave=False)
         for i in range(0, len(texts), self.batch_size):
             batch = texts[i : i + self.batch_size]
-            out.append(_normalise(self._embed_locked(batch, is_query=False)))
+            out.append(_normalise(self._embed_passages(batch)))
             bar.update(len(batch))
         bar.close()
         return np.vstack(out)
 
     def embed_query(self, text: str) -> np.ndarray:
-        """Questions asked at the same moment share one model call (kb/batching.py)."""
+        """Questions asked at the same moment share one model call (kb/batching.py), ahead of passages."""
         if "_queries" not in self.__dict__:
+            lock = self._lock
             with _BATCHER_LOCK:
                 self.__dict__.setdefault("_queries", Batcher(
                     lambda texts: _normalise(self._embed_batch(texts, is_query=True)), self.batch_size,
-                    self._call_lock))
+                    lock.question))
         return self._queries(text)
 
 
@@ -187,6 +201,7 @@ class BundledMiniLMEmbedder(_BatchedEmbedder):
     def __init__(self, model: str, folder: Path, device: str = "auto", batch_size: int = 32):
         self.name = f"st:{model}"  # the same vectors as sentence-transformers gives: the same name
         self.folder, self.device, self.batch_size = folder, torch_device(device), batch_size
+        self.passage_step = CPU_STEP if self.device == "cpu" else batch_size  # a GPU wants whole batches
 
     @cached_property
     def _model(self):
@@ -230,6 +245,7 @@ class SentenceTransformerEmbedder(_BatchedEmbedder):
         self.relevance_floor = 0.30 if model in MINILM_NAMES else 0.0
         self.device = torch_device(device)
         self.batch_size = batch_size
+        self.passage_step = CPU_STEP if self.device == "cpu" else batch_size  # a GPU wants whole batches
         is_e5 = "e5" in Path(model).name.lower()
         self.query_prefix = query_prefix if query_prefix is not None else ("query: " if is_e5 else "")
         self.passage_prefix = passage_prefix if passage_prefix is not None else ("passage: " if is_e5 else "")
@@ -281,7 +297,7 @@ class HashStandInEmbedder(_BatchedEmbedder):
     def __init__(self, dim: int = 384, batch_size: int = 1024):
         self.name = f"hash-{dim}:stand-in-no-semantic-meaning"
         self._dim = dim
-        self.batch_size = batch_size
+        self.batch_size = self.passage_step = batch_size  # no model to share: whole batches
 
     @property
     def dimension(self) -> int:
