@@ -32,6 +32,7 @@ from ingest.extract import (CORRUPT, EMPTY, ENCRYPTED, MIME, NO_TEXT, READER_STO
 from ingest.extraction_worker import POOL, WorkerLimits
 from kb.catalogue import CachedEmbedding, Catalogue, Chunk, ChunkChange, Document, IngestRun, utcnow
 from kb.crash_points import crash_point
+from kb.locking import clear_ahead, mark_ahead
 from kb.embeddings import Embedder, english_embedder, english_failed, text_hash
 from kb.errors import EmbeddingError, ExtractionError
 from kb.keyword_index import KeywordIndex
@@ -246,8 +247,10 @@ class IndexWriter:
         if orphans or missing or position != self.index.change_seq:
             self.index.change_seq = position  # now exactly the catalogue: other nodes' changes included
             self.index.save()
-        return {"orphan_vectors_removed": len(orphans), "missing_vectors_restored": len(missing),
-                "keyword_entries_repaired": self._reconcile_keywords(in_catalogue)}
+        repaired = {"orphan_vectors_removed": len(orphans), "missing_vectors_restored": len(missing),
+                    "keyword_entries_repaired": self._reconcile_keywords(in_catalogue)}
+        clear_ahead(self.index.directory)  # both indexes now hold exactly the catalogue's chunks
+        return repaired
 
     def catch_up(self) -> int:
         """Apply the catalogue's changes since this index's position (writes made by another node):
@@ -383,8 +386,10 @@ class IndexWriter:
                 new_vecs.append(p.vectors)
                 new_keywords += [(i, doc.id, d.embed_text) for i, d in zip(ids, p.drafts, strict=True)]
             self.index.change_seq = log_changes(s, col.id, old_ids, new_ids) or self.index.change_seq
-            # Both indexes commit before the catalogue: a crash in between leaves them ahead of it, which
-            # reconciliation repairs (the keyword journal names the ids involved).
+            # Both indexes commit before the catalogue: a crash or a failed commit in between leaves them
+            # ahead of it, which the mark says until a reconciliation repairs it (the keyword journal
+            # names the ids involved).
+            mark_ahead(self.index.directory)
             self.keywords.stage(old_ids, new_keywords)
             self.keywords.commit(old_ids, new_ids)
             crash_point("after_keyword_commit", crash_at)
@@ -395,6 +400,7 @@ class IndexWriter:
             self.index.save()
             crash_point("after_index_save", crash_at)
         self.keywords.settled()
+        clear_ahead(self.index.directory)
         crash_point("after_commit", crash_at)
         report.chunks_removed += len(old_ids)
         report.chunks_added += len(new_ids)

@@ -18,10 +18,12 @@ from pathlib import Path
 from sqlalchemy import delete, select, update
 
 from ingest.pipeline import Event, IndexWriter, SyncReport, log_changes
+from kb.files import atomic_write
 from kb.catalogue import Catalogue, Chunk, Collection, Document, IngestRun
 from kb.crash_points import crash_point
 from kb.errors import ConfigError, IndexCorruptError, IndexMismatchError
 from kb.keyword_index import KeywordIndex
+from kb.locking import clear_ahead, mark_ahead
 from kb.monitoring import REBUILD_PREFIX
 from kb.vector_index import FaissIndex
 
@@ -68,12 +70,8 @@ def held_roots(layout: CollectionLayout, held: dict[str, int]) -> list[str]:
 def record_sources(layout: CollectionLayout) -> None:
     """Kept beside the collection's indexes after every write: `kb rebuild-catalogue` needs it when
     the catalogue itself is lost."""
-    d = layout.folder()
-    d.mkdir(parents=True, exist_ok=True)
-    tmp = d / "sources.json.tmp"
     roots = held_roots(layout, held_paths(layout.catalogue, layout.collection))
-    tmp.write_text(json.dumps({"roots": roots}, ensure_ascii=False, indent=2))
-    tmp.replace(d / "sources.json")
+    atomic_write(layout.folder() / "sources.json", json.dumps({"roots": roots}, ensure_ascii=False, indent=2).encode())
 
 
 def full_rebuild(layout: CollectionLayout, roots: list[str], writing: Writing,
@@ -156,7 +154,9 @@ def _swap_in(layout: CollectionLayout, shadow: str, index: FaissIndex, crash_at:
         s.execute(delete(Collection).where(Collection.id == aside.id))
         s.flush()
         index.save()  # the shadow's files are current; move them in atomically
-        # Until the commit, a crash must make the next repair compare the keyword index in full.
+        # Until the commit, a crash or a failed commit must make the next reader or writer repair, and
+        # that repair compare the keyword index in full.
+        mark_ahead(target)
         journal = KeywordIndex.for_reading(keywords)
         journal.write_journal({"full": True})
         old_keywords = target / "keywords.old"
@@ -168,5 +168,6 @@ def _swap_in(layout: CollectionLayout, shadow: str, index: FaissIndex, crash_at:
             os.replace(index.directory / name, target / name)
         crash_point("before_swap_commit", crash_at)
     journal.journal.unlink(missing_ok=True)
+    clear_ahead(target)
     shutil.rmtree(old_keywords, ignore_errors=True)
     shutil.rmtree(index.directory, ignore_errors=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from kb.errors import IndexCorruptError
 from kb.keyword_index import KeywordIndex
-from kb.locking import writer_died
+from kb.locking import left_ahead, writer_died
 from kb.settings import IndexSettings
 from kb.vector_index import FaissIndex
 
@@ -108,8 +108,8 @@ class IndexStore:
         killed writer the indexes may be ahead of the catalogue (its last batch, or a rebuild's swap):
         repaired first."""
         collection = key[1]
-        if writer_died(self.home):
-            self._repair(collection)
+        if writer_died(self.home) or left_ahead(self.home, self.index_dir(collection)):
+            self._repair(collection)  # never answer from indexes ahead of the catalogue
         now = time.monotonic()
         if now - self._checked.get(collection, -1e9) >= self.catch_up_s:  # at most once a second
             self._checked[collection] = now

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import shutil
 import unicodedata
@@ -30,6 +29,7 @@ from pathlib import Path
 import rjieba
 import tantivy
 
+from kb.files import atomic_write
 from kb.errors import IndexCorruptError
 from kb.text import CJK
 
@@ -190,19 +190,7 @@ class KeywordIndex:
         return int(hits[0][0]) if hits else None
 
     def write_journal(self, entry: dict) -> None:
-        """Durably: temp file, fsync, rename, fsync the folder."""
-        self.journal.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.journal.with_name(self.journal.name + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(entry, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.journal)
-        fd = os.open(self.journal.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        atomic_write(self.journal, json.dumps(entry).encode())
 
     # -- writes ----------------------------------------------------------------------------
     def _writer_(self):  # noqa: ANN202 - a tantivy.IndexWriter, opened on first write

@@ -22,8 +22,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from kb.errors import CatalogueError, LockedError
+from kb.files import atomic_write
 
 DIRTY = "writer.dirty"
+AHEAD = "indexes.ahead"  # in a collection's index folder: its indexes may hold a write the catalogue lacks
 # The advisory lock's key: one fixed signed 64-bit number for every kb writer of a database.
 ADVISORY_KEY = int.from_bytes(hashlib.sha256(b"kb-writer").digest()[:8], "big", signed=True)
 _POLL_S = 0.2
@@ -112,14 +114,32 @@ def writer_lock(home: Path, timeout_s: float, on_wait: Callable[[str], None] | N
             lock.release()
 
 
-def writer_died(home: Path) -> bool:
-    """True when a writer left its marker behind and no writer holds the lock now."""
-    if not (home / DIRTY).exists():
-        return False
+def mark_ahead(index_dir: Path) -> None:
+    """Durably, before a write touches the collection's indexes: cleared only once the catalogue has
+    committed the same change (or a repair made the indexes the catalogue's again). Any exit in between,
+    an exception, a full disk or a failed commit included, leaves it for the next reader or writer."""
+    atomic_write(index_dir / AHEAD, b"")
+
+
+def clear_ahead(index_dir: Path) -> None:
+    (index_dir / AHEAD).unlink(missing_ok=True)
+
+
+def left_ahead(home: Path, index_dir: Path) -> bool:
+    """True when a write left the collection's indexes ahead of the catalogue and no writer is at work."""
+    return (index_dir / AHEAD).exists() and not _writer_active(home)
+
+
+def _writer_active(home: Path) -> bool:
     lock = FileLock(str(home / "writer.lock"))
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        return False  # a writer is at work: its marker is expected
+        return True
     lock.release()
-    return True
+    return False
+
+
+def writer_died(home: Path) -> bool:
+    """True when a writer left its marker behind and no writer holds the lock now."""
+    return (home / DIRTY).exists() and not _writer_active(home)  # a writer at work: its marker is expected

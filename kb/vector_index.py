@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import numpy as np
 
 from kb.batching import Batcher
 from kb.device import faiss_gpu_count
+from kb.files import atomic_write
 from kb.errors import IndexCorruptError, IndexMismatchError
 from kb.settings import IndexSettings
 
@@ -32,20 +32,6 @@ REQUIRED_KEYS = frozenset({"format_version", "count", "checksum"})
 def embedded_text(heading: str | None, text: str) -> str:
     """What is embedded (and keyword-indexed) for a chunk: its heading path, a newline, its text."""
     return f"{heading}\n{text}" if heading else text
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class FaissIndex:
@@ -152,7 +138,7 @@ class FaissIndex:
         """Write the index to a temp file, fsync, rename; then the manifest the same way."""
         self.directory.mkdir(parents=True, exist_ok=True)
         data = faiss.serialize_index(self.index).tobytes()
-        _atomic_write(self.index_path, data)
+        atomic_write(self.index_path, data)
         manifest = dict(self.identity)
         manifest.update(
             format_version=FORMAT_VERSION,
@@ -161,7 +147,7 @@ class FaissIndex:
             checksum=hashlib.sha256(data).hexdigest(),
             change_seq=self.change_seq,
         )
-        _atomic_write(self.manifest_path, json.dumps(manifest, indent=2, sort_keys=True).encode())
+        atomic_write(self.manifest_path, json.dumps(manifest, indent=2, sort_keys=True).encode())
 
     # -- content ---------------------------------------------------------------------------
     @property
