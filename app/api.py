@@ -2,14 +2,16 @@
 status), an OpenAI-compatible chat endpoint (a collection is a "model"), /healthz and Prometheus
 /metrics. Every route is one KnowledgeBase call; errors are JSON with the status
 code that says what went wrong (400 bad input, 404 unknown, 409 writer busy, 413 too large, 503 a
-model or the catalogue is down). The error shape is OpenAI's, {"error": {"message", "type"}}, so OpenAI
+model, the catalogue or the disk is out of reach, with Retry-After). The error shape is OpenAI's, {"error": {"message", "type"}}, so OpenAI
 clients show kb's message too."""
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import OperationalError
 
 from app.reader_paths import ReaderPaths
 from app.upload_stream import BadUpload, MultipartUpload
@@ -29,7 +32,7 @@ from app.worker import Worker
 from ingest.uploads import UploadTooLarge
 from kb.access import Identity
 from kb.errors import (AuthError, CatalogueError, ConfigError, GeneratorError, KBError, LockedError,
-                       MissingDependencyError, NotFoundError, PermissionDeniedError)
+                       MissingDependencyError, NotFoundError, PermissionDeniedError, Unavailable)
 from kb.home import Home
 from kb.knowledge_base import KnowledgeBase
 from kb.monitoring import collection_names
@@ -41,7 +44,35 @@ log = logging.getLogger(__name__)
 MAX_ID = 2 ** 63 - 1  # ids are 64-bit in the catalogue: a larger one is a bad request, not a server error
 ALL_COLLECTIONS = "kb:all"  # the chat "model" that answers from every collection the caller may read
 STATUS_OF = [(AuthError, 401), (PermissionDeniedError, 403), (NotFoundError, 404), (LockedError, 409), (MissingDependencyError, 503), (ConfigError, 400),
-             (GeneratorError, 503), (CatalogueError, 503), (KBError, 500)]
+             (GeneratorError, 503), (CatalogueError, 503), (Unavailable, 503), (KBError, 500)]
+RETRY_AFTER_S = 5  # what a 503 for an outage tells clients
+
+
+class Outage:
+    """The catalogue's database or the disk out of reach: logged once when it starts (not once per
+    refused request) and once when a request succeeds again, with how long it lasted and how many
+    requests were refused meanwhile."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.since: float | None = None
+        self.refused = 0
+
+    def refuse(self, exc: Exception) -> None:
+        with self._lock:
+            self.refused += 1
+            if self.since is None:
+                self.since = time.monotonic()
+                log.warning("outage: %s (answering 503 until it is back)", exc)
+
+    def served(self) -> None:
+        if self.since is None:
+            return
+        with self._lock:
+            if self.since is not None:
+                log.warning("outage over after %.0fs; %d requests were refused", time.monotonic() - self.since,
+                            self.refused)
+                self.since, self.refused = None, 0
 
 
 class ForbiddenCollection(NotFoundError):
@@ -119,8 +150,8 @@ class Measured:
     """Counts and times every request (plain ASGI: a streamed answer still learns that its client left,
     which Starlette's BaseHTTPMiddleware would hide from it)."""
 
-    def __init__(self, app, telemetry: Telemetry):  # noqa: ANN001 - an ASGI app
-        self.app, self.telemetry = app, telemetry
+    def __init__(self, app, telemetry: Telemetry, outage: Outage):  # noqa: ANN001 - an ASGI app
+        self.app, self.telemetry, self.outage = app, telemetry, outage
 
     async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
         if scope["type"] != "http":
@@ -136,6 +167,8 @@ class Measured:
             await self.app(scope, receive, sending)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
+            if status[0] < 500 and route != "/healthz":
+                self.outage.served()
             self.telemetry.requests.labels(route, scope["method"], str(status[0])).inc()
             self.telemetry.latency.labels(route).observe(time.perf_counter() - t0)
 
@@ -187,11 +220,14 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
             worker.wake.set()
         return job.to_dict()
 
-    app.add_middleware(Measured, telemetry=telemetry)
+    outage = Outage()
+    app.add_middleware(Measured, telemetry=telemetry, outage=outage)
 
     @app.exception_handler(KBError)
     async def kb_error(request: Request, exc: KBError) -> JSONResponse:
         code = next(c for t, c in STATUS_OF if isinstance(exc, t))
+        if isinstance(exc, Unavailable):
+            return unavailable(request, exc)
         if code in (401, 403) or isinstance(exc, ForbiddenCollection):  # refusals are audited (bounded)
             who = getattr(request.state, "who", None)
             try:
@@ -211,8 +247,20 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
             response.headers["WWW-Authenticate"] = "Bearer"
         return response
 
+    def unavailable(request: Request, exc: Exception) -> JSONResponse:
+        """503 with Retry-After; administrators read what is out of reach, others only that it is."""
+        outage.refuse(exc)
+        who = getattr(request.state, "who", None)
+        message = str(exc) if who is not None and who.admin else \
+            "kb cannot reach its catalogue or its disk right now; try again in a few seconds"
+        response = error(message, 503, type(exc).__name__ if isinstance(exc, Unavailable) else "Unavailable")
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return response
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, OperationalError) or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC):
+            return unavailable(request, exc)  # the database or the disk, reached outside the catalogue's session
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return error("internal error (the server's log has the details)", 500, "server_error")
 

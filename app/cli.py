@@ -1,16 +1,19 @@
-"""The `kb` command: parse arguments, call one KnowledgeBase method, render. Exit 0 ok, 1 files failed, 2 usage/config."""
+"""The `kb` command: parse arguments, call one KnowledgeBase method, render. Exit 0 ok, 1 files failed,
+2 usage/config, 3 the catalogue's database or disk space out of reach for now."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import logging.handlers
+import os
 import sys
 from pathlib import Path
 
 from kb.access import GRANT_LEVELS
-from kb.errors import CatalogueError, ConfigError, KBError, LockedError, NotFoundError
+from kb.errors import CatalogueError, ConfigError, KBError, LockedError, NotFoundError, Unavailable
 from kb.private_home import make_private
 from kb.settings import Settings
 from retrieval.generators import GENERATORS
@@ -406,6 +409,25 @@ def _access(kb, args) -> int:  # noqa: ANN001, C901 - one branch per subcommand
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit 0 ok, 1 some files failed, 2 usage or configuration, 3 something needed is out of reach for
+    now (the catalogue's database, disk space): the same command works once it is back."""
+    try:
+        return _main(argv)
+    except Unavailable as exc:
+        print(f"kb: {exc}", file=sys.stderr)
+        return 3
+    except BrokenPipeError:  # `kb search --json | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        print(f"kb: the disk is full ({exc.filename or 'writing'}); nothing half-written was kept. "
+              "Free some space and run the command again", file=sys.stderr)
+        return 3
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = Settings()
@@ -425,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "eval":
         try:
             return _eval(settings, args, sys.stderr.isatty())
+        except Unavailable:
+            raise
         except (ValueError, KBError) as exc:
             print(f"kb: {exc}", file=sys.stderr)
             return 2
@@ -436,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
         kb = KnowledgeBase(home=args.home, settings=settings, collection=None if names == ["all"] else names[0])
         if several:  # searched as one ranking
             kb = kb.reading(kb.house.collection_names() if names == ["all"] else names)
+    except Unavailable:
+        raise
     except KBError as exc:
         print(f"kb: {exc}", file=sys.stderr)
         return 2
@@ -495,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"collection {name}:")
                 _print_report(report, args.json)
             return 1 if any(r.failed for r in reports.values()) else 0
+    except Unavailable:
+        raise
     except (NotFoundError, ConfigError, LockedError, CatalogueError) as exc:
         print(f"kb: {exc}", file=sys.stderr)
         return 2

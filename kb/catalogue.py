@@ -33,11 +33,11 @@ from sqlalchemy import (
     select,
     text as sql_text,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
-from kb.errors import CatalogueError
+from kb.errors import CatalogueError, CatalogueUnavailable, DiskFull
 
 # SQLite only autoincrements an INTEGER PRIMARY KEY; elsewhere use 64-bit ids like FAISS.
 ChunkId = BigInteger().with_variant(Integer(), "sqlite")
@@ -294,8 +294,15 @@ def add_column(conn, table: str, name: str) -> None:  # noqa: ANN001 - a Connect
 class Catalogue:
     """Owns the engine and sessions; small query helpers used by ingestion, retrieval and status."""
 
-    def __init__(self, url: str):
-        self.engine = create_engine(url)
+    def __init__(self, url: str, connect_timeout_s: float = 10, statement_timeout_s: float = 120):
+        """On PostgreSQL a connection attempt gives up after `connect_timeout_s`, a statement after
+        `statement_timeout_s`, and TCP keepalives notice a vanished server; SQLite waits 30 s for a lock."""
+        args = {}
+        if make_url(url).get_backend_name() == "postgresql":
+            args = {"connect_timeout": max(1, round(connect_timeout_s)), "keepalives": 1, "keepalives_idle": 30,
+                    "keepalives_interval": 10, "keepalives_count": 3,
+                    "options": f"-c statement_timeout={round(statement_timeout_s * 1000)}"}
+        self.engine = create_engine(url, connect_args=args, pool_pre_ping=bool(args))
         if self.engine.dialect.name == "sqlite":
             _sqlite_pragmas(self.engine)
         try:
@@ -312,11 +319,20 @@ class Catalogue:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def _damaged(self, exc: DatabaseError) -> Exception:
-        """A damaged catalogue becomes a CatalogueError saying what to do; other database errors pass."""
+        """A damaged catalogue becomes a CatalogueError saying what to do, a full disk DiskFull, an
+        unreachable or silent server CatalogueUnavailable (one line each, no SQL); other errors pass."""
         text = str(exc.orig if getattr(exc, "orig", None) is not None else exc).lower()
+        where = self.engine.url.render_as_string(hide_password=True)
+        if "database or disk is full" in text or "no space left" in text:
+            return DiskFull(f"the disk holding the catalogue {where} is full; nothing of this change was kept. "
+                            "Free some space and try again")
+        if self.engine.dialect.name != "sqlite" and isinstance(exc, OperationalError):
+            reason = text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
+            return CatalogueUnavailable(
+                f"the catalogue database {self.engine.url.host or 'localhost'}/{self.engine.url.database} cannot be "
+                f"used now ({reason}); check that it is running and reachable, then try again")
         if not any(word in text for word in _DAMAGE):
             return exc
-        where = self.engine.url.render_as_string(hide_password=True)
         return CatalogueError(
             f"the catalogue {where} is damaged ({text.strip()}). Restore it from a backup, or rebuild it "
             "from the indexed files with `kb rebuild-catalogue` (the damaged file is kept beside it)")

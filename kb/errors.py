@@ -42,6 +42,19 @@ class CatalogueError(KBError):
     """The SQL catalogue is damaged or unreadable; the message says how to restore or rebuild it."""
 
 
+class Unavailable(KBError):
+    """Something kb needs is out of reach for now (the database, disk space): nothing was lost, and the
+    same request succeeds once it is back. The CLI exits 3; the API answers 503 with Retry-After."""
+
+
+class CatalogueUnavailable(Unavailable):
+    """The catalogue's database cannot be reached or did not answer in time."""
+
+
+class DiskFull(Unavailable):
+    """No space left for the catalogue or an index; nothing half-written was kept."""
+
+
 class LockedError(KBError):
     """Another writer holds the knowledge base lock."""
 

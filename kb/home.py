@@ -77,7 +77,8 @@ class Home:
     # -- the parts ------------------------------------------------------------------------------
     @once
     def catalogue(self) -> Catalogue:
-        catalogue = Catalogue(self.settings.catalogue_url)
+        s = self.settings
+        catalogue = Catalogue(s.catalogue_url, s.database_connect_timeout_s, s.database_statement_timeout_s)
         if writer_died(self.path):  # the last writer was killed mid-way: check before anyone reads
             refuse_damaged_catalogue(catalogue, self.settings)
         return catalogue

@@ -187,6 +187,9 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL of the catalogue; default a SQLite file in the home."
     )
+    database_connect_timeout_s: float = Field(10, gt=0, description="PostgreSQL: give up connecting after this.")
+    database_statement_timeout_s: float = Field(
+        120, gt=0, description="PostgreSQL: a statement running longer is cancelled (the request gets a 503).")
     collection: str = Field("default", description="Collection used when none is named.")
     embedding: EmbeddingSettings = EmbeddingSettings()
     chunking: ChunkingSettings = ChunkingSettings()
