@@ -416,8 +416,12 @@ class IndexWriter:
              retry_failed: bool = False) -> SyncReport:
         t0 = time.perf_counter()
         report = SyncReport()
+        first = self.index.read_manifest() is None and not self.rebuilt_damaged_index  # never written on this node
         report.repaired = self.reconcile()
-        if any(report.repaired.values()):
+        if first and any(report.repaired.values()):  # another node's writes, copied from the catalogue: no damage
+            log.info("%s: this node's indexes built from the catalogue: %s", self.collection, report.repaired)
+            report.repaired = dict.fromkeys(report.repaired, 0)
+        elif any(report.repaired.values()):
             log.warning("%s: repaired after an interrupted write: %s", self.collection, report.repaired)
         if self.rebuilt_damaged_index:
             report.repaired["damaged_index_rebuilt"] = 1

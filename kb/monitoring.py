@@ -89,7 +89,7 @@ class QueryLogWriter:
         self._writing = threading.Lock()  # one flush at a time
         self._wake = threading.Event()
         threading.Thread(target=self._run, name="kb-query-log", daemon=True).start()
-        atexit.register(self.flush)
+        atexit.register(self._flush_at_exit)
 
     def add(self, collection: str, **row) -> None:  # noqa: ANN003 - QueryLog's columns
         with self._lock:
@@ -105,6 +105,12 @@ class QueryLogWriter:
             with self.catalogue.session() as s:
                 cols = {name: self.catalogue.collection(s, name, create=False) for name in {c for c, _ in rows}}
                 s.add_all([QueryLog(collection_id=cols[c].id, **row) for c, row in rows if cols[c] is not None])
+
+    def _flush_at_exit(self) -> None:
+        try:
+            self.flush()
+        except Exception as exc:  # noqa: BLE001 - the database went first: say so in one line
+            log.warning("query log not written at exit: %s", exc)
 
     def _run(self) -> None:
         while True:

@@ -1,0 +1,65 @@
+"""The CLI under ordinary faults (issue 30, items 3 and 10): a closed pipe, a full disk, another node's
+first write."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import kb.vector_index
+from app.cli import main as cli
+from tests.conftest import ROOT
+
+
+def _docs(folder, names):  # noqa: ANN001, ANN202
+    folder.mkdir()
+    for n in names:
+        (folder / f"{n}.md").write_text(f"# {n}\n\nError code {n.upper()}-7 means the {n} unit is blocked.\n")
+    return folder
+
+
+@pytest.mark.slow
+def test_a_closed_pipe_ends_the_command_quietly(tmp_path):
+    """`kb search --queries … --json | head -n 1`: the reader has what it wanted; no BrokenPipeError."""
+    env = {**os.environ, "KB_EMBEDDING__MODEL": "hash-384"}
+    home = str(tmp_path / "home")
+    subprocess.run([sys.executable, "-m", "app.cli", "--home", home, "reindex", str(_docs(tmp_path / "d", ["pump", "fan"]))],
+                   cwd=ROOT, env=env, check=True, capture_output=True, timeout=120)
+    queries = tmp_path / "q.jsonl"
+    queries.write_text("".join(json.dumps({"id": i, "question": "pump blocked"}) + "\n" for i in range(3000)))
+    piped = subprocess.run(f"{sys.executable} -m app.cli --home {home} search --queries {queries} | head -n 1; "
+                           "exit ${PIPESTATUS[0]}", shell=True, executable="/bin/bash", cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert piped.returncode == 0 and json.loads(piped.stdout)["id"] == 0
+    assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr, piped.stderr
+
+
+def test_a_full_disk_is_one_line_and_exit_3(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KB_EMBEDDING__MODEL", "hash-384")
+
+    def disk_full(path, data):  # a FAKE full disk under the FAISS save
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(kb.vector_index, "atomic_write", disk_full)
+    assert cli(["--home", str(tmp_path / "home"), "reindex", str(_docs(tmp_path / "d", ["pump"]))]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("kb: the disk is full") and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_another_nodes_first_write_is_not_reported_as_a_repair(tmp_path, postgres_url, monkeypatch, capsys):
+    """Two homes (two machines) share one PostgreSQL catalogue: the second's first write builds its own
+    indexes from the catalogue; that is no damage and must not read like one."""
+    monkeypatch.setenv("KB_EMBEDDING__MODEL", "hash-384")
+    monkeypatch.setenv("KB_DATABASE_URL", postgres_url)
+    assert cli(["--home", str(tmp_path / "a"), "ingest", str(_docs(tmp_path / "one", ["pump", "fan"]))]) == 0
+    capsys.readouterr()
+    assert cli(["--home", str(tmp_path / "b"), "ingest", str(_docs(tmp_path / "two", ["valve"]))]) == 0
+    out = capsys.readouterr().out
+    assert "added" in out and "repaired" not in out, out
+    assert cli(["--home", str(tmp_path / "b"), "search", "PUMP-7", "--top-k", "5", "--json"]) == 0
+    assert "pump.md" in {r["source"].rsplit("/", 1)[-1] for r in json.loads(capsys.readouterr().out)}  # the other's too
