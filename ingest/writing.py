@@ -4,6 +4,7 @@ each write. The facade (kb/knowledge_base.py) checks who may write and hands the
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -21,12 +22,16 @@ from kb.settings import Settings
 from kb.status import refuse_damaged_catalogue
 
 Wait = Callable[[str], None] | None  # told when another writer holds the lock
+# A writer checks the catalogue's integrity (SQLite's quick_check reads every page: ~1 s per GB) at its
+# first write in a process, then at most this often, and always after a killed writer.
+CHECK_EVERY_S = 3600.0
 
 
 class Writes:
     def __init__(self, settings: Settings, catalogue: Catalogue, embedder: Embedder, indexes: IndexStore):
         self.settings, self.catalogue, self.embedder, self.indexes = settings, catalogue, embedder, indexes
         self.home = Path(settings.home)
+        self._checked = -CHECK_EVERY_S  # when this process last ran the catalogue's integrity check
 
     def layout(self, collection: str) -> CollectionLayout:
         return CollectionLayout(self.catalogue, collection, self.home / "collections", uploads_dir(self.home, collection))
@@ -37,8 +42,9 @@ class Writes:
         catalogue's integrity is checked before any write."""
         with writer_lock(self.home, self.settings.ingest.lock_timeout_s if timeout_s is None else timeout_s, on_wait,
                          database_url=self.settings.database_url) as unclean:
-            if unclean:
-                refuse_damaged_catalogue(self.catalogue, self.settings)
+            if unclean or time.monotonic() - self._checked >= CHECK_EVERY_S:
+                refuse_damaged_catalogue(self.catalogue, self.settings)  # never write into a damaged catalogue
+                self._checked = time.monotonic()
             yield
 
     @contextmanager
@@ -62,7 +68,7 @@ class Writes:
         with self.writing(collection, on_wait, on_event, timeout_s=timeout_s) as writer:
             report = writer.sync([Path(p) for p in roots], delete_missing=command == "reindex",
                                  progress=progress, command=command, retry_failed=retry_failed)
-        record_sources(self.layout(collection))
+            record_sources(self.layout(collection))  # under the lock: two writers never race on it
         return report
 
     def rebuild(self, collection: str, roots: list[str], progress: bool = False, on_event: Event | None = None,

@@ -174,10 +174,12 @@ def test_damaged_catalogue_header_is_a_clear_error_then_rebuilt(indexed):
 
 
 def test_partly_damaged_catalogue_is_found_by_the_check(indexed):
-    home, _, _ = indexed
+    home, corpus, _ = indexed
     _damage_catalogue(home, "middle")
     check = kb_cli(home, "status", "--check")
     assert check.returncode == 1 and "DAMAGED" in check.stdout
+    write = kb_cli(home, "reindex", str(corpus))  # a writer never carries on into a damaged catalogue
+    assert write.returncode == 2 and "kb rebuild-catalogue" in write.stderr and "Traceback" not in write.stderr
     (home / "writer.dirty").touch()  # as a killed writer leaves it: every command checks first
     for args in (["status"], ["search", QUESTION]):
         r = kb_cli(home, *args)
