@@ -16,10 +16,10 @@ import os
 import socket
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from kb.catalogue import Catalogue, JobRow, utcnow
+from kb.catalogue import Catalogue, JobRow
 from kb.errors import NotFoundError
 
 KINDS = ("upload", "reindex", "reindex_full", "ingest")
@@ -67,6 +67,13 @@ class JobQueue:
     def __init__(self, catalogue: Catalogue):
         self.catalogue = catalogue
 
+    def _now(self):  # noqa: ANN202 - an SQL expression
+        """The catalogue's clock, in UTC: every worker, on any machine, stamps and judges heartbeats on
+        one clock, so a worker whose own clock is behind never looks dead (nor a dead one alive)."""
+        if self.catalogue.engine.dialect.name == "postgresql":
+            return func.timezone("UTC", func.statement_timestamp())
+        return func.strftime("%Y-%m-%d %H:%M:%f", "now")  # SQLite: the one machine's clock, as SQL sees it
+
     def submit(self, collection: str, kind: str, params: dict | None = None) -> Job:
         if kind not in KINDS:
             raise ValueError(f"unknown job kind {kind!r}")
@@ -93,12 +100,14 @@ class JobQueue:
     def requeue_stale(self, stale_after_s: float) -> list[int]:
         """Jobs whose worker stopped beating (killed, machine lost): queued again, or failed after
         MAX_ATTEMPTS. Returns their ids."""
-        limit = utcnow() - dt.timedelta(seconds=stale_after_s)
         with self.catalogue.session() as s:
+            now = s.scalar(select(self._now()))
+            now = dt.datetime.fromisoformat(now) if isinstance(now, str) else now
+            limit = now - dt.timedelta(seconds=stale_after_s)
             rows = list(s.scalars(select(JobRow).where(JobRow.status == "running", JobRow.heartbeat_at < limit)))
             for r in rows:
                 if r.attempts >= MAX_ATTEMPTS:
-                    r.status, r.finished_at = "failed", utcnow()
+                    r.status, r.finished_at = "failed", now
                     r.error = f"its worker stopped {r.attempts} times (killed or out of memory?); not retried"
                 else:
                     r.status, r.worker = "queued", None
@@ -112,7 +121,7 @@ class JobQueue:
             candidates = list(s.scalars(select(JobRow.id).where(JobRow.status == "queued",
                                                                 JobRow.collection.not_in(busy)).order_by(JobRow.id)))
         for job_id in candidates:
-            now = utcnow()
+            now = self._now()
             try:
                 with self.catalogue.session() as s:
                     claimed = s.execute(
@@ -127,7 +136,7 @@ class JobQueue:
 
     def heartbeat(self, job_id: int, worker: str, progress: dict | None = None) -> bool:
         """Record that the job is alive (and its progress). False when it is no longer this worker's."""
-        values: dict = {"heartbeat_at": utcnow()}
+        values: dict = {"heartbeat_at": self._now()}
         if progress is not None:
             values["progress"] = progress
         with self.catalogue.session() as s:
@@ -136,7 +145,7 @@ class JobQueue:
 
     def finish(self, job_id: int, worker: str, result: dict | None, error: str | None = None,
                progress: dict | None = None) -> None:
-        values = {"status": "failed" if error else "done", "result": result, "error": error, "finished_at": utcnow()}
+        values = {"status": "failed" if error else "done", "result": result, "error": error, "finished_at": self._now()}
         if progress is not None:
             values["progress"] = progress
         with self.catalogue.session() as s:

@@ -4,6 +4,7 @@ whose job another worker finishes, leaving the collection consistent."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import subprocess
@@ -94,3 +95,21 @@ def test_a_killed_worker_process_leaves_a_job_another_worker_finishes(settings, 
     assert done.result["unchanged"] == partial and done.result["added"] == 5 - partial
     assert consistent(kb)[0] == 5
     assert wait_for(kb.jobs, job.id, timeout_s=1).status == "done"
+
+
+def test_heartbeats_use_the_catalogues_clock_not_the_workers(queue, monkeypatch):
+    """A worker whose clock is 120 s behind (another machine) claims a job: a rescuer with a correct clock
+    must not take it over as stale, and the job's times stay in order (issue 30, item 7)."""
+    import kb.jobs
+
+    job = queue.submit("default", "reindex")
+    behind = lambda: dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(seconds=120)  # noqa: E731
+    with monkeypatch.context() as m:  # a FAKE slow clock in the claiming worker's Python
+        m.setattr(kb.jobs, "utcnow", behind, raising=False)
+        assert queue.claim("behind", stale_after_s=60).id == job.id
+        assert queue.heartbeat(job.id, "behind", {"done": 1})
+    assert queue.requeue_stale(60) == []  # the healthy job keeps its worker
+    assert queue.get(job.id).worker == "behind"
+    queue.finish(job.id, "behind", {"ok": True})
+    done = queue.get(job.id)
+    assert done.status == "done" and done.finished_at >= done.started_at
