@@ -108,8 +108,9 @@ class IndexStore:
         killed writer the indexes may be ahead of the catalogue (its last batch, or a rebuild's swap):
         repaired first."""
         collection = key[1]
-        if writer_died(self.home) or left_ahead(self.home, self.index_dir(collection)):
-            self._repair(collection)  # never answer from indexes ahead of the catalogue
+        if writer_died(self.home) or left_ahead(self.home, self.index_dir(collection)) \
+                or (self.index_dir(collection) / "keywords.damaged").exists():
+            self._repair(collection)  # never answer from indexes ahead of the catalogue, nor from damaged ones
         now = time.monotonic()
         if now - self._checked.get(collection, -1e9) >= self.catch_up_s:  # at most once a second
             self._checked[collection] = now

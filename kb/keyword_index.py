@@ -14,6 +14,7 @@ catalogue's triggers a full comparison.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -21,7 +22,8 @@ import re
 import shutil
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -34,6 +36,14 @@ from kb.errors import IndexCorruptError
 from kb.text import CJK
 
 log = logging.getLogger(__name__)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
 
 # -- terms -----------------------------------------------------------------------------------------
 # Part of the index identity (in the manifest): changing the rules makes every entry stale, and the
@@ -120,6 +130,7 @@ class KeywordHits:
     coverage: float  # best share of the question's IDF weight found in one chunk (0 = no term matched)
     docs: int = 0  # chunks in the index, and how many hold each question term (the IDF's inputs):
     doc_freq: dict[str, tuple[int, int]] = field(default_factory=dict)  # term -> (times asked, chunks)
+    notes: list[str] = field(default_factory=list)  # why keywords had no say (a damaged index being rebuilt)
 
     def idf_weight(self, docs: int, doc_freq: dict[str, int]) -> float:
         """The question's IDF weight over the terms this index holds, with these statistics."""
@@ -140,14 +151,47 @@ def _schema() -> tantivy.Schema:
     return b.build()
 
 
+MUTABLE = {"meta.json", ".managed.json", ".tantivy-writer.lock", ".tantivy-meta.lock"}  # the rest never change
+
+
+def _is_panic(exc: BaseException) -> bool:
+    """tantivy's Rust panics arrive as pyo3's PanicException, a BaseException (not an Exception)."""
+    return type(exc).__name__ == "PanicException"
+
+
+@contextmanager
+def _damage_is_an_error(index: KeywordIndex) -> Iterator[None]:
+    """A panic or a read error inside tantivy (a garbled segment) becomes an IndexCorruptError, and the
+    index is marked damaged so that the next writer rebuilds it from the catalogue."""
+    try:
+        yield
+    except IndexCorruptError:
+        raise
+    except BaseException as exc:
+        if not (_is_panic(exc) or isinstance(exc, ValueError)):  # tantivy says damage with ValueError
+            raise
+        index.mark_damaged(f"{type(exc).__name__}: {str(exc)[:200]}")
+        raise IndexCorruptError(f"the keyword index {index.directory} is damaged ({str(exc)[:200]})") from None
+
+
 class KeywordIndex:
     """One collection's tantivy index in `directory`; the caller holds the writer lock for writes.
-    A reader (`for_reading`) never creates files: where no index exists yet it searches an empty one."""
+    A reader (`for_reading`) never creates files: where no index exists yet it searches an empty one.
+
+    Integrity: tantivy's segment files never change once written, so after each commit kb records a
+    sha256 of every new one (`keywords.sums.json` beside the folder); `verify()` compares them
+    (`kb status --check`). A garbled segment found there, or by a panic in a search, marks the index
+    damaged (`keywords.damaged`): readers then repair, and the writer rebuilds it from the catalogue."""
 
     def __init__(self, directory: Path, create: bool = True):
         self.directory = Path(directory)
         self.journal = self.directory.parent / "keywords.pending.json"
+        self.sums_file = self.directory.parent / "keywords.sums.json"
+        self.damaged_file = self.directory.parent / "keywords.damaged"
         self.schema = _schema()
+        if not create and self.damaged_file.exists():
+            raise IndexCorruptError(f"the keyword index {self.directory} is damaged "
+                                    f"({self.damaged_file.read_text()[:300]}); it is rebuilt from the catalogue")
         try:
             if create:
                 self.directory.mkdir(parents=True, exist_ok=True)
@@ -156,8 +200,10 @@ class KeywordIndex:
                 self._writer = None
                 return
             self.index = tantivy.Index(self.schema, path=str(self.directory), reuse=True)
-        except ValueError as exc:
-            raise IndexCorruptError(f"cannot open the keyword index {self.directory}: {exc}") from exc
+        except BaseException as exc:
+            if not (_is_panic(exc) or isinstance(exc, ValueError)):
+                raise
+            raise IndexCorruptError(f"cannot open the keyword index {self.directory}: {str(exc)[:300]}") from None
         self._writer = None
 
     @classmethod
@@ -168,26 +214,88 @@ class KeywordIndex:
     def open_or_reset(cls, directory: Path) -> KeywordIndex:
         """Open it for writing; a damaged one is deleted and started empty, with a journal that makes the
         next reconciliation compare it in full with the catalogue (and refill it from the stored text)."""
+        damaged = directory.parent / "keywords.damaged"
         try:
+            if damaged.exists():
+                raise IndexCorruptError(f"the keyword index {directory} is damaged ({damaged.read_text()[:300]})")
             return cls(directory)
         except IndexCorruptError as exc:
             log.warning("%s; rebuilding it from the catalogue", exc)
             shutil.rmtree(directory, ignore_errors=True)
+            (directory.parent / "keywords.sums.json").unlink(missing_ok=True)
             index = cls(directory)
-            index.write_journal({"full": True})
+            index.write_journal({"full": True})  # before the mark goes: a crash now still rebuilds it
+            damaged.unlink(missing_ok=True)
             return index
+
+    # -- integrity ---------------------------------------------------------------------------
+    def mark_damaged(self, reason: str) -> None:
+        try:
+            atomic_write(self.damaged_file, reason.encode())
+        except OSError as exc:  # a read-only home: the error is still raised to the caller
+            log.warning("could not mark %s damaged: %s", self.directory, exc)
+
+    def _segment_files(self) -> list[Path]:
+        return sorted(f for f in self.directory.iterdir() if f.is_file() and f.name not in MUTABLE) \
+            if self.directory.is_dir() else []
+
+    def _sums(self) -> dict[str, str]:
+        try:
+            return json.loads(self.sums_file.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def record_sums(self) -> None:
+        """Hash the segment files not hashed yet (new ones only: the cost follows what was written)."""
+        old, files = self._sums(), self._segment_files()
+        sums = {f.name: old.get(f.name) or _sha256(f) for f in files}
+        if sums != old:
+            atomic_write(self.sums_file, json.dumps(sums, indent=0, sort_keys=True).encode())
+
+    def verify(self) -> list[str]:
+        """Problems found: a recorded segment file that changed or went missing, or a full read of the
+        index that fails. Damage found marks the index for a rebuild."""
+        sums, problems = self._sums(), []
+        present = {f.name for f in self._segment_files()}
+        live = self._live_files()
+        for name, digest in sums.items():
+            if name in present and _sha256(self.directory / name) != digest:
+                problems.append(f"{name} changed since it was written (a damaged disk or copy?)")
+            elif name not in present and name in live:
+                problems.append(f"{name} is missing")
+        if not problems:
+            try:
+                with _damage_is_an_error(self):
+                    self.ids()
+            except IndexCorruptError as exc:
+                problems.append(str(exc))
+        if problems:
+            self.mark_damaged("; ".join(problems))
+        return problems
+
+    def _live_files(self) -> set[str]:
+        """The segment files meta.json refers to (by segment id prefix)."""
+        try:
+            meta = json.loads((self.directory / "meta.json").read_text())
+        except (OSError, ValueError):
+            return set()
+        ids = {seg["segment_id"].replace("-", "") for seg in meta.get("segments", [])}
+        return {f.name for f in self._segment_files() if f.name.split(".")[0] in ids} | \
+            {n for n in self._sums() if n.split(".")[0] in ids}
 
     @property
     def count(self) -> int:
-        return int(self.index.searcher().num_docs)
+        with _damage_is_an_error(self):
+            return int(self.index.searcher().num_docs)
 
     def max_id(self) -> int | None:
         """The highest chunk id held (new chunks always get higher ids: a replaced batch changes it)."""
-        searcher = self.index.searcher()
-        if not searcher.num_docs:
-            return None
-        hits = searcher.search(tantivy.Query.all_query(), 1, count=False, order_by_field="chunk_id").hits
-        return int(hits[0][0]) if hits else None
+        with _damage_is_an_error(self):
+            searcher = self.index.searcher()
+            if not searcher.num_docs:
+                return None
+            hits = searcher.search(tantivy.Query.all_query(), 1, count=False, order_by_field="chunk_id").hits
+            return int(hits[0][0]) if hits else None
 
     def write_journal(self, entry: dict) -> None:
         atomic_write(self.journal, json.dumps(entry).encode())
@@ -210,8 +318,10 @@ class KeywordIndex:
         """Journal the ids, then commit. The journal stays until `settled()` after the catalogue commits."""
         if not self.journal.exists():  # a pending {"full": true} (a reset index) must survive until repaired
             self.write_journal({"remove": [int(i) for i in removed], "add": [int(i) for i in added]})
-        self._writer_().commit()
-        self.index.reload()
+        with _damage_is_an_error(self):
+            self._writer_().commit()
+            self.index.reload()
+        self.record_sums()
 
     def settled(self) -> None:
         """The catalogue has committed the journalled change."""
@@ -221,10 +331,15 @@ class KeywordIndex:
         if self._writer is not None:
             self._writer.wait_merging_threads()  # also releases tantivy's own writer lock
             self._writer = None
+            self.record_sums()  # the segments merges wrote meanwhile
 
     # -- consistency -----------------------------------------------------------------------
     def ids(self) -> set[int]:
         """Every chunk id in the index (a full scan: used only when a repair needs it)."""
+        with _damage_is_an_error(self):
+            return self._ids()
+
+    def _ids(self) -> set[int]:
         searcher = self.index.searcher()
         n = searcher.num_docs
         if not n:
@@ -246,6 +361,10 @@ class KeywordIndex:
     # -- search ----------------------------------------------------------------------------
     def search(self, question: str, k: int, document_ids: set[int] | None = None) -> KeywordHits:
         """BM25 top-k inside tantivy; document filters applied inside the engine too."""
+        with _damage_is_an_error(self):
+            return self._search(question, k, document_ids)
+
+    def _search(self, question: str, k: int, document_ids: set[int] | None) -> KeywordHits:
         query = Counter(terms(question))
         searcher = self.index.searcher()
         n = searcher.num_docs

@@ -19,6 +19,7 @@ from kb.access import Identity
 from kb.errors import CatalogueError, ConfigError, IndexCorruptError, KBError, PermissionDeniedError
 from kb.home import Home
 from kb.jobs import Job
+from kb.keyword_index import KeywordIndex
 from kb.settings import Settings, check_collection_name
 from kb.status import Status, collection_status, integrity_problems
 from retrieval.answer import Answer, AnswerStream, query_log_row
@@ -279,8 +280,8 @@ class KnowledgeBase:
             self.catalogue
         except CatalogueError as exc:  # too damaged to open
             return {"catalogue": [str(exc)], "index": []}
-        return integrity_problems(self.catalogue, self.collection, self.indexes.open_index,
-                                  self.indexes.reader_keywords)
+        return integrity_problems(self.catalogue, self.collection, self.indexes.open_index,  # opened as they are:
+                                  lambda c: KeywordIndex.for_reading(self.indexes.keyword_dir(c)))  # never repaired
 
     def status(self) -> Status:
         self._allow("read")

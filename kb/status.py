@@ -85,7 +85,16 @@ def integrity_problems(catalogue: Catalogue, collection: str, open_index, open_k
     if ids != chunks:
         problems["index"] = [f"{len(ids - chunks)} vectors not in the catalogue, {len(chunks - ids)} chunks "
                              "without a vector (the next write repairs this)"]
-    words = open_keywords(collection).ids()
+    try:
+        keywords = open_keywords(collection)
+        damage = keywords.verify()  # every recorded segment's checksum, then a full read
+    except IndexCorruptError as exc:
+        damage = [str(exc)]
+    if damage:
+        problems["index"] += [f"keyword index: {d} (the next search or write rebuilds it from the catalogue)"
+                              for d in damage]
+        return problems
+    words = keywords.ids()
     if words != chunks:
         problems["index"].append(f"{len(words - chunks)} keyword entries not in the catalogue, "
                                  f"{len(chunks - words)} chunks without one (the next write repairs this)")

@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from kb.catalogue import Catalogue, Chunk, Document
 from kb.embeddings import Embedder, english_failed
-from kb.errors import EmbeddingError
+from kb.errors import EmbeddingError, IndexCorruptError
 from kb.keyword_index import KeywordHits, KeywordIndex
 from kb.settings import RetrievalSettings
 from kb.text import is_english
@@ -98,11 +98,21 @@ class Retriever:
             t["dense"] = time.perf_counter() - t0
             t0 = time.perf_counter()
         if cfg.mode != "dense":
-            keywords = [sh.keywords.search(question, cfg.candidates, documents) for sh in self.shards]
+            keywords = [self._keyword_search(sh, question, documents) for sh in self.shards]
             t["keyword"] = time.perf_counter() - t0
         if len(self.shards) == 1:
             return (denses[0] if denses else dense), (keywords[0] if keywords else KeywordHits([], 0.0)), t
         return self._pooled(denses, keywords, t)
+
+    def _keyword_search(self, shard: Shard, question: str, documents: set[int] | None) -> KeywordHits:
+        """A damaged keyword index (marked for a rebuild by the search that found it) leaves the question
+        to the dense side, with a note, instead of failing it."""
+        try:
+            return shard.keywords.search(question, self.cfg.candidates, documents)
+        except IndexCorruptError as exc:
+            log.warning("%s: keyword search skipped: %s", shard.collection, exc)
+            return KeywordHits([], 0.0, notes=[f"{shard.collection}: the keyword index is damaged and being rebuilt; "
+                                               "these results come from the dense search alone"])
 
     def _pooled(self, denses: list[list[tuple[int, float]]], keywords: list[KeywordHits],
                 t: dict) -> tuple[list, KeywordHits, dict]:
@@ -128,7 +138,7 @@ class Retriever:
                 own_weight = h.idf_weight(h.docs, {t: df for t, (_, df) in h.doc_freq.items()})
                 factor = h.idf_weight(docs, dfs) / own_weight if own_weight else 1.0
                 rescaled.append([(i, sc * factor) for i, sc in h.ranking])
-            hits = KeywordHits(own(rescaled), max(h.coverage for h in keywords))
+            hits = KeywordHits(own(rescaled), max(h.coverage for h in keywords), notes=[n for h in keywords for n in h.notes])
         t["pool"] = time.perf_counter() - t0
         return dense, hits, t
 
@@ -168,7 +178,7 @@ class Retriever:
                     rows[i].document_id, signals[i], rows[i].ocr)
             for i in order[:top_k]
         ]
-        return Retrieval(question, contexts if relevant else [], relevant and bool(contexts), timings)
+        return Retrieval(question, contexts if relevant else [], relevant and bool(contexts), timings, hits.notes)
 
     def english_ranking(self, question: str, dense: list[tuple[int, float]],
                         keyword: list[tuple[int, float]]) -> list[tuple[int, float]]:

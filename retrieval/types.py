@@ -24,3 +24,4 @@ class Retrieval:
     contexts: list[Context]
     relevant: bool  # False: nothing in the collection passed the relevance floor
     timings: dict[str, float]  # seconds per stage
+    notes: list[str] = field(default_factory=list)  # what limited this search (a part left out, and why)
