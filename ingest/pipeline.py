@@ -380,7 +380,7 @@ class IndexWriter:
                 ids = list(s.scalars(insert(Chunk).returning(Chunk.id, sort_by_parameter_order=True), [
                     {"document_id": doc.id, "ordinal": i, "text": d.text, "page": d.page, "heading": d.heading,
                      "char_start": d.char_start, "char_end": d.char_end, "token_count": d.token_count,
-                     "terms": 0, "embed_sha256": text_hash(d.embed_text), "ocr": d.ocr}
+                     "embed_sha256": text_hash(d.embed_text), "ocr": d.ocr}
                     for i, d in enumerate(p.drafts)]))
                 new_ids += ids
                 new_vecs.append(p.vectors)

@@ -28,7 +28,7 @@ from sqlalchemy import (
     create_engine,
     event,
     false,
-    inspect,
+
     func,
     select,
     text as sql_text,
@@ -37,6 +37,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
+from kb import migrations
 from kb.errors import CatalogueError, CatalogueUnavailable, DiskFull
 
 # SQLite only autoincrements an INTEGER PRIMARY KEY; elsewhere use 64-bit ids like FAISS.
@@ -103,7 +104,6 @@ class Chunk(Base):
     char_start: Mapped[int] = mapped_column(Integer)
     char_end: Mapped[int] = mapped_column(Integer)
     token_count: Mapped[int] = mapped_column(Integer)
-    terms: Mapped[int] = mapped_column(Integer, default=0)  # unused since the keyword index moved to tantivy; kept so older catalogues still accept inserts
     embed_sha256: Mapped[str] = mapped_column(String(64))  # hash of the exact text embedded
     ocr: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # text read by OCR
     document: Mapped[Document] = relationship(back_populates="chunks")
@@ -265,32 +265,6 @@ class JobRow(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
 
 
-# Columns added after a table was first released: (table, column). create_all never alters an existing
-# table, so a catalogue written by an older kb gets them here, with their defaults (one ALTER each).
-ADDED_COLUMNS = [("chunks", "ocr")]
-
-
-def _add_missing_columns(conn) -> None:  # noqa: ANN001 - a Connection inside the schema transaction
-    have = {t: {c["name"] for c in inspect(conn).get_columns(t)} for t in {t for t, _ in ADDED_COLUMNS}}
-    for table, name in ADDED_COLUMNS:
-        if name not in have[table]:
-            add_column(conn, table, name)
-
-
-def add_column(conn, table: str, name: str) -> None:  # noqa: ANN001 - a Connection
-    """ALTER TABLE … ADD COLUMN with the model's type and default. Two processes opening an older
-    SQLite catalogue at once may both add it (PostgreSQL serialises them with the schema lock and
-    IF NOT EXISTS): the second one's "duplicate column" means it is there, which is all we want."""
-    column = Base.metadata.tables[table].c[name]
-    ddl, default = column.type.compile(conn.dialect), column.server_default.arg.compile(dialect=conn.dialect)
-    if_missing = "IF NOT EXISTS " if conn.dialect.name == "postgresql" else ""
-    try:
-        conn.execute(sql_text(f"ALTER TABLE {table} ADD COLUMN {if_missing}{name} {ddl} NOT NULL DEFAULT {default}"))
-    except OperationalError as exc:
-        if "duplicate column" not in str(exc).lower():
-            raise
-
-
 class Catalogue:
     """Owns the engine and sessions; small query helpers used by ingestion, retrieval and status."""
 
@@ -309,8 +283,7 @@ class Catalogue:
             with self.engine.begin() as conn:
                 if self.engine.dialect.name == "postgresql":
                     conn.execute(sql_text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
-                Base.metadata.create_all(conn)
-                _add_missing_columns(conn)
+                migrations.upgrade(conn)  # any older catalogue to this kb's schema (kb/migrations)
         except DatabaseError as exc:
             damaged = self._damaged(exc)
             if damaged is exc:

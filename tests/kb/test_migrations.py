@@ -1,0 +1,110 @@
+"""Catalogue migrations (Alembic, kb/migrations): a catalogue the last release wrote, on SQLite and on
+PostgreSQL, opens in this kb upgraded to HEAD with everything it held; a fresh one is exactly the models'
+schema; a catalogue older still (no `chunks.ocr`) gets its column too."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import MetaData, create_engine, inspect, insert, select, text
+from sqlalchemy.pool import NullPool
+
+from kb import migrations
+from kb.catalogue import Base, Catalogue
+from kb.home import Home
+from kb.settings import EmbeddingSettings, Settings
+from tests.conftest import ROOT
+
+RELEASE = ROOT / "tests" / "data" / "release-0.1-home"
+QUESTION = "How many days of annual leave?"
+
+
+def test_head_is_the_newest_revision():
+    assert ScriptDirectory.from_config(migrations.config()).get_current_head() == migrations.HEAD
+
+
+@pytest.mark.parametrize("catalogue_backend", ["sqlite", "postgresql"], indirect=True)
+def test_a_fresh_catalogue_has_exactly_the_models_schema(settings, catalogue_backend):
+    settings.home.mkdir(exist_ok=True)
+    catalogue = Catalogue(settings.catalogue_url)
+    with catalogue.engine.connect() as conn:
+        assert migrations.current(conn) == migrations.HEAD
+        diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert [d for d in diffs if d[0] != "remove_table" or d[1].name != migrations.VERSION_TABLE] == []
+    with catalogue.session() as s:  # and it takes rows
+        catalogue.collection(s, "default")
+    catalogue.engine.dispose()
+
+
+def _release_home(tmp_path):  # noqa: ANN001, ANN202
+    home = tmp_path / "home"
+    shutil.copytree(RELEASE, home)
+    return home
+
+
+def _check_upgraded(settings: Settings) -> None:
+    home = Home(settings)
+    with home.catalogue.engine.connect() as conn:
+        assert migrations.current(conn) == migrations.HEAD
+        assert "terms" not in {c["name"] for c in inspect(conn).get_columns("chunks")}  # 0002 ran
+    kb = home.collection()
+    assert [c.source.rsplit("/", 1)[-1] for c in kb.search(QUESTION, log=False)][0] == "leave.md"
+    assert home.access.sign_in("alice", "alice-password-1").may("default", "read")  # users and grants kept
+    assert home.collection().metrics().queries == 1  # the query log too
+    docs = settings.home.parent / "more"
+    docs.mkdir()
+    (docs / "desk.md").write_text("# Desks\n\nHot desks are booked in the office app.\n")
+    assert len(kb.ingest([docs]).added) == 1  # new rows insert into the upgraded tables
+
+
+def test_the_last_releases_sqlite_catalogue_is_upgraded(tmp_path):
+    settings = Settings(home=_release_home(tmp_path), embedding=EmbeddingSettings(model="hash-384"))
+    _check_upgraded(settings)
+
+
+def test_the_last_releases_catalogue_is_upgraded_on_postgresql(tmp_path, postgres_url):
+    """The release's schema on PostgreSQL (revision 0001 is that schema, frozen), holding the release
+    home's rows copied from its SQLite file; then this kb opens it."""
+    home = _release_home(tmp_path)
+    pg = create_engine(postgres_url, poolclass=NullPool)
+    with pg.begin() as conn:
+        cfg = migrations.config()
+        cfg.attributes["connection"] = conn
+        from alembic import command
+
+        command.upgrade(cfg, "0001")
+    old = create_engine(f"sqlite:///{home / 'catalogue.sqlite3'}", poolclass=NullPool)
+    source, target = MetaData(), MetaData()
+    source.reflect(old)
+    target.reflect(pg)
+    assert "terms" in target.tables["chunks"].c  # the release's schema
+    with old.connect() as src, pg.begin() as dst:
+        for table in source.sorted_tables:
+            rows = [dict(r._mapping) for r in src.execute(select(table))]
+            if rows:
+                dst.execute(insert(target.tables[table.name]), rows)
+        for table in target.sorted_tables:  # ids continue after the copied ones, as they would have
+            for col in table.primary_key.columns:
+                if dst.scalar(text(f"SELECT pg_get_serial_sequence('{table.name}', '{col.name}')")):
+                    dst.execute(text(f"SELECT setval(pg_get_serial_sequence('{table.name}', '{col.name}'), "
+                                     f"COALESCE((SELECT max({col.name}) FROM {table.name}), 1))"))
+    old.dispose()
+    pg.dispose()
+    (home / "catalogue.sqlite3").unlink()
+    settings = Settings(home=home, database_url=postgres_url, embedding=EmbeddingSettings(model="hash-384"))
+    _check_upgraded(settings)
+
+
+def test_a_catalogue_from_before_the_ocr_column_gains_it(tmp_path):
+    home = _release_home(tmp_path)
+    engine = create_engine(f"sqlite:///{home / 'catalogue.sqlite3'}", poolclass=NullPool)
+    with engine.begin() as conn:  # as a kb from before OCR left it
+        conn.execute(text("ALTER TABLE chunks DROP COLUMN ocr"))
+    engine.dispose()
+    settings = Settings(home=home, embedding=EmbeddingSettings(model="hash-384"))
+    found = Home(settings).collection().search(QUESTION, log=False)
+    assert found and not any(c.ocr for c in found)  # old rows read as "not OCR"
