@@ -342,6 +342,22 @@ class Catalogue:
             return [str(exc.orig if getattr(exc, "orig", None) is not None else exc)]
         return [] if rows == ["ok"] else rows
 
+    def garbled_chunks(self, collection: str, intact: Callable[[str | None, str, str | None], bool]) -> list[tuple[int, str]]:
+        """(chunk id, document path) of every chunk whose text fails `intact(heading, text, stored hash)`:
+        a page of the catalogue damaged under a check that only reads its structure. Read in batches."""
+        out, after = [], 0
+        with self.session() as s:
+            while True:
+                rows = s.execute(select(Chunk.id, Chunk.heading, Chunk.text, Chunk.embed_sha256, Document.path)
+                                 .join(Document, Chunk.document_id == Document.id)
+                                 .join(Collection, Document.collection_id == Collection.id)
+                                 .where(Collection.name == collection, Chunk.id > after)
+                                 .order_by(Chunk.id).limit(5000)).all()
+                if not rows:
+                    return out
+                out += [(r.id, r.path) for r in rows if not intact(r.heading, r.text, r.embed_sha256)]
+                after = rows[-1].id
+
     def collection(self, s: Session, name: str, create: bool = True) -> Collection | None:
         col = s.scalar(select(Collection).where(Collection.name == name))
         if col is None and create:

@@ -12,7 +12,7 @@ from kb.device import faiss_gpu_count, torch_device
 from kb.errors import CatalogueError, IndexCorruptError, IndexMismatchError
 from kb.keyword_index import KeywordIndex
 from kb.settings import Settings
-from kb.vector_index import FaissIndex
+from kb.vector_index import FaissIndex, chunk_intact
 
 
 @dataclass
@@ -76,6 +76,13 @@ def integrity_problems(catalogue: Catalogue, collection: str, open_index, open_k
         problems["catalogue"] = [str(exc)]
     if problems["catalogue"]:
         return problems
+    garbled = catalogue.garbled_chunks(collection, chunk_intact)
+    if garbled:
+        docs = sorted({p for _, p in garbled})
+        problems["catalogue"].append(
+            f"{len(garbled)} chunks whose text no longer matches what was embedded (damaged pages; they are left "
+            f"out of answers) in {len(docs)} documents ({', '.join(docs[:3])}{', …' if len(docs) > 3 else ''}): "
+            "restore the catalogue from a backup, or re-read them with `kb reindex --full`")
     try:
         index = open_index(collection)
     except (IndexCorruptError, IndexMismatchError) as exc:

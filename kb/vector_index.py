@@ -21,6 +21,7 @@ import numpy as np
 from kb.batching import Batcher
 from kb.device import faiss_gpu_count
 from kb.files import atomic_write
+from kb.embeddings import text_hash
 from kb.errors import IndexCorruptError, IndexMismatchError
 from kb.settings import IndexSettings
 
@@ -32,6 +33,11 @@ REQUIRED_KEYS = frozenset({"format_version", "count", "checksum"})
 def embedded_text(heading: str | None, text: str) -> str:
     """What is embedded (and keyword-indexed) for a chunk: its heading path, a newline, its text."""
     return f"{heading}\n{text}" if heading else text
+
+
+def chunk_intact(heading: str | None, text: str, digest: str | None) -> bool:
+    """The chunk's heading and text still hash to what was embedded (`chunks.embed_sha256`)."""
+    return digest is None or text_hash(embedded_text(heading, text)) == digest
 
 
 class FaissIndex:

@@ -18,7 +18,7 @@ from kb.errors import EmbeddingError, IndexCorruptError
 from kb.keyword_index import KeywordHits, KeywordIndex
 from kb.settings import RetrievalSettings
 from kb.text import is_english
-from kb.vector_index import FaissIndex, embedded_text
+from kb.vector_index import FaissIndex, chunk_intact, embedded_text
 from retrieval.dense import dense_search
 from retrieval.types import Context, Retrieval
 
@@ -159,9 +159,16 @@ class Retriever:
         for name, ranking in (("dense", dense), ("bm25", keyword), ("english", english)):
             for i, s in ranking:
                 signals[i][name] = s
-        rows = self.catalogue.chunks_by_ids(order[: max(top_k, cfg.rerank_candidates if self.reranker else 0)],
+        # a few more than needed: an orphan or a damaged chunk left out below still leaves top_k
+        rows = self.catalogue.chunks_by_ids(order[: max(2 * top_k, cfg.rerank_candidates if self.reranker else 0)],
                                             self.collections)
         order = [i for i in order if i in rows]  # an id not in this collection's catalogue is an orphan
+        garbled = [i for i in order if not chunk_intact(rows[i].heading, rows[i].text, rows[i].embed_sha256)]
+        if garbled:  # text changed since it was embedded (a damaged page of the catalogue): never served
+            log.warning("chunks %s left out: their text no longer matches its stored hash (run "
+                        "`kb status --check`)", garbled)
+            order = [i for i in order if i not in garbled]
+            hits.notes.append(f"{len(garbled)} damaged passage(s) left out (see `kb status --check`)")
         timings["fuse"] = time.perf_counter() - t0
         scores = {i: fused[i] for i in order}
         if self.reranker is not None and order:
