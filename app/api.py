@@ -367,9 +367,14 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
         body = {"job": queued(job), "refused": [{"file": Path(p).name, "reason": r} for p, r in refused]}
         return await run_in_threadpool(reply, who, body)
 
-    @app.delete("/v1/documents/{ref:path}")
-    def delete_document(ref: str, collection: str | None = None, who: Identity = Depends(caller)) -> dict:
-        return reply(who, {"removed": kb_for(who, collection).remove(ref)})
+    @app.delete("/v1/documents/{ref:path}", response_model=None)
+    def delete_document(ref: str, collection: str | None = None, who: Identity = Depends(caller)) -> dict | JSONResponse:
+        """200 with what was removed; 202 with a job when the collection has a job running (an upload):
+        the removal then runs after it, and the request does not wait."""
+        paths, job = kb_for(who, collection).remove_or_queue(ref)
+        if job is None:
+            return reply(who, {"removed": paths})
+        return JSONResponse(reply(who, {"removed": [], "queued": paths, "job": queued(job)}), status_code=202)
 
     @app.post("/v1/reindex", status_code=202)
     def reindex(req: ReindexRequest, who: Identity = Depends(caller)) -> dict:

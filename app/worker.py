@@ -11,9 +11,10 @@ import logging
 import threading
 import time
 
+from ingest.pipeline import SyncReport
 from kb.errors import KBError
-from kb.jobs import Job, JobQueue, worker_name
 from kb.home import Home
+from kb.jobs import Job, JobQueue, worker_name
 from kb.knowledge_base import KnowledgeBase
 from kb.settings import Settings
 
@@ -90,6 +91,10 @@ class Worker:
     def _run(self, job: Job, on_event, on_wait):  # noqa: ANN001, ANN202 - ingest.pipeline.Event -> SyncReport
         kb = self.kb(job.collection)
         paths = job.params.get("paths") or []
+        if job.kind == "delete":  # queued behind a running job of the collection (remove_or_queue)
+            report = SyncReport()
+            report.removed = kb.remove(job.params["document"], on_wait=on_wait)
+            return report
         if job.kind == "reindex_full":
             return kb.sync(paths, full=True, on_event=on_event, on_wait=on_wait)
         if job.kind == "reindex" and not paths:

@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from kb.catalogue import Catalogue, JobRow
 from kb.errors import NotFoundError
 
-KINDS = ("upload", "reindex", "reindex_full", "ingest")
+KINDS = ("upload", "reindex", "reindex_full", "ingest", "delete")
 MAX_ATTEMPTS = 3  # a job whose worker died this many times is failed, not retried forever
 
 

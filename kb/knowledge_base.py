@@ -16,7 +16,7 @@ from ingest.uploads import Upload, UploadSink, store_uploads, uploads_dir
 from ingest.writing import Wait
 from kb import document_lookup, monitoring
 from kb.access import Identity
-from kb.errors import CatalogueError, ConfigError, IndexCorruptError, KBError, PermissionDeniedError
+from kb.errors import CatalogueError, ConfigError, IndexCorruptError, KBError, LockedError, PermissionDeniedError
 from kb.home import Home
 from kb.jobs import Job
 from kb.keyword_index import KeywordIndex
@@ -159,6 +159,19 @@ class KnowledgeBase:
         """Remove documents by id, exact path, or a path suffix that names exactly one."""
         self._allow("write", "delete", document=doc)
         return self.writes.remove(self.collection, doc, on_wait, self.lock_timeout_s)
+
+    def remove_or_queue(self, doc: str) -> tuple[list[str], Job | None]:
+        """Remove at once when the collection has no job running or waiting and the writer lock is free
+        within a second; otherwise queue the removal behind them as a job (returned): a request never
+        waits for an upload. An unknown document is refused at once either way."""
+        self._allow("write", "delete", document=doc)
+        paths = document_lookup.resolve(self.catalogue, self.collection, doc)
+        if not any(not j.finished for j in self.jobs.recent(self.collection, 20)):
+            try:
+                return self.writes.remove(self.collection, doc, None, 1.0), None
+            except LockedError:
+                pass  # another collection's writer: queued too
+        return paths, self.jobs.submit(self.collection, "delete", {"document": paths[0]})
 
     def reindex_all(self, progress: bool = False, on_event: Event | None = None, on_wait: Wait = None) -> SyncReport:
         """Re-sync the collection: the folders of its previous reindex and its uploaded files."""

@@ -15,6 +15,7 @@ import pytest
 
 from app.worker import Worker, wait_for
 from kb.catalogue import Catalogue
+from kb.errors import NotFoundError
 from kb.jobs import MAX_ATTEMPTS, JobQueue
 from kb.knowledge_base import KnowledgeBase
 from tests.conftest import FAST_MODEL, ROOT, SAMPLES, consistent
@@ -113,3 +114,33 @@ def test_heartbeats_use_the_catalogues_clock_not_the_workers(queue, monkeypatch)
     queue.finish(job.id, "behind", {"ok": True})
     done = queue.get(job.id)
     assert done.status == "done" and done.finished_at >= done.started_at
+
+
+def test_a_delete_while_a_job_runs_is_queued_not_waited_for(tmp_path):
+    """DELETE /v1/documents during an upload used to wait for the writer lock (up to lock_timeout_s,
+    then 409); it is queued behind the running job and done by the worker (issue 30, item 8)."""
+    from kb.home import Home
+    from kb.settings import EmbeddingSettings, IngestSettings, Settings
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name in ("a.md", "b.md"):
+        (docs / name).write_text(f"# {name}\n\nSome text of {name}.\n")
+    home = Home(Settings(home=tmp_path / "home", embedding=EmbeddingSettings(model="hash-384"),
+                         ingest=IngestSettings(lock_timeout_s=600)))
+    kb = home.collection()
+    kb.sync([docs])
+    running = home.jobs.submit("default", "reindex")
+    assert home.jobs.claim("busy-worker").id == running.id  # an upload is being indexed
+    t0 = time.monotonic()
+    paths, job = kb.remove_or_queue("a.md")
+    assert job is not None and job.kind == "delete" and time.monotonic() - t0 < 5  # answered at once
+    assert paths[0].endswith("a.md") and len(kb.documents()) == 2  # not removed yet
+    with pytest.raises(NotFoundError):
+        kb.remove_or_queue("no-such-file.md")  # an unknown document is still refused at once
+    home.jobs.finish(running.id, "busy-worker", {"ok": True})
+    done = Worker(home).run_once()
+    assert done.id == job.id and done.status == "done", done.error
+    assert [d.path.rsplit("/", 1)[-1] for d in kb.documents()] == ["b.md"]
+    paths, job = kb.remove_or_queue("b.md")  # nothing running: removed at once
+    assert job is None and paths[0].endswith("b.md") and kb.documents() == []
