@@ -286,7 +286,10 @@ def _print_status(st, as_json: bool) -> None:  # noqa: ANN001 - kb.status.Status
     for f in st.failures:
         print(f"  FAILED {_shown(f['path'])}: {f['error']}")
     for part, problems in st.check.items():
-        print(f"check       {part}: " + ("ok" if not problems else "DAMAGED: " + "; ".join(problems)))
+        if part == "behind":
+            print("check       index: behind the catalogue: " + "; ".join(problems))
+        else:
+            print(f"check       {part}: " + ("ok" if not problems else "DAMAGED: " + "; ".join(problems)))
 
 
 def _ui(settings: Settings, args) -> int:  # noqa: ANN001
@@ -497,15 +500,17 @@ def _main(argv: list[str] | None) -> int:
         if args.command == "status":
             if args.check:  # before status, which would otherwise stop at the first damage it meets
                 problems = kb.check()
-                if not any(problems.values()):
+                damaged = any(problems.get(part) for part in ("catalogue", "index"))
+                if not damaged:
                     st = kb.status()
                     st.check = problems
                     _print_status(st, args.json)
                 elif args.json:
                     print(json.dumps({"home": str(kb.home), "check": problems}, ensure_ascii=False, indent=2))
                 else:
-                    print("\n".join(f"{k}: DAMAGED: {'; '.join(v)}" for k, v in problems.items() if v))
-                return 1 if any(problems.values()) else 0
+                    print("\n".join(f"{k}: DAMAGED: {'; '.join(v)}" for k, v in problems.items()
+                                    if v and k != "behind"))
+                return 1 if damaged else 0
             _print_status(kb.status(), args.json)
             return 0
         if args.command in ("user", "group", "grant", "revoke", "token", "audit"):

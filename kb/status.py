@@ -67,8 +67,10 @@ def collection_status(settings: Settings, catalogue: Catalogue, collection: str,
 
 
 def integrity_problems(catalogue: Catalogue, collection: str, open_index, open_keywords) -> dict[str, list[str]]:  # noqa: ANN001
-    """Problems per part (`kb status --check`): the catalogue's own check, the index's checksum, and
-    whether the indexes hold the same chunks as the catalogue. Empty lists = healthy."""
+    """Problems per part (`kb status --check`): the catalogue's own check and its chunks' hashes, the
+    indexes' checksums, and whether they hold the same chunks as the catalogue. Empty lists = healthy;
+    an index only behind the catalogue's change log (another node's writes) is under "behind", which is
+    not damage."""
     problems: dict[str, list[str]] = {"catalogue": [], "index": []}
     try:
         problems["catalogue"] = catalogue.check()
@@ -89,6 +91,13 @@ def integrity_problems(catalogue: Catalogue, collection: str, open_index, open_k
         problems["index"] = [str(exc)]
         return problems
     ids, chunks = set(index.ids().tolist()), catalogue.chunk_ids(collection)
+    changes = catalogue.changes_since(collection, index.change_seq)
+    if ids != chunks and changes and (ids ^ chunks) <= {chunk_id for _, chunk_id, _ in changes}:
+        # not damage: writes made since this node's index was saved (another node's), applied at the
+        # next search; the keyword index follows the same position
+        problems["behind"] = [f"{len(changes)} catalogue changes not applied yet (writes from another node; "
+                              "this node applies them at its next search)"]
+        return problems
     if ids != chunks:
         problems["index"] = [f"{len(ids - chunks)} vectors not in the catalogue, {len(chunks - ids)} chunks "
                              "without a vector (the next write repairs this)"]

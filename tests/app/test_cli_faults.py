@@ -63,3 +63,21 @@ def test_another_nodes_first_write_is_not_reported_as_a_repair(tmp_path, postgre
     assert "added" in out and "repaired" not in out, out
     assert cli(["--home", str(tmp_path / "b"), "search", "PUMP-7", "--top-k", "5", "--json"]) == 0
     assert "pump.md" in {r["source"].rsplit("/", 1)[-1] for r in json.loads(capsys.readouterr().out)}  # the other's too
+
+
+def test_a_node_only_behind_the_catalogue_is_not_called_damaged(tmp_path, postgres_url, monkeypatch, capsys):
+    """status --check on a node whose index misses another node's latest write: behind, not DAMAGED
+    (exit 0); real damage still exits 1 (issue 30, item 9)."""
+    monkeypatch.setenv("KB_EMBEDDING__MODEL", "hash-384")
+    monkeypatch.setenv("KB_DATABASE_URL", postgres_url)
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert cli(["--home", a, "ingest", str(_docs(tmp_path / "one", ["pump"]))]) == 0
+    assert cli(["--home", b, "search", "PUMP-7"]) == 0  # node b has its indexes, up to date
+    assert cli(["--home", a, "ingest", str(_docs(tmp_path / "two", ["valve"]))]) == 0  # a writes again
+    capsys.readouterr()
+    assert cli(["--home", b, "status", "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "behind the catalogue" in out and "DAMAGED" not in out, out
+    (tmp_path / "b" / "collections" / "default" / "index.faiss").write_bytes(b"garbage")
+    assert cli(["--home", b, "status", "--check"]) == 1
+    assert "DAMAGED" in capsys.readouterr().out
