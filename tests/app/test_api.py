@@ -142,9 +142,17 @@ def test_too_large_locked_and_model_down_have_their_own_status(api):
     with client(api) as c:
         big = c.post("/v1/documents", files=[("files", ("big.txt", b"word " * 300_000, "text/plain"))])
         assert big.status_code == 413 and "too large" in big.json()["error"]["message"]
+        scratch = c.post("/v1/documents", files=[("files", ("scratch.md", b"# Scratch\n\nA note to delete.\n",
+                                                            "text/markdown"))])
+        assert wait_job(c, scratch.json()["job"]["id"])["status"] == "done"
         with FileLock(str(home / "writer.lock")):  # a long re-index elsewhere holds the writer lock
-            locked = c.delete(f"/v1/documents/{PDF}")
-        assert locked.status_code == 409 and "another kb writer" in locked.json()["error"]["message"]
+            t0 = time.monotonic()
+            locked = c.delete("/v1/documents/scratch.md")
+            waited = time.monotonic() - t0
+        # queued behind it as a job (issue 30): the request neither waits for the lock nor fails with 409
+        assert locked.status_code == 202 and waited < 10 and locked.json()["queued"][0].endswith("scratch.md")
+        assert wait_job(c, locked.json()["job"]["id"])["status"] == "done"
+        assert "scratch.md" not in [d["name"] for d in c.get("/v1/documents").json()]
         down = c.post("/v1/ask", json={"question": "Where does the name Debian come from?", "backend": "openai"})
         assert down.status_code == 503 and "127.0.0.1:9" in down.json()["error"]["message"]
         assert PDF in [d["name"] for d in c.get("/v1/documents").json()]  # nothing was lost on the way
