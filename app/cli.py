@@ -419,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     except Unavailable as exc:
         print(f"kb: {exc}", file=sys.stderr)
         return 3
+    except KBError as exc:  # `kb ui/serve/worker` meeting a damaged catalogue or bad settings at start
+        print(f"kb: {exc}", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # `kb search --json | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

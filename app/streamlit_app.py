@@ -40,9 +40,9 @@ def render_sources(kb: KnowledgeBase, answer: Answer, key: str) -> None:
                 st.caption("This page is a scan: its text was read by OCR and may hold misread characters. "
                            "Check the original.")
             st.markdown(highlight(c.text, c.sentences))
-            data = kb.original(c.source)
-            if data is not None:
-                st.download_button(label_escape(f"Open {name}"), data=data, file_name=name,
+            if kb.downloadable(c.source):  # read only when clicked (files may be 200 MB; every rerun would read them)
+                st.download_button(label_escape(f"Open {name}"), data=lambda src=c.source: kb.original(src) or b"",
+                                   file_name=name,
                                    mime=MIME.get(Path(c.source).suffix.lower(), "application/octet-stream"),
                                    key=f"dl-{key}-{c.n}")
     for sent in answer.unsupported:

@@ -31,15 +31,28 @@ def resolve(catalogue: Catalogue, collection: str, ref: str) -> list[str]:
     return hits
 
 
+def _known(catalogue: Catalogue, collection: str, path: str) -> bool:
+    with catalogue.session() as s:
+        col = catalogue.collection(s, collection, create=False)
+        return col is not None and s.scalar(
+            select(Document.id).where(Document.collection_id == col.id, Document.path == path)) is not None
+
+
+def downloadable(catalogue: Catalogue, collection: str, path: str) -> bool:
+    """Whether `original` would serve it, without reading it (a page offers the download, and reads the
+    file only when it is clicked)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and os.path.realpath(path) == path and _known(catalogue, collection, path)
+
+
 def original(catalogue: Catalogue, collection: str, path: str) -> bytes | None:
     """An indexed document's original bytes, for download. None unless the path is one of this
     collection's documents and still the regular file that was indexed there: opened without
     following a link, so a file swapped for a link after indexing is never served."""
-    with catalogue.session() as s:
-        col = catalogue.collection(s, collection, create=False)
-        known = col is not None and s.scalar(
-            select(Document.id).where(Document.collection_id == col.id, Document.path == path)) is not None
-    if not known:
+    if not _known(catalogue, collection, path):
         return None
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)

@@ -254,6 +254,10 @@ class KnowledgeBase:
         """The answer text, its citations (document, page, chunk), the contexts and the time per stage."""
         return self.ask_stream(question, backend, top_k, documents).result()
 
+    def downloadable(self, path: str) -> bool:
+        """Whether `original(path)` would serve the file (checked without reading it)."""
+        return any(document_lookup.downloadable(self.catalogue, c, path) for c in self._read_scope())
+
     def original(self, path: str) -> bytes | None:
         """A document's original bytes for download (None unless it is still the file indexed there)."""
         for c in self._read_scope():

@@ -81,3 +81,16 @@ def test_a_node_only_behind_the_catalogue_is_not_called_damaged(tmp_path, postgr
     (tmp_path / "b" / "collections" / "default" / "index.faiss").write_bytes(b"garbage")
     assert cli(["--home", b, "status", "--check"]) == 1
     assert "DAMAGED" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_servers_meeting_a_damaged_catalogue_at_start_say_so_in_one_line(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    (home / "catalogue.sqlite3").write_bytes(b"\x00" * 4096)  # not a database
+    for command in (["worker"], ["serve", "--port", "9"], ["ui", "--port", "9"]):
+        r = subprocess.run([sys.executable, "-m", "app.cli", "--home", str(home), *command], cwd=ROOT,
+                           env={**os.environ, "KB_EMBEDDING__MODEL": "hash-384"}, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (command, r.stderr)
+        assert "kb rebuild-catalogue" in r.stderr and len(r.stderr.strip().splitlines()) == 1, (command, r.stderr)

@@ -83,6 +83,20 @@ def test_a_heading_and_file_name_holding_markdown_are_escaped_in_the_source_expa
     assert button.proto.label == label_escape(f"Open {name}")
 
 
+def test_a_cited_original_is_read_only_when_its_download_is_clicked(indexed, monkeypatch):
+    """Every rerun of the page used to read every cited original whole (up to max_file_mb each) to offer
+    its download; now the button holds a callable, run when clicked (issue 24)."""
+    import kb.document_lookup
+
+    reads, real = [], kb.document_lookup.original
+    monkeypatch.setattr(kb.document_lookup, "original", lambda *a: reads.append(a) or real(*a))  # a spy: real reads
+    at = signed_in()
+    at.chat_input[0].set_value("How long are the nightly backups kept?").run()
+    assert not at.exception and at.get("download_button")
+    at.run()  # another rerun, as any click on the page makes
+    assert reads == []
+
+
 def test_documents_and_status_tabs_show_the_collection(indexed):
     at = signed_in()
     at.chat_input[0].set_value("When do nightly backups run?").run()
