@@ -24,7 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from app.reader_paths import ReaderPaths
 from app.upload_stream import BadUpload, MultipartUpload
@@ -116,7 +116,7 @@ def answer_json(a: Answer) -> dict:
                            "ocr": c.ocr}
                           for c in a.citations],
             "unsupported": a.unsupported, "timings_ms": {k: round(v * 1000, 2) for k, v in a.timings.items()},
-            "usage": a.usage}
+            "usage": a.usage, "notes": a.notes}
 
 
 def error(message: str, status: int, kind: str = "invalid_request_error") -> JSONResponse:
@@ -259,8 +259,9 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        if isinstance(exc, OperationalError) or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC):
-            return unavailable(request, exc)  # the database or the disk, reached outside the catalogue's session
+        if (isinstance(exc, DBAPIError) and exc.connection_invalidated) or \
+                (isinstance(exc, OSError) and exc.errno == errno.ENOSPC):
+            return unavailable(request, exc)  # the database gone, or the disk full, met outside a catalogue session
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return error("internal error (the server's log has the details)", 500, "server_error")
 
@@ -281,7 +282,7 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
     def search(req: SearchRequest, who: Identity = Depends(caller)) -> dict:
         r = reader(who, req.collection).retrieve(req.question, req.top_k, req.documents, record=True)
         telemetry.observe_stages(r.timings)
-        return reply(who, {"question": req.question, "relevant": r.relevant,
+        return reply(who, {"question": req.question, "relevant": r.relevant, "notes": r.notes,
                            "contexts": [context_json(c, n) for n, c in enumerate(r.contexts, 1)],
                            "timings_ms": {k: round(v * 1000, 2) for k, v in r.timings.items()}})
 

@@ -460,12 +460,12 @@ def _main(argv: list[str] | None) -> int:
             return 2
     names = (args.collection or "").split(",")
     try:
-        several = len(names) > 1 or names == ["all"]
-        if several and args.command not in ("search", "ask"):
+        every = names == ["all"] and args.command in ("search", "ask")  # elsewhere `all` is a collection's name
+        if len(names) > 1 and args.command not in ("search", "ask"):
             raise ConfigError(f"--collection {args.collection}: only search and ask read several collections")
-        kb = KnowledgeBase(home=args.home, settings=settings, collection=None if names == ["all"] else names[0])
-        if several:  # searched as one ranking
-            kb = kb.reading(kb.house.collection_names() if names == ["all"] else names)
+        kb = KnowledgeBase(home=args.home, settings=settings, collection=None if every else names[0])
+        if every or len(names) > 1:  # searched as one ranking
+            kb = kb.reading(kb.house.collection_names() if every else names)
     except Unavailable:
         raise
     except KBError as exc:
@@ -496,7 +496,10 @@ def _main(argv: list[str] | None) -> int:
             if not args.question:
                 print("kb: give a question or --queries FILE.jsonl", file=sys.stderr)
                 return 2
-            _print_contexts(kb.search(args.question, args.top_k, args.document), args.json)
+            r = kb.retrieve(args.question, args.top_k, args.document, record=True)
+            for note in r.notes:  # what limited this search (a damaged part being rebuilt)
+                print(f"kb: note: {note}", file=sys.stderr)
+            _print_contexts(r.contexts if r.relevant else [], args.json)
             return 0
         if args.command == "ask":
             return _ask(kb, args)

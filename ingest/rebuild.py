@@ -157,17 +157,23 @@ def _swap_in(layout: CollectionLayout, shadow: str, index: FaissIndex, crash_at:
         # Until the commit, a crash or a failed commit must make the next reader or writer repair, and
         # that repair compare the keyword index in full.
         mark_ahead(target)
-        journal = KeywordIndex.for_reading(keywords)
-        journal.write_journal({"full": True})
+        journal = target / "keywords.pending.json"
+        atomic_write(journal, json.dumps({"full": True}).encode())
         old_keywords = target / "keywords.old"
         shutil.rmtree(old_keywords, ignore_errors=True)
         if keywords.exists():
             keywords.replace(old_keywords)
         (index.directory / "keywords").replace(keywords)
+        sums = KeywordIndex.sums_path(index.directory / "keywords")  # the rebuilt segments' checksums go with them
+        if sums.exists():
+            os.replace(sums, KeywordIndex.sums_path(keywords))
+        else:
+            KeywordIndex.sums_path(keywords).unlink(missing_ok=True)
+        KeywordIndex.damaged_mark(keywords).unlink(missing_ok=True)  # the damaged folder is gone
         for name in ("index.faiss", "manifest.json"):
             os.replace(index.directory / name, target / name)
         crash_point("before_swap_commit", crash_at)
-    journal.journal.unlink(missing_ok=True)
+    journal.unlink(missing_ok=True)
     clear_ahead(target)
     shutil.rmtree(old_keywords, ignore_errors=True)
     shutil.rmtree(index.directory, ignore_errors=True)

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kb.errors import IndexCorruptError
-from kb.keyword_index import KeywordIndex
-from kb.locking import left_ahead, writer_died
+from kb.keyword_index import KeywordIndex, Unreadable
+from kb.locking import left_ahead, writer_active, writer_died
 from kb.settings import IndexSettings
 from kb.vector_index import FaissIndex
 
@@ -108,8 +108,12 @@ class IndexStore:
         killed writer the indexes may be ahead of the catalogue (its last batch, or a rebuild's swap):
         repaired first."""
         collection = key[1]
-        if writer_died(self.home) or left_ahead(self.home, self.index_dir(collection)) \
-                or (self.index_dir(collection) / "keywords.damaged").exists():
+        damaged = KeywordIndex.damaged_mark(self.keyword_dir(collection))
+        if damaged.exists() and writer_active(self.home):  # the writer rebuilds it; meanwhile no keywords
+            if key[0] == "keywords":
+                return Unreadable(f"the keyword index of {collection} is damaged; it is rebuilt after the "
+                                  "running write")
+        elif writer_died(self.home) or left_ahead(self.home, self.index_dir(collection)) or damaged.exists():
             self._repair(collection)  # never answer from indexes ahead of the catalogue, nor from damaged ones
         now = time.monotonic()
         if now - self._checked.get(collection, -1e9) >= self.catch_up_s:  # at most once a second

@@ -97,6 +97,12 @@ class JobQueue:
                 q = q.where(JobRow.collection == collection)
             return [_job(r) for r in s.scalars(q)]
 
+    def pending(self, collection: str) -> bool:
+        """Whether the collection has a job queued or running."""
+        with self.catalogue.session() as s:
+            return s.scalar(select(JobRow.id).where(JobRow.collection == collection,
+                                                    JobRow.status.in_(("queued", "running"))).limit(1)) is not None
+
     def requeue_stale(self, stale_after_s: float) -> list[int]:
         """Jobs whose worker stopped beating (killed, machine lost): queued again, or failed after
         MAX_ATTEMPTS. Returns their ids."""

@@ -32,7 +32,7 @@ import rjieba
 import tantivy
 
 from kb.files import atomic_write
-from kb.errors import IndexCorruptError
+from kb.errors import DiskFull, IndexCorruptError
 from kb.text import CJK
 
 log = logging.getLogger(__name__)
@@ -154,9 +154,19 @@ def _schema() -> tantivy.Schema:
 MUTABLE = {"meta.json", ".managed.json", ".tantivy-writer.lock", ".tantivy-meta.lock"}  # the rest never change
 
 
-def _is_panic(exc: BaseException) -> bool:
-    """tantivy's Rust panics arrive as pyo3's PanicException, a BaseException (not an Exception)."""
-    return type(exc).__name__ == "PanicException"
+def _is_damage(exc: BaseException) -> bool:
+    """What tantivy raises for a garbled index: a Rust panic (pyo3's PanicException, a BaseException, not
+    an Exception) or a ValueError (its one error type). A full disk is not damage: it becomes DiskFull;
+    a busy lock or anything else passes as it is."""
+    if type(exc).__name__ == "PanicException":
+        return True
+    if not isinstance(exc, ValueError):
+        return False
+    text = str(exc).lower()
+    if "no space left" in text:
+        raise DiskFull(f"the disk holding the keyword index is full ({str(exc)[:200]}); nothing was kept. "
+                       "Free some space and try again") from None
+    return "lock" not in text
 
 
 @contextmanager
@@ -168,10 +178,25 @@ def _damage_is_an_error(index: KeywordIndex) -> Iterator[None]:
     except IndexCorruptError:
         raise
     except BaseException as exc:
-        if not (_is_panic(exc) or isinstance(exc, ValueError)):  # tantivy says damage with ValueError
+        if not _is_damage(exc):
             raise
         index.mark_damaged(f"{type(exc).__name__}: {str(exc)[:200]}")
         raise IndexCorruptError(f"the keyword index {index.directory} is damaged ({str(exc)[:200]})") from None
+
+
+class Unreadable:
+    """Stands for a damaged keyword index while a writer is at work (the rebuild waits for it): every
+    search says so, and the retriever answers from the dense side with a note."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def search(self, question: str, k: int, document_ids: set[int] | None = None) -> KeywordHits:
+        raise IndexCorruptError(self.reason)
+
+    @property
+    def count(self) -> int:
+        raise IndexCorruptError(self.reason)
 
 
 class KeywordIndex:
@@ -186,8 +211,8 @@ class KeywordIndex:
     def __init__(self, directory: Path, create: bool = True):
         self.directory = Path(directory)
         self.journal = self.directory.parent / "keywords.pending.json"
-        self.sums_file = self.directory.parent / "keywords.sums.json"
-        self.damaged_file = self.directory.parent / "keywords.damaged"
+        self.sums_file = self.sums_path(self.directory)
+        self.damaged_file = self.damaged_mark(self.directory)
         self.schema = _schema()
         if not create and self.damaged_file.exists():
             raise IndexCorruptError(f"the keyword index {self.directory} is damaged "
@@ -201,10 +226,19 @@ class KeywordIndex:
                 return
             self.index = tantivy.Index(self.schema, path=str(self.directory), reuse=True)
         except BaseException as exc:
-            if not (_is_panic(exc) or isinstance(exc, ValueError)):
+            if not _is_damage(exc):
                 raise
             raise IndexCorruptError(f"cannot open the keyword index {self.directory}: {str(exc)[:300]}") from None
         self._writer = None
+
+    @staticmethod
+    def damaged_mark(directory: Path) -> Path:
+        """Beside the folder: says the index is damaged (what was found) until it is rebuilt."""
+        return Path(directory).parent / "keywords.damaged"
+
+    @staticmethod
+    def sums_path(directory: Path) -> Path:
+        return Path(directory).parent / "keywords.sums.json"
 
     @classmethod
     def for_reading(cls, directory: Path) -> KeywordIndex:
@@ -214,7 +248,7 @@ class KeywordIndex:
     def open_or_reset(cls, directory: Path) -> KeywordIndex:
         """Open it for writing; a damaged one is deleted and started empty, with a journal that makes the
         next reconciliation compare it in full with the catalogue (and refill it from the stored text)."""
-        damaged = directory.parent / "keywords.damaged"
+        damaged = cls.damaged_mark(directory)
         try:
             if damaged.exists():
                 raise IndexCorruptError(f"the keyword index {directory} is damaged ({damaged.read_text()[:300]})")
@@ -222,7 +256,7 @@ class KeywordIndex:
         except IndexCorruptError as exc:
             log.warning("%s; rebuilding it from the catalogue", exc)
             shutil.rmtree(directory, ignore_errors=True)
-            (directory.parent / "keywords.sums.json").unlink(missing_ok=True)
+            cls.sums_path(directory).unlink(missing_ok=True)
             index = cls(directory)
             index.write_journal({"full": True})  # before the mark goes: a crash now still rebuilds it
             damaged.unlink(missing_ok=True)
@@ -246,9 +280,11 @@ class KeywordIndex:
             return {}
 
     def record_sums(self) -> None:
-        """Hash the segment files not hashed yet (new ones only: the cost follows what was written)."""
-        old, files = self._sums(), self._segment_files()
-        sums = {f.name: old.get(f.name) or _sha256(f) for f in files}
+        """Hash the files of committed segments not hashed yet (new ones only: the cost follows what was
+        written). Files of a segment meta.json does not list yet (a merge still writing) wait for the next
+        call: they may be half-written."""
+        old, live = self._sums(), self._live_files(recorded=False)
+        sums = {f.name: old.get(f.name) or _sha256(f) for f in self._segment_files() if f.name in live}
         if sums != old:
             atomic_write(self.sums_file, json.dumps(sums, indent=0, sort_keys=True).encode())
 
@@ -273,15 +309,16 @@ class KeywordIndex:
             self.mark_damaged("; ".join(problems))
         return problems
 
-    def _live_files(self) -> set[str]:
-        """The segment files meta.json refers to (by segment id prefix)."""
+    def _live_files(self, recorded: bool = True) -> set[str]:
+        """The segment files meta.json refers to (by segment id prefix): present ones, and with
+        `recorded` also recorded ones that should be there."""
         try:
             meta = json.loads((self.directory / "meta.json").read_text())
         except (OSError, ValueError):
             return set()
         ids = {seg["segment_id"].replace("-", "") for seg in meta.get("segments", [])}
-        return {f.name for f in self._segment_files() if f.name.split(".")[0] in ids} | \
-            {n for n in self._sums() if n.split(".")[0] in ids}
+        present = {f.name for f in self._segment_files() if f.name.split(".")[0] in ids}
+        return present | ({n for n in self._sums() if n.split(".")[0] in ids} if recorded else set())
 
     @property
     def count(self) -> int:

@@ -7,6 +7,7 @@ these two modules wire `ingest` and `retrieval` together; nothing else in `kb/` 
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -57,14 +58,18 @@ class KnowledgeBase:
     def for_caller(self, caller: Identity, collection: str | None = None) -> KnowledgeBase:
         """A view acting for `caller`: reads need `read` on the collection, writes `write`; questions,
         uploads, deletions and re-indexing are audited."""
-        view = KnowledgeBase(self.house, collection=collection or self.collection, caller=caller)
-        view.lock_timeout_s, view.scope = self.lock_timeout_s, self.scope if collection is None else ()
-        return view
+        if collection is None:
+            return self._view(caller=caller)
+        return self._view(caller=caller, collection=check_collection_name(collection), scope=())
 
     def patient(self, lock_timeout_s: float) -> KnowledgeBase:
         """This view, its writes waiting up to `lock_timeout_s` for the writer lock (the job worker)."""
-        view = KnowledgeBase(self.house, collection=self.collection, caller=self.caller)
-        view.lock_timeout_s = lock_timeout_s
+        return self._view(lock_timeout_s=lock_timeout_s)
+
+    def _view(self, **changes) -> KnowledgeBase:  # noqa: ANN003 - view attributes
+        """Another view of the same Home: this one's attributes, with `changes`."""
+        view = copy.copy(self)
+        view.__dict__.update(changes)
         return view
 
     def _allow(self, level: str, action: str | None = None, **detail) -> None:  # noqa: ANN003
@@ -166,7 +171,7 @@ class KnowledgeBase:
         waits for an upload. An unknown document is refused at once either way."""
         self._allow("write", "delete", document=doc)
         paths = document_lookup.resolve(self.catalogue, self.collection, doc)
-        if not any(not j.finished for j in self.jobs.recent(self.collection, 20)):
+        if not self.jobs.pending(self.collection):
             try:
                 return self.writes.remove(self.collection, doc, None, 1.0), None
             except LockedError:
@@ -187,9 +192,8 @@ class KnowledgeBase:
     def reading(self, collections: list[str]) -> KnowledgeBase:
         """A view whose questions search these collections as one ranking (scores that compare across
         them: retrieval/retriever.py), each question logged in each; needs `read` on every one."""
-        view = KnowledgeBase(self.house, collection=collections[0], caller=self.caller)
-        view.scope = tuple(check_collection_name(c) for c in dict.fromkeys(collections))
-        return view
+        scope = tuple(check_collection_name(c) for c in dict.fromkeys(collections))
+        return self._view(collection=scope[0], scope=scope)
 
     scope: tuple[str, ...] = ()  # the collections a read covers (empty: this collection)
 
@@ -199,7 +203,7 @@ class KnowledgeBase:
             for c in names:
                 self.caller.require(c, "read")
             if action:
-                self.access.audit(self.caller.name, action, ",".join(names), **detail)
+                self.access.audit(self.caller.name, action, ",".join(names)[:200], **detail)  # the column's size
         return names
 
     def retriever(self) -> Retriever:

@@ -127,10 +127,11 @@ def clear_ahead(index_dir: Path) -> None:
 
 def left_ahead(home: Path, index_dir: Path) -> bool:
     """True when a write left the collection's indexes ahead of the catalogue and no writer is at work."""
-    return (index_dir / AHEAD).exists() and not _writer_active(home)
+    return (index_dir / AHEAD).exists() and not writer_active(home)
 
 
-def _writer_active(home: Path) -> bool:
+def writer_active(home: Path) -> bool:
+    """A writer of this home holds the lock now."""
     lock = FileLock(str(home / "writer.lock"))
     try:
         lock.acquire(timeout=0)
@@ -142,4 +143,4 @@ def _writer_active(home: Path) -> bool:
 
 def writer_died(home: Path) -> bool:
     """True when a writer left its marker behind and no writer holds the lock now."""
-    return (home / DIRTY).exists() and not _writer_active(home)  # a writer at work: its marker is expected
+    return (home / DIRTY).exists() and not writer_active(home)  # a writer at work: its marker is expected

@@ -90,17 +90,6 @@ def integrity_problems(catalogue: Catalogue, collection: str, open_index, open_k
     except (IndexCorruptError, IndexMismatchError) as exc:
         problems["index"] = [str(exc)]
         return problems
-    ids, chunks = set(index.ids().tolist()), catalogue.chunk_ids(collection)
-    changes = catalogue.changes_since(collection, index.change_seq)
-    if ids != chunks and changes and (ids ^ chunks) <= {chunk_id for _, chunk_id, _ in changes}:
-        # not damage: writes made since this node's index was saved (another node's), applied at the
-        # next search; the keyword index follows the same position
-        problems["behind"] = [f"{len(changes)} catalogue changes not applied yet (writes from another node; "
-                              "this node applies them at its next search)"]
-        return problems
-    if ids != chunks:
-        problems["index"] = [f"{len(ids - chunks)} vectors not in the catalogue, {len(chunks - ids)} chunks "
-                             "without a vector (the next write repairs this)"]
     try:
         keywords = open_keywords(collection)
         damage = keywords.verify()  # every recorded segment's checksum, then a full read
@@ -110,7 +99,18 @@ def integrity_problems(catalogue: Catalogue, collection: str, open_index, open_k
         problems["index"] += [f"keyword index: {d} (the next search or write rebuilds it from the catalogue)"
                               for d in damage]
         return problems
-    words = keywords.ids()
+    ids, chunks, words = set(index.ids().tolist()), catalogue.chunk_ids(collection), keywords.ids()
+    changes = catalogue.changes_since(collection, index.change_seq)
+    if (ids != chunks or words != chunks) and changes \
+            and (ids ^ chunks) | (words ^ chunks) <= {chunk_id for _, chunk_id, _ in changes}:
+        # not damage: writes made since this node's indexes were saved (another node's), applied at its
+        # next search
+        problems["behind"] = [f"{len(changes)} catalogue changes not applied yet (writes from another node; "
+                              "this node applies them at its next search)"]
+        return problems
+    if ids != chunks:
+        problems["index"] = [f"{len(ids - chunks)} vectors not in the catalogue, {len(chunks - ids)} chunks "
+                             "without a vector (the next write repairs this)"]
     if words != chunks:
         problems["index"].append(f"{len(words - chunks)} keyword entries not in the catalogue, "
                                  f"{len(chunks - words)} chunks without one (the next write repairs this)")

@@ -46,6 +46,7 @@ class Answer:
     dropped_markers: list[int] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     usage: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what limited the search (Retrieval.notes)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -84,7 +85,7 @@ class AnswerStream:
             text = NOT_FOUND[lang]
             yield text
             self.answer = Answer(self.question, text, False, gen.backend, gen.model, self._label(lang), [], [],
-                                 timings=timings)
+                                 timings=timings, notes=r.notes)
             return
         prompt = build_prompt(self.question, r.contexts, self.context_chars)
         splitter = ThinkSplitter(gen.starts_in_reasoning(prompt))
@@ -138,7 +139,7 @@ class AnswerStream:
             sentences=[{"text": s.text, "citations": s.citations, "supported": s.supported} for s in parsed.sentences],
             unsupported=[s.text for s in parsed.sentences if s.supported is False],
             uncited=[s.text for s in parsed.sentences if s.supported is None] if found else [],
-            dropped_markers=parsed.dropped_markers, timings=timings, usage=usage,
+            dropped_markers=parsed.dropped_markers, timings=timings, usage=usage, notes=self.retrieval.notes,
         )
 
     def result(self) -> Answer:

@@ -14,6 +14,8 @@ from pathlib import Path
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
+from kb.errors import CatalogueError
+
 HEAD = "0002"  # the newest revision in versions/ (a test checks they agree)
 VERSION_TABLE = "kb_schema_version"
 
@@ -35,11 +37,17 @@ def config():  # noqa: ANN201 - alembic.config.Config
 def upgrade(conn: Connection) -> bool:
     """Run the revisions this catalogue lacks, in the caller's transaction; False when already at HEAD
     (one query: the common case costs nothing more)."""
-    if current(conn) == HEAD:
+    at = current(conn)
+    if at == HEAD:
         return False
     from alembic import command
+    from alembic.util import CommandError
 
     cfg = config()
     cfg.attributes["connection"] = conn
-    command.upgrade(cfg, "head")
+    try:
+        command.upgrade(cfg, "head")
+    except CommandError as exc:  # e.g. a revision this kb does not know: a newer kb wrote the catalogue
+        raise CatalogueError(f"the catalogue's schema is at revision {at!r}, which this kb does not know "
+                             f"({exc}); it was written by a newer kb: upgrade kb on this machine") from None
     return True

@@ -61,3 +61,19 @@ def test_damage_met_by_a_search_is_answered_from_the_dense_side_with_a_note(home
     assert all("bm25" not in c.signals for c in r.contexts)
     again = view.retrieve("Error E1277 on unit U12", top_k=10)  # the next question: rebuilt first
     assert not again.notes and any("bm25" in c.signals for c in again.contexts)
+
+
+def test_while_a_writer_works_a_damaged_keyword_index_does_not_hold_questions(home):
+    """The rebuild needs the writer lock: while an upload holds it, questions are answered from the dense
+    side at once (they used to wait for the lock, up to lock_timeout_s, then fail)."""
+    import time
+
+    from filelock import FileLock
+
+    _garble(home, ".fast", at=8)
+    assert Home(home).collection().retrieve("E1277").notes  # found, and marked for a rebuild
+    with FileLock(str(home.home / "writer.lock")):  # a long upload elsewhere
+        t0 = time.monotonic()
+        r = Home(home).collection().retrieve("Error E1277 on unit U12")
+        assert time.monotonic() - t0 < 5 and r.contexts and "dense search alone" in r.notes[0]
+    assert not Home(home).collection().retrieve("Error E1277 on unit U12").notes  # then rebuilt

@@ -214,7 +214,11 @@ def upgrade() -> None:
         op.create_index(op.f('ix_chunks_document_id'), 'chunks', ['document_id'], unique=False)
     columns = {c["name"] for c in sa.inspect(op.get_bind()).get_columns("chunks")}
     if "ocr" not in columns:  # catalogues from before OCR
-        op.add_column("chunks", sa.Column("ocr", sa.Boolean(), server_default=sa.false(), nullable=False))
+        try:
+            op.add_column("chunks", sa.Column("ocr", sa.Boolean(), server_default=sa.false(), nullable=False))
+        except sa.exc.OperationalError as exc:  # another process opening the same old catalogue did it first
+            if "duplicate column" not in str(exc).lower():
+                raise
 
 
 def downgrade() -> None:

@@ -13,8 +13,14 @@ depends_on = None
 
 
 def upgrade() -> None:
+    """Every node sharing a PostgreSQL catalogue runs this kb or newer from now on: an older one still
+    names the column in its reads and writes."""
     if "terms" in {c["name"] for c in sa.inspect(op.get_bind()).get_columns("chunks")}:
-        op.drop_column("chunks", "terms")  # SQLite >= 3.35 drops it in place (no table copy)
+        try:
+            op.drop_column("chunks", "terms")  # SQLite >= 3.35 drops it in place (no table copy)
+        except sa.exc.OperationalError as exc:  # another process opening the same old catalogue did it first
+            if "no such column" not in str(exc).lower():
+                raise
 
 
 def downgrade() -> None:
