@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
+import os
+import socket
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
@@ -43,6 +48,7 @@ from kb.errors import CatalogueError, CatalogueUnavailable, DiskFull
 # SQLite only autoincrements an INTEGER PRIMARY KEY; elsewhere use 64-bit ids like FAISS.
 ChunkId = BigInteger().with_variant(Integer(), "sqlite")
 # Held while a PostgreSQL catalogue's tables are created: two processes doing it at once collide.
+log = logging.getLogger(__name__)
 _SCHEMA_LOCK = int.from_bytes(hashlib.sha256(b"kb-catalogue-schema").digest()[:8], "big", signed=True)
 
 
@@ -172,6 +178,76 @@ def _sqlite_pragmas(engine: Engine) -> None:
         cur.close()
 
 
+DEADLINE_GRACE_S = 2.0  # past the server's own statement_timeout, before this side gives up on it
+
+
+class _Deadlines:
+    """A server that stops answering mid-statement (a frozen process, a network that drops packets
+    silently) cannot enforce its own statement_timeout, and its kernel still answers keepalives: one
+    thread per process shuts the socket of any statement running past its deadline, so the statement
+    fails as a lost connection (CatalogueUnavailable: a 503, exit 3) and the pool drops it, instead of
+    holding the request until the server wakes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[int, tuple[float, object]] = {}  # id(DBAPI connection) -> (deadline, connection)
+        self._thread: threading.Thread | None = None
+
+    def start(self, dbapi_connection: object, seconds: float) -> None:
+        with self._lock:
+            self._running[id(dbapi_connection)] = (time.monotonic() + seconds, dbapi_connection)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, name="kb-db-deadlines", daemon=True)
+                self._thread.start()
+
+    def stop(self, dbapi_connection: object) -> None:
+        with self._lock:
+            self._running.pop(id(dbapi_connection), None)
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(0.25)
+            now = time.monotonic()
+            with self._lock:
+                late = [c for deadline, c in self._running.values() if deadline <= now]
+                for c in late:
+                    self._running.pop(id(c), None)
+            for c in late:
+                _shut(c)
+
+
+def _shut(dbapi_connection: object) -> None:
+    """Shut the connection's socket from this side (the blocked read then ends at once)."""
+    try:
+        fd = dbapi_connection.pgconn.socket  # psycopg 3
+        sock = socket.socket(fileno=os.dup(fd))
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            sock.close()
+        log.warning("a catalogue statement ran past its deadline; its connection was closed")
+    except Exception as exc:  # noqa: BLE001 - another driver, or the connection already gone
+        log.debug("could not close a late connection: %s", exc)
+
+
+DEADLINES = _Deadlines()
+
+
+def _deadline_per_statement(engine: Engine, seconds: float) -> None:
+    @event.listens_for(engine, "before_cursor_execute")
+    def _started(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
+        DEADLINES.start(conn.connection.dbapi_connection, seconds)
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def _ended(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
+        DEADLINES.stop(conn.connection.dbapi_connection)
+
+    @event.listens_for(engine, "handle_error")
+    def _failed(context) -> None:  # noqa: ANN001
+        if context.connection is not None and context.connection.connection.dbapi_connection is not None:
+            DEADLINES.stop(context.connection.connection.dbapi_connection)
+
+
 # SQLite's words for a damaged file (header overwritten, pages zeroed, truncated).
 _DAMAGE = ("not a database", "malformed", "corrupt", "disk image", "file is encrypted")
 
@@ -276,7 +352,9 @@ class Catalogue:
             args = {"connect_timeout": max(1, round(connect_timeout_s)), "keepalives": 1, "keepalives_idle": 30,
                     "keepalives_interval": 10, "keepalives_count": 3,
                     "options": f"-c statement_timeout={round(statement_timeout_s * 1000)}"}
-        self.engine = create_engine(url, connect_args=args, pool_pre_ping=bool(args))
+        self.engine = create_engine(url, connect_args=args)
+        if args:  # no pre-ping: its query bypasses the deadlines and would hang on a frozen server
+            _deadline_per_statement(self.engine, statement_timeout_s + DEADLINE_GRACE_S)
         if self.engine.dialect.name == "sqlite":
             _sqlite_pragmas(self.engine)
         try:

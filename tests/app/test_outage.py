@@ -30,6 +30,7 @@ class Relay:
 
     def __init__(self, target: int):
         self.target, self.port = target, free_port()
+        self.frozen = threading.Event()  # set: bytes are taken in but never passed on (a frozen server)
         self._conns: list[socket.socket] = []
         self._listener: socket.socket | None = None
         self.restore()
@@ -63,10 +64,11 @@ class Relay:
             for a, b in ((client, server), (server, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket) -> None:
+    def _pipe(self, a: socket.socket, b: socket.socket) -> None:
         try:
             while data := a.recv(65536):
+                while self.frozen.is_set():
+                    time.sleep(0.05)
                 b.sendall(data)
         except OSError:
             pass
@@ -139,3 +141,41 @@ def test_a_database_outage_is_a_json_503_logged_once_and_recovers_without_restar
     assert cli.returncode == 3, cli.stderr
     assert cli.stderr.startswith("kb: the catalogue database") and "Traceback" not in cli.stderr
     assert len(cli.stderr.strip().splitlines()) == 1 and "SELECT" not in cli.stderr
+
+
+def test_a_frozen_database_is_a_503_within_the_statement_deadline_not_a_hang(relayed, tmp_path):
+    """The server takes the query in and never answers (SIGSTOP, a silent network): its own
+    statement_timeout cannot fire and its kernel still answers keepalives. kb's deadline per statement
+    closes the connection from this side: a 503 within statement timeout + grace, then recovery."""
+    relay, url = relayed
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "pump.md").write_text("# Pumps\n\nError XQZ4471 means the impeller is blocked.\n")
+    home = tmp_path / "home"
+    kb = KnowledgeBase(settings=Settings(home=home, database_url=url, embedding=EmbeddingSettings(model="hash-384")))
+    kb.sync([docs])
+    kb.access.add_user("tester", "tester-password", admin=True)
+    token = kb.access.create_token("tester")
+    kb.house.catalogue.engine.dispose()
+    port = free_port()
+    env = {"KB_DATABASE_URL": url, "KB_EMBEDDING__MODEL": "hash-384", "KB_DATABASE_CONNECT_TIMEOUT_S": "2",
+           "KB_DATABASE_STATEMENT_TIMEOUT_S": "2"}
+    with running([sys.executable, "-m", "app.cli", "--home", str(home), "serve", "--port", str(port)],
+                 f"http://127.0.0.1:{port}/healthz", tmp_path / "serve.log", env, cwd=ROOT):
+        def search() -> httpx.Response:
+            return httpx.post(f"http://127.0.0.1:{port}/v1/search", json={"question": "XQZ4471"}, timeout=60,
+                              headers={"Authorization": f"Bearer {token}"})
+
+        assert search().status_code == 200
+        relay.frozen.set()
+        for _ in range(3):  # an established connection, then new ones (the connect timeout)
+            t0 = time.monotonic()
+            r = search()
+            assert r.status_code == 503 and r.headers.get("retry-after") == "5", r.text
+            assert time.monotonic() - t0 < 10  # 2 s statement timeout + 2 s grace, not until the server wakes
+        relay.frozen.clear()
+        for _ in range(50):
+            if search().status_code == 200:
+                break
+            time.sleep(0.2)
+        assert search().json()["contexts"][0]["document"] == "pump.md"
