@@ -86,3 +86,29 @@ def test_a_catalogue_commit_that_fails_after_the_indexes_were_saved_is_repaired(
     reader = Home(settings)
     assert len(reader.collection().search("pump P4 impeller service", top_k=3, log=False)) == 3
     assert _consistent(reader) and not (folder / AHEAD).exists()
+
+
+def test_a_full_sqlite_catalogue_is_disk_full_and_loses_nothing(tmp_path):
+    """SQLite's own "database or disk is full" (its page limit reached: the same error as a full disk)
+    is a DiskFull with one line, and the home stays consistent for the next write."""
+    from sqlalchemy import event
+
+    from kb.errors import DiskFull
+
+    settings = _settings(tmp_path)
+    docs = _docs(tmp_path / "docs", 3)
+    home = Home(settings)
+    home.collection().sync([docs])
+    pages = home.catalogue.engine.connect().exec_driver_sql("PRAGMA page_count").scalar()
+    home.catalogue.engine.dispose()
+
+    @event.listens_for(home.catalogue.engine, "connect")
+    def _small(dbapi_conn, _record) -> None:  # noqa: ANN001 - as if the disk had room for 2 more pages
+        dbapi_conn.execute(f"PRAGMA max_page_count={pages + 2}")
+
+    (docs / "big.md").write_text("# Big\n\n" + "\n\n".join(f"Paragraph {i} about pump P{i} and its "
+                                                         f"seal kit K{i}." for i in range(300)))
+    with pytest.raises(DiskFull, match="full; nothing of this change was kept"):
+        home.collection().sync([docs])
+    reader = Home(settings)
+    assert _consistent(reader) and len(reader.collection().documents()) == 3
