@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -362,3 +363,30 @@ def consistent(kb) -> tuple[int, int]:
         assert not dup, dup
         docs = s.scalar(select(func.count(Document.id)))
     return docs, len(cat_ids)
+
+
+# -- indexed homes built once per test session, copied per test -------------------------------------------
+@pytest.fixture(scope="session")
+def home_cache(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """A folder every xdist worker of this session shares (the parent of their own temp folders)."""
+    base = tmp_path_factory.getbasetemp()
+    return (base if worker_id == "master" else base.parent) / "indexed-homes"
+
+
+def copy_of_indexed(cache: Path, name: str, build, dst: Path) -> tuple[Path, dict]:  # noqa: ANN001
+    """A copy at `dst` of the SQLite home `build(home) -> dict` makes, built once per session whichever
+    worker asks first (a file lock), so an indexing that takes seconds is paid once, not by every test.
+    Document paths inside point at the corpus `build` placed in the cache: read it, never change it.
+    Returns the copy and the dict `build` returned."""
+    from filelock import FileLock
+
+    folder = cache / name
+    cache.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cache / f"{name}.lock")):
+        if not (folder / "built.json").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(mode=0o700)
+            info = build(folder / "home")
+            (folder / "built.json").write_text(json.dumps(info))
+    shutil.copytree(folder / "home", dst, ignore=shutil.ignore_patterns("writer.lock", "kb.log"))
+    return dst, json.loads((folder / "built.json").read_text())

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from kb.knowledge_base import KnowledgeBase
-from tests.conftest import FAST_MODEL, ROOT, SAMPLES, consistent
+from tests.conftest import FAST_MODEL, ROOT, SAMPLES, consistent, copy_of_indexed
 
 QUESTION = "How do I get Debian?"
 
@@ -25,23 +25,31 @@ def kb_cli(home: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
-@pytest.fixture
-def indexed(request, tmp_path, monkeypatch):
-    """A home with three real documents indexed, and the chunk ids the question finds; on the test's
-    `catalogue_backend` when it asks for one (it sets KB_DATABASE_URL for PostgreSQL)."""
-    if "catalogue_backend" in request.fixturenames:
-        request.getfixturevalue("catalogue_backend")
-    monkeypatch.setenv("KB_EMBEDDING__MODEL", FAST_MODEL)
-    corpus = tmp_path / "corpus"
+def _index_three(home: Path, corpus: Path) -> list[int]:
     corpus.mkdir()
     for name in ("debian-faq-getting-debian.en.md", "debian-faq-software.en.html", "debian-faq-support.zh-cn.docx"):
         shutil.copy(SAMPLES / name, corpus / name)
-    home = tmp_path / "home"
     kb = KnowledgeBase(home=home)
     kb.sync([corpus])
     answer = [c.chunk_id for c in kb.search(QUESTION, log=False)]
     kb.catalogue.engine.dispose()  # last connection closed: the WAL is checkpointed into the file
-    return home, corpus, answer
+    return answer
+
+
+@pytest.fixture
+def indexed(request, tmp_path, monkeypatch, home_cache):
+    """A home with three real documents indexed, and the chunk ids the question finds; on the test's
+    `catalogue_backend` when it asks for one (it sets KB_DATABASE_URL for PostgreSQL). On SQLite a copy
+    of one home built once per session (its corpus is shared: tests read it, never change it)."""
+    url = request.getfixturevalue("catalogue_backend") if "catalogue_backend" in request.fixturenames else None
+    monkeypatch.setenv("KB_EMBEDDING__MODEL", FAST_MODEL)
+    if url:  # a database of its own
+        corpus, home = tmp_path / "corpus", tmp_path / "home"
+        return home, corpus, _index_three(home, corpus)
+    build = lambda home: {"answer": _index_three(home, home.parent / "corpus"),  # noqa: E731
+                          "corpus": str(home.parent / "corpus")}
+    home, info = copy_of_indexed(home_cache, "integrity-three-docs", build, tmp_path / "home")
+    return home, Path(info["corpus"]), info["answer"]
 
 
 @pytest.mark.parametrize(("catalogue_backend", "damage"), [

@@ -21,7 +21,7 @@ from retrieval.think import ThinkSplitter
 from retrieval.generators import unwrap_lines
 from retrieval.prompt import build_prompt, language
 from retrieval.types import Context
-from tests.conftest import FAST_MODEL, SAMPLES
+from tests.conftest import FAST_MODEL, SAMPLES, copy_of_indexed
 
 
 def norm(text: str) -> str:
@@ -29,14 +29,22 @@ def norm(text: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def sample_kb(tmp_path_factory):
+def sample_kb(tmp_path_factory, home_cache):
+    """sample_docs/ indexed once per session (every xdist worker copies the same home)."""
     from kb.settings import ChunkingSettings, EmbeddingSettings, Settings
 
-    home = tmp_path_factory.mktemp("samples") / "home"
-    kb = KnowledgeBase(settings=Settings(home=home, embedding=EmbeddingSettings(model=FAST_MODEL),
-                                         chunking=ChunkingSettings(chunk_tokens=120, overlap_tokens=20)))
-    kb.sync([SAMPLES])
-    return kb
+    def settings(home):  # noqa: ANN001, ANN202
+        return Settings(home=home, embedding=EmbeddingSettings(model=FAST_MODEL),
+                        chunking=ChunkingSettings(chunk_tokens=120, overlap_tokens=20))
+
+    def build(home):  # noqa: ANN001, ANN202
+        kb = KnowledgeBase(settings=settings(home))
+        kb.sync([SAMPLES])
+        kb.catalogue.engine.dispose()
+        return {}
+
+    home, _ = copy_of_indexed(home_cache, "sample-docs", build, tmp_path_factory.mktemp("samples") / "home")
+    return KnowledgeBase(settings=settings(home))
 
 
 QUESTIONS = ["How does one pronounce Debian?", "Who founded the Debian project, and when?",
