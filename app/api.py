@@ -11,6 +11,7 @@ import dataclasses
 import errno
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -22,7 +23,8 @@ from fastapi import Path as PathParam
 from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import DBAPIError
 
@@ -128,7 +130,10 @@ def sse(event: str, data: dict | str) -> str:
 
 
 class Telemetry:
-    """Prometheus series for this process (with `--workers N`, each process reports its own)."""
+    """Prometheus series. With `kb serve --workers N` every server process writes its counters and
+    histograms to files in PROMETHEUS_MULTIPROC_DIR (prometheus_client's multiprocess mode, set up by the
+    CLI) and a scrape adds up every process's, whichever process answers it; the documents, chunks and
+    jobs gauges are read from the catalogue at each scrape."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -137,13 +142,33 @@ class Telemetry:
                                  buckets=(.005, .01, .025, .05, .1, .15, .25, .35, .5, 1, 2.5, 5, 10, 30))
         self.stages = Histogram("kb_stage_seconds", "Time per retrieval/answer stage", ["stage"],
                                 registry=self.registry, buckets=(.001, .005, .01, .025, .05, .1, .25, .5, 1, 5, 30))
-        self.documents = Gauge("kb_documents", "Documents", ["collection", "status"], registry=self.registry)
-        self.chunks = Gauge("kb_chunks", "Chunks", ["collection"], registry=self.registry)
-        self.jobs = Gauge("kb_jobs", "Jobs among the last 1000", ["status"], registry=self.registry)
 
     def observe_stages(self, timings: dict[str, float]) -> None:
         for stage, seconds in timings.items():
             self.stages.labels(stage).observe(seconds)
+
+    def scrape(self, gauges: list[GaugeMetricFamily]) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            every_process = CollectorRegistry()
+            MultiProcessCollector(every_process)
+            text = generate_latest(every_process)
+        else:
+            text = generate_latest(self.registry)
+        now = CollectorRegistry()
+        now.register(_Families(gauges))
+        return text + generate_latest(now)
+
+
+class _Families:
+    """Metric families computed at scrape time (plain values: never written to the multiprocess files)."""
+
+    def __init__(self, families: list[GaugeMetricFamily]):
+        self.families = families
+
+    def collect(self):  # noqa: ANN201 - an iterator of metric families
+        return iter(self.families)
 
 
 class Measured:
@@ -422,16 +447,20 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
         """Prometheus text; collection names and counts, so for administrators (a scrape token)."""
         if not who.admin:
             raise PermissionDeniedError(f"{who.name} may not read the metrics (administrators only)")
+        documents = GaugeMetricFamily("kb_documents", "Documents", labels=["collection", "status"])
+        chunks = GaugeMetricFamily("kb_chunks", "Chunks", labels=["collection"])
         for name in collection_names(home.catalogue):
             counts = home.catalogue.counts(name)
-            telemetry.chunks.labels(name).set(counts["chunks"])
+            chunks.add_metric([name], counts["chunks"])
             for st in ("indexed", "failed"):
-                telemetry.documents.labels(name, st).set(counts[st])
-        for st in ("queued", "running", "done", "failed"):
-            telemetry.jobs.labels(st).set(0)
+                documents.add_metric([name, st], counts[st])
+        by_status = dict.fromkeys(("queued", "running", "done", "failed"), 0)
         for j in home.jobs.recent(limit=1000):
-            telemetry.jobs.labels(j.status).inc()
-        return PlainTextResponse(generate_latest(telemetry.registry), media_type=CONTENT_TYPE_LATEST)
+            by_status[j.status] = by_status.get(j.status, 0) + 1
+        jobs = GaugeMetricFamily("kb_jobs", "Jobs among the last 1000", labels=["status"])
+        for st, n in by_status.items():
+            jobs.add_metric([st], n)
+        return PlainTextResponse(telemetry.scrape([documents, chunks, jobs]), media_type=CONTENT_TYPE_LATEST)
 
     # -- OpenAI-compatible: a collection is a model -----------------------------------------------
     @app.get("/v1/models")

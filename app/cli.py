@@ -9,6 +9,7 @@ import json
 import logging
 import logging.handlers
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -295,7 +296,6 @@ def _print_status(st, as_json: bool) -> None:  # noqa: ANN001 - kb.status.Status
 def _ui(settings: Settings, args) -> int:  # noqa: ANN001
     """Run Streamlit on the app with this home and collection; the address is printed first."""
     import math
-    import os
     import subprocess
 
     from kb.knowledge_base import KnowledgeBase
@@ -319,7 +319,6 @@ def _ui(settings: Settings, args) -> int:  # noqa: ANN001
 
 def _serve(settings: Settings, args) -> int:  # noqa: ANN001
     """uvicorn with the API; settings reach every server process through the environment."""
-    import os
 
     import uvicorn
 
@@ -332,6 +331,11 @@ def _serve(settings: Settings, args) -> int:  # noqa: ANN001
     os.environ["KB_HOME"] = str(home)
     os.environ["KB_COLLECTION"] = args.collection or settings.collection
     os.environ["KB_SERVE_JOBS"] = "0" if args.no_jobs else "1"
+    if args.workers > 1:  # every server process's metrics in files, added up by whichever answers /metrics
+        metrics = home / "run" / "metrics"
+        shutil.rmtree(metrics, ignore_errors=True)  # a previous run's processes are gone
+        metrics.mkdir(parents=True, mode=0o700)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)
     print(f"kb: API for {os.environ['KB_HOME']} at http://{args.host}:{args.port} (docs at /docs)", flush=True)
     uvicorn.run("app.api:app_from_environment", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level="warning")
