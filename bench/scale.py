@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ingest.chunking import ChunkDraft  # noqa: E402
-from ingest.pipeline import IndexWriter, SyncReport, _Pending  # noqa: E402
+from ingest.pipeline import IndexWriter, SyncReport  # noqa: E402
+from kb.chunk_store import DocumentWrite  # noqa: E402
 from kb.knowledge_base import KnowledgeBase  # noqa: E402
 from kb.settings import EmbeddingSettings, IndexSettings, IngestSettings, Settings  # noqa: E402
 
@@ -104,19 +105,19 @@ def questions(n: int, vocab: dict[str, list[str]], rng: np.random.Generator) -> 
 
 
 def build(kb: KnowledgeBase, n_chunks: int, vocab, rng) -> dict:
-    """Write the collection through IndexWriter._write (the sync loop's durable step), batched as sync does."""
+    """Write the collection through ChunkStore.write (the sync loop's durable step), batched as sync does."""
     embedder = kb.embedder
     write_s = 0.0
     report = SyncReport()
     with kb.writes.writing(kb.collection) as writer:
         writer: IndexWriter
-        pending: list[_Pending] = []
+        pending: list[DocumentWrite] = []
         n_pending = 0
         for path, _lang, texts in documents(n_chunks, vocab, rng):
             drafts = [ChunkDraft(t, 1 + i // 4, f"Section {i // 4 + 1}", 0, len(t), WORDS_PER_CHUNK)
                       for i, t in enumerate(texts)]
             vectors = embedder.embed_passages([d.embed_text for d in drafts])  # not timed: a stand-in
-            pending.append(_Pending(path, f"{hash(path):064x}"[-64:], 1000, "text/plain", 5, drafts, vectors))
+            pending.append(DocumentWrite(path, f"{hash(path):064x}"[-64:], 1000, "text/plain", 5, drafts, vectors))
             n_pending += len(drafts)
             if n_pending >= writer.batch_limit():
                 t0 = time.perf_counter()

@@ -31,6 +31,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import psutil
 
@@ -278,6 +279,22 @@ class _Worker:
             pass
         for stream in (self.proc.stdin, self.proc.stdout):
             stream.close()
+
+
+class Extractor(Protocol):
+    """What a writer reads files with (injected: `WorkerPool` by default, `InProcess` in unit tests)."""
+
+    def extract(self, path: Path, password: str | None = None, limits: Limits = Limits(),
+                worker_limits: WorkerLimits = WorkerLimits()) -> Extracted: ...
+
+
+class InProcess:
+    """Reads files in the writer's own process: no time or memory limit, no isolation from a hostile
+    parser. Only for trusted files where start-up matters more than protection (fast unit tests)."""
+
+    def extract(self, path: Path, password: str | None = None, limits: Limits = Limits(),
+                worker_limits: WorkerLimits = WorkerLimits()) -> Extracted:
+        return extract(path, password, limits)
 
 
 class WorkerPool:

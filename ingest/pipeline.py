@@ -1,11 +1,9 @@
-"""The ingestion pipeline: make a collection's catalogue, FAISS index and keyword index match files
-and folders.
+"""The ingestion pipeline: make a collection match files and folders.
 
-A write is: extract -> chunk -> embed (cached by text hash) -> commit the keyword index -> save the
-FAISS index atomically -> commit the catalogue. Reconciliation before every write repairs both indexes
-after a crash (orphans removed, missing vectors restored from the embedding cache, missing keyword
-entries re-added from the stored text), so a SIGKILL at any point leaves them consistent and the next
-run resumes without redoing committed files.
+discover -> extract (in a watched worker process) -> chunk -> embed (cached by text hash) ->
+`ChunkStore.write()`, which owns the order in which the catalogue, FAISS and the keyword index change
+(kb/chunk_store.py). Every sync starts with the store's reconciliation, so a SIGKILL at any point leaves
+the collection consistent and the next run resumes without redoing committed files.
 """
 
 from __future__ import annotations
@@ -21,24 +19,20 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
-from ingest.chunking import ChunkDraft, chunk_document
+from ingest.chunking import chunk_document
 from ingest.extract import (CORRUPT, EMPTY, ENCRYPTED, MIME, NO_TEXT, READER_STOPPED, TIMED_OUT, TOO_LARGE,
                             UNSUPPORTED, Limits)
-from ingest.extraction_worker import POOL, WorkerLimits
-from kb.catalogue import CachedEmbedding, Catalogue, Chunk, ChunkChange, Document, IngestRun, utcnow
-from kb.crash_points import crash_point
-from kb.locking import clear_ahead, mark_ahead
+from ingest.extraction_worker import POOL, Extractor, WorkerLimits
+from kb.catalogue import Document, IngestRun, utcnow
+from kb.chunk_store import ChunkStore, DocumentWrite
 from kb.embeddings import Embedder, english_embedder, english_failed, text_hash
 from kb.errors import EmbeddingError, ExtractionError
-from kb.keyword_index import KeywordIndex
 from kb.settings import Settings
 from kb.text import is_english
-from kb.vector_index import FaissIndex, embedded_text
 
 log = logging.getLogger(__name__)
 Event = Callable[[str, str, str], None]  # (action, path, detail)
@@ -182,19 +176,6 @@ def _link_problem(link: Path, roots: list[Path]) -> str | None:
     return None  # a folder link's files are indexed where they really are (os.walk does not follow it)
 
 
-@dataclass
-class _Pending:
-    path: str
-    sha: str
-    size: int
-    mime: str | None
-    pages: int | None
-    drafts: list[ChunkDraft]
-    vectors: np.ndarray | None
-    error: str | None = None
-    action: str = "added"
-
-
 REPEATED = "the second time on the same bytes: not read again until the file changes"
 
 
@@ -204,133 +185,16 @@ def _limit_in(error: str) -> float:
     return float(found[-1].replace(",", "")) if found else float("inf")
 
 
-def log_changes(s: Session, collection_id: int, removed: list[int], added: list[int]) -> int | None:
-    """Record chunk ids removed and added in the catalogue's change sequence, inside the caller's
-    transaction; returns the newest sequence number (None when nothing changed)."""
-    if not removed and not added:
-        return None
-    s.execute(insert(ChunkChange), [{"collection_id": collection_id, "chunk_id": int(i), "added": False} for i in removed]
-              + [{"collection_id": collection_id, "chunk_id": int(i), "added": True} for i in added])
-    return int(s.scalar(select(func.max(ChunkChange.seq)).where(ChunkChange.collection_id == collection_id)))
-
-
 class IndexWriter:
-    """One collection's writer. The caller holds the knowledge-base writer lock."""
+    """One collection's sync. The caller holds the home's writer lock."""
 
-    def __init__(self, settings: Settings, catalogue: Catalogue, index: FaissIndex, keywords: KeywordIndex,
-                 embedder: Embedder, collection: str, on_event: Event | None = None):
-        self.settings = settings
-        self.catalogue = catalogue
-        self.index = index
-        self.keywords = keywords
-        self.embedder = embedder
+    def __init__(self, settings: Settings, store: ChunkStore, embedder: Embedder, on_event: Event | None = None,
+                 extractor: Extractor = POOL):
+        self.settings, self.store, self.embedder, self.extractor = settings, store, embedder, extractor
+        self.catalogue, self.index, self.collection = store.catalogue, store.index, store.collection
         self.english = english_embedder(settings.embedding, embedder)
-        self.collection = collection
         self.on_event = on_event or (lambda *_: None)
         self.rebuilt_damaged_index = False  # set by the caller when the index was damaged and started empty
-
-    # -- consistency -----------------------------------------------------------------------
-    def reconcile(self) -> dict[str, int]:
-        """Make the vector and keyword indexes hold exactly the catalogue's chunk ids (run before any write)."""
-        position = self.catalogue.last_change(self.collection)  # first: a change committed later is replayed
-        in_index = set(self.index.ids().tolist())
-        in_catalogue = self.catalogue.chunk_ids(self.collection)
-        orphans = in_index - in_catalogue
-        missing = in_catalogue - in_index
-        if orphans:
-            self.index.remove(sorted(orphans))
-        if missing:
-            rows = self._chunk_rows(missing)
-            with self.catalogue.session() as s:
-                vectors = self._vectors(s, [(r.embed_sha256, self._embed_text(r)) for r in rows], SyncReport())
-            self.index.add(np.array([r.id for r in rows], dtype=np.int64), vectors)
-        if orphans or missing or position != self.index.change_seq:
-            self.index.change_seq = position  # now exactly the catalogue: other nodes' changes included
-            self.index.save()
-        repaired = {"orphan_vectors_removed": len(orphans), "missing_vectors_restored": len(missing),
-                    "keyword_entries_repaired": self._reconcile_keywords(in_catalogue)}
-        clear_ahead(self.index.directory)  # both indexes now hold exactly the catalogue's chunks
-        return repaired
-
-    def catch_up(self) -> int:
-        """Apply the catalogue's changes since this index's position (writes made by another node):
-        removed ids out, added ids in with their stored vectors and text (nothing re-embedded). Replaying
-        a change is harmless, so a crash mid-way only repeats work. When the counts still differ (a
-        change log cut short), a full reconcile settles it. Returns the number of changes applied."""
-        changes = self.catalogue.changes_since(self.collection, self.index.change_seq)
-        if not changes:
-            return 0
-        latest = {chunk_id: added for _seq, chunk_id, added in changes}
-        present = set(self.index.ids().tolist())
-        removed = [c for c, added in latest.items() if not added and c in present]
-        rows = [r for r in self._chunk_rows({c for c, added in latest.items() if added}) if r.id not in present]
-        self.index.remove(removed)
-        if rows:
-            with self.catalogue.session() as s:
-                vectors = self._vectors(s, [(r.embed_sha256, self._embed_text(r)) for r in rows], SyncReport())
-            self.index.add(np.array([r.id for r in rows], dtype=np.int64), vectors)
-        touched = sorted(set(removed) | {r.id for r in rows})
-        if touched:
-            self.keywords.stage(touched, [(r.id, r.document_id, self._embed_text(r)) for r in rows])
-            self.keywords.commit(touched, [r.id for r in rows])
-            self.keywords.settled()
-        self.index.change_seq = changes[-1][0]
-        if self.index.count != self.catalogue.counts(self.collection)["chunks"]:
-            self.reconcile()
-        self.index.save()
-        return len(changes)
-
-    def _reconcile_keywords(self, in_catalogue: set[int]) -> int:
-        """The journal names the ids a crash may have left out of step; without one, a count that differs
-        from the catalogue's means a full comparison. Suspects are deleted, and those the catalogue holds
-        are re-added from their stored text (nothing re-embedded)."""
-        suspects = self.keywords.suspects(len(in_catalogue), max(in_catalogue, default=None))
-        if suspects is None:
-            suspects = self.keywords.ids() ^ in_catalogue
-        if suspects:
-            readd = self._chunk_rows(suspects & in_catalogue)
-            self.keywords.stage(sorted(suspects), [(r.id, r.document_id, self._embed_text(r)) for r in readd])
-            self.keywords.commit(suspects, [r.id for r in readd])
-        self.keywords.settled()
-        return len(suspects)
-
-    def _chunk_rows(self, ids: set[int]) -> list:
-        out = []
-        ids_sorted = sorted(ids)
-        with self.catalogue.session() as s:
-            for i in range(0, len(ids_sorted), 5000):  # stay under SQL parameter limits
-                out += s.execute(select(Chunk.id, Chunk.document_id, Chunk.embed_sha256, Chunk.text, Chunk.heading)
-                                 .where(Chunk.id.in_(ids_sorted[i:i + 5000]))).all()
-        return out
-
-    @staticmethod
-    def _embed_text(row) -> str:  # noqa: ANN001 - a chunk row with text and heading
-        return embedded_text(row.heading, row.text)
-
-    # -- embedding with cache --------------------------------------------------------------
-    def _vectors(self, s: Session, items: list[tuple[str, str]], report: SyncReport) -> np.ndarray:
-        """Vectors for (hash, text) pairs: from the cache, else embedded and cached at once."""
-        cached = self._cached(s, self.embedder, items, report)
-        if not items:
-            return np.zeros((0, self.embedder.dimension), dtype=np.float32)
-        return np.vstack([np.frombuffer(cached[h], dtype=np.float32) for h, _ in items])
-
-    def _cached(self, s: Session, embedder: Embedder, items: list[tuple[str, str]],
-                report: SyncReport | None) -> dict[str, bytes]:
-        cached = self.catalogue.cached_vectors(s, embedder.name, [h for h, _ in items])
-        todo = {h: t for h, t in items if h not in cached}
-        if report is not None:
-            report.reused += len(items) - len(todo)
-            report.embedded += len(todo)
-        if todo:
-            hashes = list(todo)
-            vecs = embedder.embed_passages([todo[h] for h in hashes], progress=False)
-            # Cache rows commit in their own transaction: embedding work survives a crash.
-            with self.catalogue.session() as cs:
-                for h, v in zip(hashes, vecs, strict=True):
-                    cs.merge(CachedEmbedding(model=embedder.name, text_sha256=h, vector=v.astype(np.float32).tobytes()))
-            cached.update({h: v.astype(np.float32).tobytes() for h, v in zip(hashes, vecs, strict=True)})
-        return cached
 
     def _english_vectors(self, s: Session, drafts: list) -> None:
         """The English model's vectors of the chunks written in English, into the embedding cache, where
@@ -340,70 +204,16 @@ class IndexWriter:
         if self.english is None:
             return
         try:
-            self._cached(s, self.english, [(text_hash(d.embed_text), d.embed_text) for d in drafts
-                                           if is_english(d.embed_text)], None)
+            self.store.cache.fill(s, self.english, [(text_hash(d.embed_text), d.embed_text) for d in drafts
+                                                    if is_english(d.embed_text)], count=False)
         except EmbeddingError as exc:
             english_failed(self.english, exc)
             self.english = None
 
-    # -- one durable write -----------------------------------------------------------------
-    def _write(self, pending: list[_Pending], removals: list[str], report: SyncReport) -> None:
-        crash_at = self.settings.crash_at
-        with self.catalogue.session() as s:
-            col = self.catalogue.collection(s, self.collection)
-            old_ids: list[int] = []
-            for path in removals:
-                doc = s.scalar(select(Document).where(Document.collection_id == col.id, Document.path == path))
-                if doc is not None:
-                    old_ids += list(s.scalars(select(Chunk.id).where(Chunk.document_id == doc.id)))
-                    s.delete(doc)
-            new_ids: list[int] = []
-            new_vecs: list[np.ndarray] = []
-            new_keywords: list[tuple[int, int, str]] = []
-            for p in pending:
-                doc = s.scalar(select(Document).where(Document.collection_id == col.id, Document.path == p.path))
-                if doc is None:
-                    doc = Document(collection_id=col.id, path=p.path)
-                    s.add(doc)
-                else:
-                    old_ids += list(s.scalars(select(Chunk.id).where(Chunk.document_id == doc.id)))
-                    s.execute(delete(Chunk).where(Chunk.document_id == doc.id))
-                doc.sha256, doc.size, doc.mime, doc.pages = p.sha, p.size, p.mime, p.pages
-                doc.status = "failed" if p.error else "indexed"
-                doc.error = p.error
-                doc.chunk_count = len(p.drafts)
-                doc.indexed_at = utcnow()
-                s.flush()
-                if not p.drafts:
-                    continue
-                # One bulk INSERT … RETURNING: the ids, in the drafts' order, become FAISS and keyword ids.
-                ids = list(s.scalars(insert(Chunk).returning(Chunk.id, sort_by_parameter_order=True), [
-                    {"document_id": doc.id, "ordinal": i, "text": d.text, "page": d.page, "heading": d.heading,
-                     "char_start": d.char_start, "char_end": d.char_end, "token_count": d.token_count,
-                     "embed_sha256": text_hash(d.embed_text), "ocr": d.ocr}
-                    for i, d in enumerate(p.drafts)]))
-                new_ids += ids
-                new_vecs.append(p.vectors)
-                new_keywords += [(i, doc.id, d.embed_text) for i, d in zip(ids, p.drafts, strict=True)]
-            self.index.change_seq = log_changes(s, col.id, old_ids, new_ids) or self.index.change_seq
-            # Both indexes commit before the catalogue: a crash or a failed commit in between leaves them
-            # ahead of it, which the mark says until a reconciliation repairs it (the keyword journal
-            # names the ids involved).
-            mark_ahead(self.index.directory)
-            self.keywords.stage(old_ids, new_keywords)
-            self.keywords.commit(old_ids, new_ids)
-            crash_point("after_keyword_commit", crash_at)
-            self.index.remove(old_ids)
-            if new_ids:
-                self.index.add(np.array(new_ids, dtype=np.int64), np.vstack(new_vecs))
-            crash_point("before_index_save", crash_at)
-            self.index.save()
-            crash_point("after_index_save", crash_at)
-        self.keywords.settled()
-        clear_ahead(self.index.directory)
-        crash_point("after_commit", crash_at)
-        report.chunks_removed += len(old_ids)
-        report.chunks_added += len(new_ids)
+    def _write(self, docs: list[DocumentWrite], removals: list[str], report: SyncReport) -> None:
+        added, removed = self.store.write(docs, removals)
+        report.chunks_added += added
+        report.chunks_removed += removed
 
     def batch_limit(self) -> int:
         """Chunks buffered before a durable write. Each write saves the whole FAISS file, so on a large
@@ -417,7 +227,7 @@ class IndexWriter:
         t0 = time.perf_counter()
         report = SyncReport()
         first = self.index.read_manifest() is None and not self.rebuilt_damaged_index  # never written on this node
-        report.repaired = self.reconcile()
+        report.repaired = self.store.reconcile()
         if first and any(report.repaired.values()):  # another node's writes, copied from the catalogue: no damage
             log.info("%s: this node's indexes built from the catalogue: %s", self.collection, report.repaired)
             report.repaired = dict.fromkeys(report.repaired, 0)
@@ -449,7 +259,7 @@ class IndexWriter:
                 if under and not shielded and path not in present:
                     gone.append(path)
 
-        pending: list[_Pending] = []
+        pending: list[DocumentWrite] = []
         pending_chunks = 0
         bar = tqdm(files, desc=f"indexing {self.collection}", unit="file", disable=not progress or None)
         for f in bar:
@@ -499,6 +309,7 @@ class IndexWriter:
             report.removed.append(path)
             self.on_event("removed", path, "")
         report.seconds = time.perf_counter() - t0
+        report.embedded, report.reused = self.store.cache.embedded, self.store.cache.reused
         with self.catalogue.session() as s:
             run = s.get(IngestRun, run_id)
             run.finished_at = utcnow()
@@ -533,13 +344,13 @@ class IndexWriter:
         return Limits(int(cfg.max_file_mb * 1e6), int(cfg.max_unpacked_mb * 1e6), cfg.max_sheet_rows, cfg.ocr,
                       cfg.max_ocr_pages)
 
-    def _prepare(self, f: Path, sha: str, size: int, report: SyncReport) -> _Pending:
+    def _prepare(self, f: Path, sha: str, size: int, report: SyncReport) -> DocumentWrite:
         """Extract, chunk and embed one file; a failure becomes an error on the item, never an exception."""
         cfg = self.settings.ingest
         password = cfg.pdf_password.get_secret_value() if cfg.pdf_password else None
         mime = MIME.get(f.suffix.lower())
         try:
-            doc = POOL.extract(f, password, self.limits(), WorkerLimits(cfg.file_timeout_s, int(cfg.max_memory_mb * 1e6),
+            doc = self.extractor.extract(f, password, self.limits(), WorkerLimits(cfg.file_timeout_s, int(cfg.max_memory_mb * 1e6),
                                                                         cfg.ocr_page_timeout_s))
             for warning in doc.warnings:  # shown by `kb -v`, always in HOME/kb.log
                 log.info("%s: %s", f, warning)
@@ -547,16 +358,13 @@ class IndexWriter:
             drafts = chunk_document(doc, self.embedder, self.settings.chunking)
             report.pages += doc.pages or 0
             with self.catalogue.session() as s:
-                vectors = self._vectors(s, [(text_hash(d.embed_text), d.embed_text) for d in drafts], report)
+                vectors = self.store.cache.vectors(s, [(text_hash(d.embed_text), d.embed_text) for d in drafts])
                 self._english_vectors(s, drafts)
-            return _Pending(str(f), sha, size, mime, doc.pages, drafts, vectors)
+            return DocumentWrite(str(f), sha, size, mime, doc.pages, drafts, vectors)
         except ExtractionError as exc:
-            return _Pending(str(f), sha, size, mime, None, [], None, error=str(exc))
+            return DocumentWrite(str(f), sha, size, mime, None, [], None, error=str(exc))
         except OSError as exc:  # deleted or made unreadable while being indexed
-            return _Pending(str(f), sha, size, mime, None, [], None, error=f"unreadable: {exc.strerror or exc}")
+            return DocumentWrite(str(f), sha, size, mime, None, [], None, error=f"unreadable: {exc.strerror or exc}")
 
     def remove(self, paths: list[str]) -> int:
-        report = SyncReport()
-        self.reconcile()
-        self._write([], paths, report)
-        return report.chunks_removed
+        return self.store.remove(paths)

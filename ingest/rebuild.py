@@ -8,22 +8,18 @@ collection untouched, and the next `--full` resumes what the hidden one already 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 
-from ingest.pipeline import Event, IndexWriter, SyncReport, log_changes
-from kb.files import atomic_write
-from kb.catalogue import Catalogue, Chunk, Collection, Document, IngestRun
-from kb.crash_points import crash_point
+from ingest.pipeline import Event, IndexWriter, SyncReport
+from kb.catalogue import Catalogue, Collection, Document, IngestRun
 from kb.errors import ConfigError, IndexCorruptError, IndexMismatchError
-from kb.keyword_index import KeywordIndex
-from kb.locking import clear_ahead, mark_ahead
+from kb.files import atomic_write
 from kb.monitoring import REBUILD_PREFIX
 from kb.vector_index import FaissIndex
 
@@ -75,8 +71,7 @@ def record_sources(layout: CollectionLayout) -> None:
 
 
 def full_rebuild(layout: CollectionLayout, roots: list[str], writing: Writing,
-                 open_index: Callable[[str], FaissIndex], progress: bool, on_event: Event | None,
-                 crash_at: str = "") -> SyncReport:
+                 open_index: Callable[[str], FaissIndex], progress: bool, on_event: Event | None) -> SyncReport:
     """Re-extract and re-embed everything the collection holds into a hidden collection and index,
     then swap both in at once. The caller holds the writer lock."""
     collection, catalogue = layout.collection, layout.catalogue
@@ -106,7 +101,7 @@ def full_rebuild(layout: CollectionLayout, roots: list[str], writing: Writing,
             f"{len(unread)} file(s) the collection holds could not be read (e.g. {unread[0]}); nothing was "
             "swapped in and the old collection still answers. Fix their permissions or remove them "
             "(`kb remove`), then run `kb reindex --full` again: it resumes the rebuild kept aside.")
-    _swap_in(layout, shadow, writer.index, crash_at)
+    writer.store.swap_into(collection, layout.folder())
     record_sources(layout)
     # The report compares what the collection held before with what it holds now.
     failed = {p for p, _ in report.failed}
@@ -132,48 +127,3 @@ def _start_shadow(layout: CollectionLayout, shadow: str, roots: list[str], writi
         with layout.catalogue.session() as s:
             s.execute(delete(Collection).where(Collection.name == shadow))
         shutil.rmtree(layout.folder(shadow), ignore_errors=True)
-
-
-def _swap_in(layout: CollectionLayout, shadow: str, index: FaissIndex, crash_at: str) -> None:
-    """One catalogue transaction moves the rebuilt documents (with their chunks and run) into the
-    collection and deletes the old ones; the rebuilt keyword folder and FAISS files replace the old ones
-    just before it commits. A crash in between leaves the indexes ahead of the catalogue: the next reader
-    or writer repairs them from the catalogue, and the rebuild is still there to swap in again."""
-    target = layout.folder()
-    keywords = target / "keywords"
-    target.mkdir(parents=True, exist_ok=True)
-    with layout.catalogue.session() as s:
-        col = layout.catalogue.collection(s, layout.collection)
-        aside = layout.catalogue.collection(s, shadow)
-        chunk_ids = lambda c: list(s.scalars(select(Chunk.id).join(Document).where(Document.collection_id == c)))  # noqa: E731
-        # Other serving nodes follow the change sequence: the swap is one removal and one addition there.
-        index.change_seq = log_changes(s, col.id, chunk_ids(col.id), chunk_ids(aside.id)) or index.change_seq
-        s.execute(delete(Document).where(Document.collection_id == col.id))  # chunks cascade
-        for table in (Document, IngestRun):
-            s.execute(update(table).where(table.collection_id == aside.id).values(collection_id=col.id))
-        s.execute(delete(Collection).where(Collection.id == aside.id))
-        s.flush()
-        index.save()  # the shadow's files are current; move them in atomically
-        # Until the commit, a crash or a failed commit must make the next reader or writer repair, and
-        # that repair compare the keyword index in full.
-        mark_ahead(target)
-        journal = target / "keywords.pending.json"
-        atomic_write(journal, json.dumps({"full": True}).encode())
-        old_keywords = target / "keywords.old"
-        shutil.rmtree(old_keywords, ignore_errors=True)
-        if keywords.exists():
-            keywords.replace(old_keywords)
-        (index.directory / "keywords").replace(keywords)
-        sums = KeywordIndex.sums_path(index.directory / "keywords")  # the rebuilt segments' checksums go with them
-        if sums.exists():
-            os.replace(sums, KeywordIndex.sums_path(keywords))
-        else:
-            KeywordIndex.sums_path(keywords).unlink(missing_ok=True)
-        KeywordIndex.damaged_mark(keywords).unlink(missing_ok=True)  # the damaged folder is gone
-        for name in ("index.faiss", "manifest.json"):
-            os.replace(index.directory / name, target / name)
-        crash_point("before_swap_commit", crash_at)
-    journal.unlink(missing_ok=True)
-    clear_ahead(target)
-    shutil.rmtree(old_keywords, ignore_errors=True)
-    shutil.rmtree(index.directory, ignore_errors=True)

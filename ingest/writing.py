@@ -9,11 +9,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
+from ingest.extraction_worker import POOL, Extractor
 from ingest.pipeline import Event, IndexWriter, SyncReport
 from ingest.rebuild import CollectionLayout, full_rebuild, record_sources
 from ingest.uploads import uploads_dir
 from kb import document_lookup
 from kb.catalogue import Catalogue
+from kb.chunk_store import ChunkStore
+from kb.embedding_cache import EmbeddingCache
 from kb.embeddings import Embedder
 from kb.errors import ConfigError, LockedError
 from kb.index_store import IndexStore
@@ -28,8 +31,10 @@ CHECK_EVERY_S = 3600.0
 
 
 class Writes:
-    def __init__(self, settings: Settings, catalogue: Catalogue, embedder: Embedder, indexes: IndexStore):
+    def __init__(self, settings: Settings, catalogue: Catalogue, embedder: Embedder, indexes: IndexStore,
+                 extractor: Extractor = POOL):
         self.settings, self.catalogue, self.embedder, self.indexes = settings, catalogue, embedder, indexes
+        self.extractor = extractor
         self.home = Path(settings.home)
         self._checked = -CHECK_EVERY_S  # when this process last ran the catalogue's integrity check
 
@@ -53,7 +58,9 @@ class Writes:
         """An IndexWriter on the collection's indexes, under the writer lock (unless the caller holds it)."""
         with self.locked(on_wait, timeout_s) if lock else nullcontext():
             index, keywords, rebuilt = self.indexes.for_writing(collection)  # checks the identity first
-            writer = IndexWriter(self.settings, self.catalogue, index, keywords, self.embedder, collection, on_event)
+            store = ChunkStore(self.catalogue, collection, index, keywords, EmbeddingCache(self.catalogue, self.embedder),
+                               self.settings.crash_at)
+            writer = IndexWriter(self.settings, store, self.embedder, on_event, self.extractor)
             writer.rebuilt_damaged_index = rebuilt
             try:
                 yield writer
@@ -77,7 +84,7 @@ class Writes:
         with self.locked(on_wait, timeout_s):
             writing = lambda c, e=None: self.writing(c, on_event=e, lock=False)  # noqa: E731 - we hold the lock
             report = full_rebuild(self.layout(collection), roots, writing, self.indexes.open_index, progress,
-                                  on_event, self.settings.crash_at)
+                                  on_event)
             self.indexes.forget(collection)
             return report
 
@@ -106,7 +113,7 @@ class Writes:
     def repair(self, collection: str, on_wait: Wait = None) -> dict:
         """Rebuild a damaged or missing index from the catalogue's stored embeddings (no re-embedding)."""
         with self.writing(collection, on_wait) as writer:
-            repaired = writer.reconcile()
+            repaired = writer.store.reconcile()
             writer.index.save()
         return {**repaired, "damaged_index_rebuilt": int(writer.rebuilt_damaged_index)}
 
@@ -118,6 +125,6 @@ class Writes:
             return 0
         try:
             with writer_lock(self.home, 0), self.writing(collection, lock=False) as writer:
-                return writer.catch_up()
+                return writer.store.catch_up()
         except LockedError:
             return 0

@@ -253,7 +253,8 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # connections the test left open too
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+# The quick loop (`-m "not slow"`) runs on SQLite; the whole suite on both.
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def catalogue_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
                       isolated_environment: None) -> Iterator[str | None]:
     """Runs a test on both catalogue backends. Its value is the `database_url` (None: SQLite in the home);
