@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ingest.chunking import chunker_identity
+from ingest.upkeep import Upkeep
+from ingest.extraction_worker import POOL, Extractor
 from ingest.writing import Writes
 from kb import monitoring
 from kb.access import AccessControl
@@ -54,15 +56,16 @@ class once:  # noqa: N801 - used as a decorator, like functools.cached_property
 
 
 class Home:
-    def __init__(self, settings: Settings | None = None, home: str | Path | None = None):
+    def __init__(self, settings: Settings | None = None, home: str | Path | None = None, extractor: Extractor = POOL):
         settings = settings or Settings()
         if home is not None:
             settings = settings.model_copy(update={"home": Path(home)})
-        self.settings = settings
+        self.settings, self.extractor = settings, extractor  # extractor: how writers read files
         self.path = Path(settings.home)
         make_private(self.path)
-        self.indexes = IndexStore(self.path, settings.index, self.index_identity,
-                                  lambda c: self.writes.repair(c), lambda c: self.writes.catch_up(c))
+        self.upkeep = Upkeep(lambda: self.writes)  # the repairs and catch-ups readers find are needed
+        self.indexes = IndexStore(self.path, settings.index, self.index_identity, self.upkeep,
+                                  lambda c: self.catalogue.last_change(c))
 
     def collection(self, name: str | None = None) -> KnowledgeBase:
         """The facade over one collection (the default one when unnamed), acting for the local operator."""
@@ -109,7 +112,7 @@ class Home:
 
     @once
     def writes(self) -> Writes:
-        return Writes(self.settings, self.catalogue, self.embedder, self.indexes)
+        return Writes(self.settings, self.catalogue, self.embedder, self.indexes, self.extractor)
 
     def index_identity(self) -> dict:
         """What an index was built with; a difference from the running settings needs `reindex --full`."""

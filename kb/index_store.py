@@ -2,6 +2,8 @@
 
 Readers keep a loaded index until a writer saves a new one (writers replace files by rename: a new
 inode), so one process serves every question from memory and still sees each committed write.
+Readers never write: what needs repair or catching up is asked of the home's upkeep (ingest/upkeep.py),
+and the question is answered from what is consistent meanwhile.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from kb.errors import IndexCorruptError
 from kb.keyword_index import KeywordIndex, Unreadable
@@ -32,12 +35,23 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
+# How long a reader with nothing consistent to answer from (a fresh node, an unreadable vector index)
+# waits for the upkeep to build it before saying so.
+BUILD_WAIT_S = 120.0
+
+
+class Upkeep(Protocol):
+    def request(self, collection: str, kind: str) -> None: ...
+    def pending(self, collection: str) -> bool: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
 class IndexStore:
-    def __init__(self, home: Path, cfg: IndexSettings, identity: Callable[[], dict],
-                 repair: Callable[[str], object], catch_up: Callable[[str], object], catch_up_s: float = 1.0):
+    def __init__(self, home: Path, cfg: IndexSettings, identity: Callable[[], dict], upkeep: Upkeep,
+                 last_change: Callable[[str], int], catch_up_s: float = 1.0):
         self.home, self.cfg, self.identity = home, cfg, identity
-        self._repair = repair  # rebuilds a collection's indexes from the catalogue, under the writer lock
-        self._catch_up = catch_up  # applies catalogue changes made elsewhere (another node's writer)
+        self.upkeep = upkeep  # repairs and catch-ups, done by a writer of this process (never the reader)
+        self._last_change = last_change  # the catalogue's change sequence of a collection
         self.catch_up_s = catch_up_s
         self._checked: dict[str, float] = {}  # collection -> when the catalogue was last asked for changes
         self._lock = threading.RLock()  # one store serves every web session / API request
@@ -103,23 +117,41 @@ class IndexStore:
         except (OSError, ValueError, AttributeError, TypeError):
             return 0
 
+    def after_search(self, collection: str) -> None:
+        """The upkeep is asked to rebuild what a search found damaged."""
+        if KeywordIndex.damaged_mark(self.keyword_dir(collection)).exists() and not writer_active(self.home):
+            self.upkeep.request(collection, "repair")
+
+    def limits(self, collection: str) -> list[str]:
+        """What limits a search of the collection now (the answer's notes); asked before its indexes."""
+        if left_ahead(self.home, self.index_dir(collection)) or writer_died(self.home):
+            return [f"{collection}: its indexes are being repaired after an interrupted write; passages "
+                    "changed by that write may be missing from these results"]
+        return []
+
     def _cached(self, key: tuple[str, str], stamp_file: Path, opener: Callable):  # noqa: ANN202
-        """A damaged index is repaired (outside the lock every session shares) and opened again. After a
-        killed writer the indexes may be ahead of the catalogue (its last batch, or a rebuild's swap):
-        repaired first."""
+        """The index, opened once per saved version. What needs repair (a write that left the indexes
+        ahead of the catalogue, a damaged keyword index, a killed writer) or catching up (another node's
+        writes) is asked of the upkeep; meanwhile the reader answers from what is consistent (the
+        retriever leaves out ids the catalogue lacks; a damaged keyword index leaves the question to the
+        dense side). It waits only when it has nothing to answer from."""
         collection = key[1]
         damaged = KeywordIndex.damaged_mark(self.keyword_dir(collection))
-        if damaged.exists() and writer_active(self.home):  # the writer rebuilds it; meanwhile no keywords
-            if key[0] == "keywords":
-                return Unreadable(f"the keyword index of {collection} is damaged; it is rebuilt after the "
-                                  "running write")
-        elif writer_died(self.home) or left_ahead(self.home, self.index_dir(collection)) or damaged.exists():
-            self._repair(collection)  # never answer from indexes ahead of the catalogue, nor from damaged ones
+        if damaged.exists() and not writer_active(self.home):
+            self.upkeep.request(collection, "repair")
+        if damaged.exists() and key[0] == "keywords":
+            return Unreadable(f"the keyword index of {collection} is damaged; it is being rebuilt")
+        if writer_died(self.home) or left_ahead(self.home, self.index_dir(collection)):
+            self.upkeep.request(collection, "repair")
         now = time.monotonic()
         if now - self._checked.get(collection, -1e9) >= self.catch_up_s:  # at most once a second
             self._checked[collection] = now
-            self._catch_up(collection)
-        for attempt in range(3):
+            if self._last_change(collection) > self.position(collection):
+                self.upkeep.request(collection, "catch_up")
+                if not (self.index_dir(collection) / "manifest.json").exists():  # a fresh node: nothing yet
+                    self.upkeep.wait(BUILD_WAIT_S)
+        deadline = time.monotonic() + BUILD_WAIT_S
+        while True:
             stamp = _stamp(stamp_file)
             with self._lock:
                 hit = self._readers.get(key)
@@ -128,12 +160,15 @@ class IndexStore:
                 try:
                     index = opener(collection)
                 except IndexCorruptError:
-                    index = None
+                    if key[0] == "keywords":  # the dense side still answers
+                        self.upkeep.request(collection, "repair")
+                        return Unreadable(f"the keyword index of {collection} cannot be read; it is being rebuilt")
                 else:
                     self._readers[key] = (stamp, index)
                     return index
-            if attempt == 0:
-                time.sleep(0.2)  # a writer may be between renaming an index and its manifest
-            else:
-                self._repair(collection)
-        return opener(collection)  # still damaged: raise its error
+            if time.monotonic() >= deadline:
+                return opener(collection)  # still unreadable: raise its error
+            time.sleep(0.2)  # a writer may be between renaming an index and its manifest
+            if _stamp(stamp_file) == stamp:  # not that: damaged. Rebuilt by the upkeep, waited for
+                self.upkeep.request(collection, "repair")
+                self.upkeep.wait(max(0.0, deadline - time.monotonic()))

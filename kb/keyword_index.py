@@ -185,8 +185,8 @@ def _damage_is_an_error(index: KeywordIndex) -> Iterator[None]:
 
 
 class Unreadable:
-    """Stands for a damaged keyword index while a writer is at work (the rebuild waits for it): every
-    search says so, and the retriever answers from the dense side with a note."""
+    """Stands for a damaged keyword index until the upkeep (or the running writer) has rebuilt it: every
+    search says so, and the retriever answers from the dense side with a note; it counts no entries."""
 
     def __init__(self, reason: str):
         self.reason = reason
@@ -194,9 +194,7 @@ class Unreadable:
     def search(self, question: str, k: int, document_ids: set[int] | None = None) -> KeywordHits:
         raise IndexCorruptError(self.reason)
 
-    @property
-    def count(self) -> int:
-        raise IndexCorruptError(self.reason)
+    count = 0
 
 
 class KeywordIndex:

@@ -19,6 +19,7 @@ from kb import document_lookup, monitoring
 from kb.access import Identity
 from kb.errors import CatalogueError, ConfigError, IndexCorruptError, KBError, LockedError, PermissionDeniedError
 from kb.home import Home
+from kb.index_store import BUILD_WAIT_S
 from kb.jobs import Job
 from kb.keyword_index import KeywordIndex
 from kb.settings import Settings, check_collection_name
@@ -212,7 +213,8 @@ class KnowledgeBase:
         names, shards = self._read_scope(), []
         for c in names:
             try:
-                shards.append(Shard(c, self.indexes.reader_index(c), self.indexes.reader_keywords(c)))
+                limits = tuple(self.indexes.limits(c))  # before the indexes: opening them may ask for a repair
+                shards.append(Shard(c, self.indexes.reader_index(c), self.indexes.reader_keywords(c), limits))
             except KBError as exc:
                 if len(names) == 1:
                     raise
@@ -228,7 +230,13 @@ class KnowledgeBase:
         `record`: a search of its own (audited and logged; an answer records itself)."""
         names = self._read_scope("search" if record else None, question=question)
         doc_ids = set().union(*(documents_named(self.catalogue, c, documents) for c in names)) if documents else None
-        r = self.retriever().search(question, top_k, doc_ids)
+        retriever = self.retriever()
+        r = retriever.search(question, top_k, doc_ids)
+        if any(sh.notes for sh in retriever.shards) and len(r.contexts) < (top_k or self.settings.retrieval.top_k) \
+                and self.house.upkeep.wait(BUILD_WAIT_S):  # indexes ahead with too little left to answer:
+            r = self.retriever().search(question, top_k, doc_ids)  # the repair the reader asked for, waited for
+        for c in names:
+            self.indexes.after_search(c)
         if record:
             self._log("search", question, r, None)
         return r

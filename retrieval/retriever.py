@@ -57,11 +57,12 @@ def weighted_fusion(dense: list[tuple[int, float]], keyword: list[tuple[int, flo
 
 @dataclass(frozen=True)
 class Shard:
-    """One collection's part of a search: its name and its two indexes."""
+    """One collection's part of a search: its name, its two indexes, and what limits them now."""
 
     collection: str
     index: FaissIndex
     keywords: KeywordIndex
+    notes: tuple[str, ...] = ()
 
 
 class Retriever:
@@ -185,7 +186,8 @@ class Retriever:
                     rows[i].document_id, signals[i], rows[i].ocr)
             for i in order[:top_k]
         ]
-        return Retrieval(question, contexts if relevant else [], relevant and bool(contexts), timings, hits.notes)
+        notes = [n for sh in self.shards for n in sh.notes] + hits.notes
+        return Retrieval(question, contexts if relevant else [], relevant and bool(contexts), timings, notes)
 
     def english_ranking(self, question: str, dense: list[tuple[int, float]],
                         keyword: list[tuple[int, float]]) -> list[tuple[int, float]]:

@@ -56,3 +56,16 @@ def test_walker_detects_a_violation(tmp_path):
     bad = tmp_path / "x.py"
     bad.write_text("from retrieval.dense import dense_search\nimport app.cli\n")
     assert _imports(bad) == {"retrieval", "app"}
+
+
+# Writer code: what changes a collection's catalogue rows or indexes.
+WRITER_MODULES = {"kb.chunk_store", "kb.embedding_cache", "ingest.pipeline", "ingest.writing", "ingest.rebuild",
+                  "ingest.upkeep"}
+READERS = [*(ROOT / "retrieval").rglob("*.py"), ROOT / "kb" / "index_store.py"]
+
+
+def test_readers_import_no_writer_code():
+    """The search path never reaches a writer by import; what it finds to repair it asks the home's upkeep
+    (tests/kb/test_failed_commit.py checks that the repair then runs on the upkeep's thread)."""
+    for f in READERS:
+        assert not _modules(f) & WRITER_MODULES, f

@@ -140,7 +140,8 @@ def test_sigkill_during_a_full_rebuild_keeps_the_old_collection(tmp_path, corpus
     kb = KnowledgeBase(home=home)
     assert sorted(d.path for d in kb.documents()) == docs_before
     assert kb.catalogue.chunk_ids(kb.collection) == ids_before  # the catalogue still holds the old chunks
-    # readers repair what the killed writer left (even the swap's renamed files) before answering
+    # nothing consistent is left to answer from (the swap's files hold the rebuild): the reader waits for the
+    # upkeep's repair (the reader itself never writes)
     assert [c.chunk_id for c in kb.search("How do I get Debian?", log=False)] == answer
     report = kb.sync([], full=True)
     assert not report.failed and len(report.updated) == 4 and not report.removed

@@ -1,6 +1,8 @@
-"""Every sync case against the real catalogue (SQLite), real FAISS and the real embedding model. The cases
-that write the catalogue (add, update, remove, rename, the embedding cache, failures, counts, the full
-rebuild's swap) also run against a real PostgreSQL (`catalogue_backend`)."""
+"""Every sync case against the real catalogue (SQLite), real FAISS, real extraction and a real embedder.
+The cases that write the catalogue (add, update, remove, rename, the embedding cache, failures, counts,
+the full rebuild's swap) also run against a real PostgreSQL (`catalogue_backend`). What a sync does
+does not depend on what the vectors mean, so `hash-384` embeds here (a named stand-in: real vectors,
+no meaning, no model to run); the real models' rankings are tested in tests/retrieval/."""
 
 import json
 import shutil
@@ -11,8 +13,15 @@ import pytest
 from app.cli import main as cli
 from kb.errors import ConfigError, IndexMismatchError
 from kb.knowledge_base import KnowledgeBase
-from kb.settings import ChunkingSettings
-from tests.conftest import FAST_MODEL, SAMPLES, consistent, pdf_excerpt
+from kb.settings import ChunkingSettings, EmbeddingSettings
+from tests.conftest import SAMPLES, consistent, pdf_excerpt
+
+STAND_IN = "hash-384"
+
+
+@pytest.fixture
+def settings(settings):  # noqa: ANN001, ANN201
+    return settings.model_copy(update={"embedding": EmbeddingSettings(model=STAND_IN)})
 
 
 @pytest.fixture
@@ -75,7 +84,7 @@ def test_bad_files_in_a_batch_do_not_stop_the_good_ones(settings, folder, monkey
     (folder / "empty.docx").write_bytes(b"")
     (folder / "broken.pdf").write_bytes(b"%PDF-1.7\n garbage \x00\x01")
     (folder / "photo.png").write_bytes(b"\x89PNG")
-    monkeypatch.setenv("KB_EMBEDDING__MODEL", FAST_MODEL)
+    monkeypatch.setenv("KB_EMBEDDING__MODEL", STAND_IN)
     code = cli(["--home", str(settings.home), "reindex", str(folder), "--json"])
     out = json.loads(capsys.readouterr().out)
     assert code == 1
@@ -152,7 +161,7 @@ def test_collections_are_separate(settings, folder):
 
 
 def test_reindex_without_paths_resyncs_the_previous_folders(settings, folder, monkeypatch, capsys):
-    monkeypatch.setenv("KB_EMBEDDING__MODEL", FAST_MODEL)
+    monkeypatch.setenv("KB_EMBEDDING__MODEL", STAND_IN)
     home = str(settings.home)
     assert cli(["--home", home, "reindex"]) == 2  # nothing to go on yet: a usage error
     assert "kb reindex PATH" in capsys.readouterr().err
@@ -178,7 +187,7 @@ def test_links_out_of_the_folder_are_skipped_and_listed(settings, folder, tmp_pa
     (folder / "loop2.md").symlink_to(folder / "loop1.md")
     (folder / ".secret.md").write_text("hidden notes")
     (folder / "two\nlines.txt").write_text("A file whose name holds a newline still gets indexed.")
-    monkeypatch.setenv("KB_EMBEDDING__MODEL", FAST_MODEL)
+    monkeypatch.setenv("KB_EMBEDDING__MODEL", STAND_IN)
     home = str(settings.home)
 
     assert cli(["--home", home, "reindex", str(folder)]) == 0
@@ -207,7 +216,7 @@ def test_full_rebuild_of_a_subset_asks_and_full_keeps_every_folder(settings, fol
     other.mkdir()
     (other / "a.txt").write_text("Kb cites the page of every passage it quotes. 每条引用都有页码。")
     (other / "b.txt").write_text("Operators re-index whole folders from the command line.")
-    monkeypatch.setenv("KB_EMBEDDING__MODEL", FAST_MODEL)
+    monkeypatch.setenv("KB_EMBEDDING__MODEL", STAND_IN)
     monkeypatch.setenv("KB_CHUNKING__CHUNK_TOKENS", "120")
     home = str(settings.home)
     assert cli(["--home", home, "reindex", str(folder)]) == 0

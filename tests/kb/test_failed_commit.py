@@ -1,16 +1,18 @@
 """A write that fails after touching the indexes (a full disk during the FAISS save, a catalogue commit
-that raises) leaves a durable mark, and the next reader repairs from the catalogue before it answers:
-never from indexes ahead of the catalogue (issue 30, item 1)."""
+that raises) leaves a durable mark; the next reader answers from what the catalogue holds (never from
+the orphans of the failed write), and asks the home's upkeep to repair (issue 30, item 1; issue 24)."""
 
 from __future__ import annotations
 
 import errno
+import threading
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 import kb.vector_index
+from kb.chunk_store import ChunkStore
 from kb.home import Home
 from kb.locking import AHEAD
 from kb.settings import EmbeddingSettings, Settings
@@ -34,7 +36,9 @@ def _consistent(home: Home, collection: str = "default") -> bool:
             == home.indexes.reader_keywords(collection).ids())
 
 
-def test_a_full_disk_during_the_faiss_save_leaves_a_mark_the_next_reader_repairs(tmp_path, monkeypatch):
+def test_a_full_disk_during_the_faiss_save_leaves_a_mark_the_upkeep_repairs(tmp_path, monkeypatch):
+    """The reader answers at once from what the catalogue holds, says why, and never writes: the home's
+    upkeep thread repairs the indexes."""
     settings = _settings(tmp_path)
     docs = _docs(tmp_path / "docs", 3)
     Home(settings).collection().sync([docs])
@@ -54,11 +58,19 @@ def test_a_full_disk_during_the_faiss_save_leaves_a_mark_the_next_reader_repairs
     assert (folder / AHEAD).exists()  # the keyword index holds the batch; the catalogue does not
     assert not list(folder.glob("*.tmp")) and not list(folder.glob(".*.tmp"))  # no temp file left behind
 
+    repaired_on = []
+    real_reconcile = ChunkStore.reconcile
+    monkeypatch.setattr(ChunkStore, "reconcile", lambda store: repaired_on.append(threading.current_thread().name)
+                        or real_reconcile(store))
     reader = Home(settings)  # another process's reader, or the web page after the failure
-    contexts = reader.collection().search("pump P4 impeller service", top_k=3, log=False)
+    r = reader.collection().retrieve("pump P4 impeller service", top_k=3)
+    assert any("being repaired" in n for n in r.notes), r.notes
+    assert all(c.source.rsplit("/", 1)[-1] in {"pump-0.md", "pump-1.md", "pump-2.md"} for c in r.contexts)
+    assert len(r.contexts) == 3  # from what the catalogue holds, not 1 context and two dropped orphans
+    assert reader.upkeep.wait(60)
     assert _consistent(reader) and not (folder / AHEAD).exists()
-    assert all(c.source.rsplit("/", 1)[-1] in {"pump-0.md", "pump-1.md", "pump-2.md"} for c in contexts)
-    assert len(contexts) == 3  # from what the catalogue holds, not 1 context and two dropped orphans
+    assert repaired_on == ["kb-upkeep"]  # never on the reader's thread
+    assert not reader.collection().retrieve("pump P4 impeller service").notes
     report = reader.collection().sync([docs])  # and the next write does the batch again
     assert len(report.added) == 3 and _consistent(reader)
 
@@ -85,6 +97,7 @@ def test_a_catalogue_commit_that_fails_after_the_indexes_were_saved_is_repaired(
     engine.dispose()
     reader = Home(settings)
     assert len(reader.collection().search("pump P4 impeller service", top_k=3, log=False)) == 3
+    assert reader.upkeep.wait(60)
     assert _consistent(reader) and not (folder / AHEAD).exists()
 
 

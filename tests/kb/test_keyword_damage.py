@@ -1,6 +1,7 @@
 """Garbled tantivy segments whose footers are intact (issue 30, item 2): found by `kb status --check`
 (segment checksums, then a full read), never a PanicException escaping; the question is answered from
-the dense side with a note meanwhile, and the index is rebuilt from the catalogue."""
+the dense side with a note meanwhile, and the home's upkeep (never the reader) rebuilds the index from
+the catalogue."""
 
 from __future__ import annotations
 
@@ -46,8 +47,11 @@ def test_a_garbled_segment_is_found_answered_around_and_rebuilt(home, suffix, ca
     assert "keyword index" in out.out and "Traceback" not in out.err + out.out
     assert (home.home / "collections" / "default" / "keywords.damaged").exists()
 
-    keywords_only = home.model_copy(update={"retrieval": RetrievalSettings(mode="keyword")})
-    r = Home(keywords_only).collection().retrieve("Error E1277 on unit U12", top_k=3)  # repaired before it answers
+    keywords_only = Home(home.model_copy(update={"retrieval": RetrievalSettings(mode="keyword")}))
+    r = keywords_only.collection().retrieve("Error E1277 on unit U12", top_k=3)  # at once, saying why
+    assert "being rebuilt" in r.notes[0] and not r.contexts
+    assert keywords_only.upkeep.wait(60)
+    r = keywords_only.collection().retrieve("Error E1277 on unit U12", top_k=3)
     assert not r.notes and r.contexts[0].source.endswith("unit-12.md")  # rebuilt from the catalogue
     assert cli(["--home", str(home.home), "status", "--check", "--json"]) == 0
     assert not any(json.loads(capsys.readouterr().out)["check"].values())
@@ -55,11 +59,13 @@ def test_a_garbled_segment_is_found_answered_around_and_rebuilt(home, suffix, ca
 
 def test_damage_met_by_a_search_is_answered_from_the_dense_side_with_a_note(home):
     _garble(home, ".fast", at=8)  # tantivy panics reading the column ("mid > len"), a BaseException
-    view = Home(home).collection()
+    house = Home(home)
+    view = house.collection()
     r = view.retrieve("Error E1277 on unit U12", top_k=3)
     assert r.notes and "dense search alone" in r.notes[0]
     assert all("bm25" not in c.signals for c in r.contexts)
-    again = view.retrieve("Error E1277 on unit U12", top_k=10)  # the next question: rebuilt first
+    assert house.upkeep.wait(60)  # the rebuild the search asked for
+    again = view.retrieve("Error E1277 on unit U12", top_k=10)
     assert not again.notes and any("bm25" in c.signals for c in again.contexts)
 
 
@@ -76,4 +82,7 @@ def test_while_a_writer_works_a_damaged_keyword_index_does_not_hold_questions(ho
         t0 = time.monotonic()
         r = Home(home).collection().retrieve("Error E1277 on unit U12")
         assert time.monotonic() - t0 < 5 and r.contexts and "dense search alone" in r.notes[0]
-    assert not Home(home).collection().retrieve("Error E1277 on unit U12").notes  # then rebuilt
+    after = Home(home)
+    after.collection().retrieve("Error E1277 on unit U12")  # asks the upkeep for the rebuild
+    assert after.upkeep.wait(60)
+    assert not after.collection().retrieve("Error E1277 on unit U12").notes  # then rebuilt

@@ -1,0 +1,84 @@
+"""Upkeep: the repairs and catch-ups that readers find are needed, done by one background thread of the
+process, as a writer (under the home's writer lock), never by the reader itself.
+
+A reader that meets indexes left ahead of the catalogue by a failed write, a damaged keyword index, or
+a catalogue changed by another node asks for upkeep and answers at once from what is consistent: the
+orphans of a failed write have no catalogue row and are left out, a damaged keyword index leaves the
+question to the dense search (both with a note), a node behind answers from its last position. Only a
+reader with nothing consistent to answer from (no index yet on a fresh node, a vector index that cannot
+be read) waits for the upkeep, a bounded time. So a question never waits for another writer's lock.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from ingest.writing import Writes
+
+log = logging.getLogger(__name__)
+RETRY_S = 5.0  # after a failed repair, the next request for that collection waits this long
+IDLE_S = 30.0  # the thread ends after this long with nothing asked
+
+
+class Upkeep:
+    def __init__(self, writes: Callable[[], Writes]):
+        self._writes = writes  # made on first use: a reader that never needs upkeep loads no writer
+        self._cv = threading.Condition()
+        self._wanted: dict[str, str] = {}  # collection -> "repair" | "catch_up" (a repair covers a catch-up)
+        self._failed: dict[str, float] = {}  # collection -> when its last upkeep failed
+        self._running: str | None = None
+        self._thread: threading.Thread | None = None
+        atexit.register(self.finish)
+
+    def request(self, collection: str, kind: str) -> None:
+        """Ask for a collection's upkeep ("repair" or "catch_up"); returns at once."""
+        with self._cv:
+            if time.monotonic() - self._failed.get(collection, -RETRY_S) < RETRY_S:
+                return
+            if self._wanted.get(collection) != "repair":
+                self._wanted[collection] = kind
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="kb-upkeep", daemon=True)
+                self._thread.start()
+            self._cv.notify_all()
+
+    def pending(self, collection: str) -> bool:
+        """A repair of this collection is asked for or running."""
+        with self._cv:
+            return self._wanted.get(collection) == "repair" or self._running == collection
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                self._running = None
+                self._cv.notify_all()
+                if not self._cv.wait_for(lambda: self._wanted, IDLE_S):
+                    self._thread = None
+                    return
+                collection, kind = next(iter(self._wanted.items()))
+                del self._wanted[collection]
+                self._running = collection
+            try:
+                writes = self._writes()
+                done = writes.repair(collection) if kind == "repair" else writes.catch_up(collection)
+                if kind == "repair":
+                    log.info("%s: indexes repaired from the catalogue: %s", collection, done)
+            except Exception as exc:  # noqa: BLE001 - logged; readers go on answering from what is consistent
+                log.warning("%s: index %s failed (tried again on a later question): %s", collection,
+                            kind.replace("_", "-"), exc)
+                with self._cv:
+                    self._failed[collection] = time.monotonic()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Until nothing is asked for or running (True), or the timeout passed (False)."""
+        with self._cv:
+            return self._cv.wait_for(lambda: not self._wanted and self._running is None, timeout)
+
+    def finish(self) -> None:
+        """At exit: let a running repair end (a repair cut short is redone by the next process)."""
+        if self._thread is not None:
+            self.wait(600)
