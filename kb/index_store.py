@@ -163,12 +163,17 @@ class IndexStore:
                     if key[0] == "keywords":  # the dense side still answers
                         self.upkeep.request(collection, "repair")
                         return Unreadable(f"the keyword index of {collection} cannot be read; it is being rebuilt")
+                    index = None
                 else:
-                    self._readers[key] = (stamp, index)
-                    return index
+                    if stamp is not None or not self.upkeep.pending(collection):
+                        self._readers[key] = (stamp, index)
+                        return index
+                    # no file: set aside by the upkeep rebuilding it, not an empty collection
             if time.monotonic() >= deadline:
                 return opener(collection)  # still unreadable: raise its error
-            time.sleep(0.2)  # a writer may be between renaming an index and its manifest
-            if _stamp(stamp_file) == stamp:  # not that: damaged. Rebuilt by the upkeep, waited for
-                self.upkeep.request(collection, "repair")
-                self.upkeep.wait(max(0.0, deadline - time.monotonic()))
+            if index is None:
+                time.sleep(0.2)  # a writer may be between renaming an index and its manifest
+                if _stamp(stamp_file) != stamp:
+                    continue
+                self.upkeep.request(collection, "repair")  # damaged, not mid-rename
+            self.upkeep.wait(max(0.0, deadline - time.monotonic()))
