@@ -31,6 +31,7 @@ class Upkeep:
         self._wanted: dict[str, str] = {}  # collection -> "repair" | "catch_up" (a repair covers a catch-up)
         self._failed: dict[str, float] = {}  # collection -> when its last upkeep failed
         self._running: str | None = None
+        self._running_kind = ""
         self._thread: threading.Thread | None = None
         atexit.register(self.finish)
 
@@ -39,6 +40,8 @@ class Upkeep:
         with self._cv:
             if time.monotonic() - self._failed.get(collection, -RETRY_S) < RETRY_S:
                 return
+            if self._running == collection and (kind == "catch_up" or self._running_kind == kind):
+                return  # what the reader saw is what the running upkeep is settling
             if self._wanted.get(collection) != "repair":
                 self._wanted[collection] = kind
             if self._thread is None:
@@ -61,7 +64,7 @@ class Upkeep:
                     return
                 collection, kind = next(iter(self._wanted.items()))
                 del self._wanted[collection]
-                self._running = collection
+                self._running, self._running_kind = collection, kind
             try:
                 writes = self._writes()
                 done = writes.repair(collection) if kind == "repair" else writes.catch_up(collection)

@@ -69,7 +69,7 @@ def test_a_full_disk_during_the_faiss_save_leaves_a_mark_the_upkeep_repairs(tmp_
     assert len(r.contexts) == 3  # from what the catalogue holds, not 1 context and two dropped orphans
     assert reader.upkeep.wait(60)
     assert _consistent(reader) and not (folder / AHEAD).exists()
-    assert repaired_on == ["kb-upkeep"]  # never on the reader's thread
+    assert repaired_on and set(repaired_on) == {"kb-upkeep"}  # never on the reader's thread
     assert not reader.collection().retrieve("pump P4 impeller service").notes
     report = reader.collection().sync([docs])  # and the next write does the batch again
     assert len(report.added) == 3 and _consistent(reader)

@@ -57,7 +57,7 @@ def indexed(request, tmp_path, monkeypatch, home_cache):
 
 @pytest.mark.parametrize(("catalogue_backend", "damage"), [
     *(("sqlite", d) for d in ("truncated", "empty object", "half zeroed index", "index deleted")),
-    ("postgresql", "half zeroed index"),  # the repair reads the catalogue alike whatever the damage
+    pytest.param("postgresql", "half zeroed index", marks=pytest.mark.slow),  # the repair reads it alike
 ], indirect=["catalogue_backend"])
 def test_damaged_index_is_rebuilt_from_the_catalogue(indexed, catalogue_backend, damage):
     home, corpus, answer = indexed

@@ -12,19 +12,27 @@ import pytest
 from app.cli import main as cli
 from kb.home import Home
 from kb.settings import EmbeddingSettings, RetrievalSettings, Settings
+from tests.conftest import copy_of_indexed
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch):  # noqa: ANN201
+def home(tmp_path, monkeypatch, home_cache):  # noqa: ANN001, ANN201
+    """40 short documents indexed once per session; each test damages its own copy."""
     monkeypatch.setenv("KB_EMBEDDING__MODEL", "hash-384")
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    for i in range(40):
-        (docs / f"unit-{i}.md").write_text(f"# Unit U{i}\n\nError E{i}77 on unit U{i} means its filter F{i} is "
-                                           f"full; replace it every {i + 3} weeks.\n")
-    settings = Settings(home=tmp_path / "home", embedding=EmbeddingSettings(model="hash-384"))
-    Home(settings).collection().sync([docs])
-    return settings
+
+    def build(home):  # noqa: ANN001, ANN202
+        docs = home.parent / "docs"
+        docs.mkdir()
+        for i in range(40):
+            (docs / f"unit-{i}.md").write_text(f"# Unit U{i}\n\nError E{i}77 on unit U{i} means its filter F{i} is "
+                                               f"full; replace it every {i + 3} weeks.\n")
+        house = Home(Settings(home=home, embedding=EmbeddingSettings(model="hash-384")))
+        house.collection().sync([docs])
+        house.catalogue.engine.dispose()
+        return {}
+
+    copy, _ = copy_of_indexed(home_cache, "forty-units", build, tmp_path / "home")
+    return Settings(home=copy, embedding=EmbeddingSettings(model="hash-384"))
 
 
 def _garble(settings: Settings, suffix: str, at: int | None = None) -> int:

@@ -27,7 +27,8 @@ def test_head_is_the_newest_revision():
     assert ScriptDirectory.from_config(migrations.config()).get_current_head() == migrations.HEAD
 
 
-@pytest.mark.parametrize("catalogue_backend", ["sqlite", "postgresql"], indirect=True)
+@pytest.mark.parametrize("catalogue_backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)],
+                         indirect=True)
 def test_a_fresh_catalogue_has_exactly_the_models_schema(settings, catalogue_backend):
     settings.home.mkdir(exist_ok=True)
     catalogue = Catalogue(settings.catalogue_url)
