@@ -37,7 +37,7 @@ from kb.errors import (AuthError, CatalogueError, ConfigError, GeneratorError, K
                        MissingDependencyError, NotFoundError, PermissionDeniedError, Unavailable)
 from kb.home import Home
 from kb.knowledge_base import KnowledgeBase
-from kb.monitoring import collection_names
+from kb.document_lookup import collection_names
 from kb.settings import Settings
 from retrieval.answer import Answer, AnswerStream
 from retrieval.types import Context

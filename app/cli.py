@@ -444,7 +444,7 @@ def _main(argv: list[str] | None) -> int:
     except Exception as exc:  # noqa: BLE001 - invalid env/toml values
         print(f"kb: configuration error: {exc}", file=sys.stderr)
         return 2
-    from app.recovery import rebuild_catalogue
+    from kb.home import Home
     from kb.knowledge_base import KnowledgeBase
 
     _configure_logging(Path(args.home or settings.home), args.verbose)
@@ -527,7 +527,7 @@ def _main(argv: list[str] | None) -> int:
             return _access(kb, args)
         if args.command == "rebuild-catalogue":
             sources = {kb.collection: [str(Path(p).resolve()) for p in args.paths]} if args.paths else None
-            reports = rebuild_catalogue(args.home, settings, sources, progress, args.force)
+            reports = Home(settings, home=args.home).rebuild_catalogue(sources, progress, args.force)
             if not reports:
                 print("kb: no folders recorded for any collection; name them: kb rebuild-catalogue PATH...",
                       file=sys.stderr)

@@ -16,7 +16,7 @@ from kb.access import Identity
 from kb.errors import KBError, NotFoundError
 from kb.home import Home
 from kb.knowledge_base import KnowledgeBase
-from kb.monitoring import collection_names
+from kb.document_lookup import collection_names
 from kb.settings import Settings
 from retrieval.answer import Answer
 

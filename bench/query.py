@@ -146,7 +146,7 @@ def main() -> None:
     end_to_end = None
     if args.home and args.questions:
         from kb.knowledge_base import KnowledgeBase
-        from kb.monitoring import latency_table
+        from kb.query_log import latency_table
 
         kb = KnowledgeBase(home=args.home)
         qs = [json.loads(x)["question"] for x in args.questions.read_text().splitlines() if x.strip()]

@@ -20,7 +20,7 @@ from ingest.pipeline import Event, IndexWriter, SyncReport
 from kb.catalogue import Catalogue, Collection, Document, IngestRun
 from kb.errors import ConfigError, IndexCorruptError, IndexMismatchError
 from kb.files import atomic_write
-from kb.monitoring import REBUILD_PREFIX
+from kb.document_lookup import REBUILD_PREFIX
 from kb.vector_index import FaissIndex
 
 Writing = Callable[..., AbstractContextManager[IndexWriter]]  # (collection, on_event=None) -> writer

@@ -69,6 +69,11 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
+def iso(t: dt.datetime | None) -> str | None:
+    """A catalogue timestamp (naive UTC) as ISO 8601 with its Z, to the second; None stays None."""
+    return None if t is None else t.isoformat(timespec="seconds") + "Z"
+
+
 class Base(DeclarativeBase):
     pass
 

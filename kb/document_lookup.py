@@ -1,16 +1,54 @@
-"""Finding a collection's documents in the catalogue: by a user's reference, for download, by the
-folders its last re-index was given."""
+"""A data home's collections and their documents in the catalogue: the names of the collections users
+see, a collection's documents listed, and found by a user's reference, for download, by the folders its
+last re-index was given."""
 
 from __future__ import annotations
 
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
 
-from kb.catalogue import Catalogue, Collection, Document, IngestRun
+from kb.catalogue import Catalogue, Collection, Document, IngestRun, iso
 from kb.errors import ConfigError, NotFoundError
+
+
+# A full rebuild fills this hidden collection, then swaps it in: never listed to users.
+REBUILD_PREFIX = "~rebuild~"
+
+
+def collection_names(catalogue: Catalogue) -> list[str]:
+    with catalogue.session() as s:
+        return [n for n in s.scalars(select(Collection.name).order_by(Collection.name))
+                if not n.startswith(REBUILD_PREFIX)]
+
+
+@dataclass(frozen=True)
+class DocumentInfo:
+    id: int
+    path: str
+    type: str | None  # MIME type
+    pages: int | None
+    chunks: int
+    status: str  # indexed | failed
+    error: str | None
+    sha256: str | None
+    size: int | None
+    indexed_at: str  # ISO 8601, UTC
+
+
+def documents(catalogue: Catalogue, collection: str, failed_only: bool = False) -> list[DocumentInfo]:
+    with catalogue.session() as s:
+        col = catalogue.collection(s, collection, create=False)
+        if col is None:
+            return []
+        q = select(Document).where(Document.collection_id == col.id)
+        if failed_only:
+            q = q.where(Document.status == "failed")
+        return [DocumentInfo(d.id, d.path, d.mime, d.pages, d.chunk_count, d.status, d.error, d.sha256, d.size,
+                             iso(d.indexed_at)) for d in s.scalars(q.order_by(Document.path))]
 
 
 def resolve(catalogue: Catalogue, collection: str, ref: str) -> list[str]:

@@ -18,7 +18,7 @@ from ingest.chunking import chunker_identity
 from ingest.upkeep import Upkeep
 from ingest.extraction_worker import POOL, Extractor
 from ingest.writing import Writes
-from kb import monitoring
+from kb import document_lookup, query_log
 from kb.access import AccessControl
 from kb.catalogue import Catalogue
 from kb.embeddings import Embedder, english_embedder, make_embedder
@@ -73,9 +73,16 @@ class Home:
 
         return KnowledgeBase(self, collection=name)
 
+    def rebuild_catalogue(self, sources: dict[str, list[str]] | None = None, progress: bool = False,
+                          force: bool = False) -> dict:
+        """Replace a damaged SQLite catalogue (ingest/recovery.py): {collection: SyncReport}."""
+        from ingest.recovery import rebuild_catalogue
+
+        return rebuild_catalogue(self.settings, Home, sources, progress, force)
+
     def collection_names(self) -> list[str]:
         """Every collection the catalogue holds, and the default one (which always exists)."""
-        return sorted(set(monitoring.collection_names(self.catalogue)) | {self.settings.collection})
+        return sorted(set(document_lookup.collection_names(self.catalogue)) | {self.settings.collection})
 
     # -- the parts ------------------------------------------------------------------------------
     @once
@@ -95,8 +102,8 @@ class Home:
         return JobQueue(self.catalogue)
 
     @once
-    def query_log(self) -> monitoring.QueryLogWriter:
-        return monitoring.QueryLogWriter(self.catalogue)
+    def query_log(self) -> query_log.QueryLogWriter:
+        return query_log.QueryLogWriter(self.catalogue)
 
     @once
     def embedder(self) -> Embedder:

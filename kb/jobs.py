@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from kb.catalogue import Catalogue, JobRow
+from kb.catalogue import Catalogue, JobRow, iso
 from kb.errors import NotFoundError
 
 KINDS = ("upload", "reindex", "reindex_full", "ingest", "delete")
@@ -50,13 +50,9 @@ class Job:
         return dataclasses.asdict(self)
 
 
-def _iso(t: dt.datetime | None) -> str | None:
-    return None if t is None else t.isoformat(timespec="seconds") + "Z"
-
-
 def _job(r: JobRow) -> Job:
     return Job(r.id, r.collection, r.kind, dict(r.params or {}), r.status, dict(r.progress or {}), r.result,
-               r.error, r.attempts, r.worker, _iso(r.created_at), _iso(r.started_at), _iso(r.finished_at))
+               r.error, r.attempts, r.worker, iso(r.created_at), iso(r.started_at), iso(r.finished_at))
 
 
 def worker_name() -> str:

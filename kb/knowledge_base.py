@@ -15,7 +15,7 @@ from pathlib import Path
 from ingest.pipeline import Event, SyncReport
 from ingest.uploads import Upload, UploadSink, store_uploads, uploads_dir
 from ingest.writing import Wait
-from kb import document_lookup, monitoring
+from kb import document_lookup, history, query_log
 from kb.access import Identity
 from kb.errors import CatalogueError, ConfigError, IndexCorruptError, KBError, LockedError, PermissionDeniedError
 from kb.home import Home
@@ -290,17 +290,17 @@ class KnowledgeBase:
 
     def record_evaluation(self, report: EvalReport, qa_file: str, corpus: str | None) -> None:
         self._allow("write")
-        monitoring.record_evaluation(self.catalogue, self.collection, report.to_dict(), qa_file, corpus)
+        history.record_evaluation(self.catalogue, self.collection, report.to_dict(), qa_file, corpus)
 
-    def documents(self) -> list[monitoring.DocumentInfo]:
+    def documents(self) -> list[document_lookup.DocumentInfo]:
         self._allow("read")
-        return monitoring.documents(self.catalogue, self.collection)
+        return document_lookup.documents(self.catalogue, self.collection)
 
-    def metrics(self, last: int = 1000) -> monitoring.QueryMetrics:
+    def metrics(self, last: int = 1000) -> query_log.QueryMetrics:
         """Monitoring from the query log: latency p50/p95 per stage (ms) and queries per minute."""
         self._allow("read")
         self.query_log.flush()
-        return monitoring.query_metrics(self.catalogue, self.collection, last)
+        return query_log.query_metrics(self.catalogue, self.collection, last)
 
     def check(self) -> dict[str, list[str]]:
         """Integrity problems per part (`kb status --check`); empty lists = healthy."""

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kb import monitoring
+from kb import document_lookup, history
 from kb.catalogue import Catalogue
 from kb.device import faiss_gpu_count, torch_device
 from kb.errors import CatalogueError, IndexCorruptError, IndexMismatchError
@@ -48,14 +48,14 @@ def collection_status(settings: Settings, catalogue: Catalogue, collection: str,
                       index: FaissIndex, keywords: KeywordIndex) -> Status:
     counts = catalogue.counts(collection)
     manifest = index.read_manifest() or {}
-    last_run, last_evaluation = monitoring.history(catalogue, collection)
+    last_run, last_evaluation = history.history(catalogue, collection)
     db_file = Path(settings.home) / "catalogue.sqlite3"
     configured = settings.index.type
     return Status(
         home=str(Path(settings.home).resolve()), collection=collection,
-        collections=monitoring.collection_names(catalogue), **counts,
+        collections=document_lookup.collection_names(catalogue), **counts,
         failures=[{"path": d.path, "error": d.error}
-                  for d in monitoring.documents(catalogue, collection, failed_only=True)],
+                  for d in document_lookup.documents(catalogue, collection, failed_only=True)],
         embedding_model=identity["embedding_model"], dimension=identity["dimension"], chunking=identity["chunking"],
         index_type=configured if index.kind == configured else f"{configured} ({index.kind})",
         index_vectors=index.count, keyword_entries=keywords.count, index_bytes=manifest.get("index_bytes", 0),

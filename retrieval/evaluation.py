@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from kb.monitoring import latency_table
+from kb.query_log import latency_table
 from kb.settings import RetrievalSettings
 from kb.text import CJK, squashed
 from retrieval.answer import AnswerStream

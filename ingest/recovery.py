@@ -1,31 +1,33 @@
 """`kb rebuild-catalogue`: a damaged SQLite catalogue replaced by re-indexing every collection's
-recorded folders (the indexes' ids belong to the old catalogue, so they are dropped too)."""
+recorded folders (the indexes' ids belong to the old catalogue, so they are dropped too). Reached
+through the facade (`Home.rebuild_catalogue`)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ingest.pipeline import SyncReport
 from kb.catalogue import Catalogue
 from kb.errors import CatalogueError, ConfigError
-from kb.home import Home
 from kb.locking import writer_lock
-from kb.monitoring import REBUILD_PREFIX
+from kb.document_lookup import REBUILD_PREFIX
 from kb.settings import Settings
 
+if TYPE_CHECKING:
+    from kb.home import Home
 
-def rebuild_catalogue(home: str | Path | None = None, settings: Settings | None = None,
+
+def rebuild_catalogue(settings: Settings, make_home: Callable[[Settings], Home],
                       sources: dict[str, list[str]] | None = None, progress: bool = False,
                       force: bool = False) -> dict[str, SyncReport]:
     """Replace a damaged SQLite catalogue: the file is kept aside, every collection's index is dropped
     (its ids belong to the old catalogue) and each collection is re-indexed from its recorded folders
     (`sources.json` beside its index, plus its uploads) or from `sources` {collection: [paths]}."""
-    settings = settings or Settings()
-    if home is not None:
-        settings = settings.model_copy(update={"home": Path(home)})
     home = Path(settings.home)
     db = home / "catalogue.sqlite3"
     if settings.database_url:
@@ -60,7 +62,7 @@ def rebuild_catalogue(home: str | Path | None = None, settings: Settings | None 
                 wanted[d.name] = json.loads((d / "sources.json").read_text())["roots"]
         for d in sorted((home / "uploads").glob("*")):
             wanted.setdefault(d.name, []).append(str(d.resolve()))
-    fresh = Home(settings)  # the new catalogue, shared by every collection's re-index
+    fresh = make_home(settings)  # the new catalogue, shared by every collection's re-index
     for name, roots in wanted.items():
         roots = [r for r in dict.fromkeys(roots) if Path(r).exists()]
         if roots:

@@ -1,11 +1,9 @@
-"""What status pages and `kb status` show, read straight from the catalogue: documents, the query log
-and its latency percentiles, ingest runs, evaluations. Each read is bounded (one row per document or
-per logged question, never a scan of every chunk)."""
+"""The query log: every question asked (its timings, what it found), written off the request path, and
+the latency percentiles and rates read back from it for status pages, `/metrics` and `kb eval`."""
 
 from __future__ import annotations
 
 import atexit
-import datetime as dt
 import logging
 import threading
 import time
@@ -14,16 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy import select
 
-from kb.catalogue import Catalogue, Collection, Document, Evaluation, IngestRun, QueryLog, utcnow
+from kb.catalogue import Catalogue, QueryLog, utcnow
 
 log = logging.getLogger(__name__)
-
-# A full rebuild fills this hidden collection, then swaps it in: never listed to users.
-REBUILD_PREFIX = "~rebuild~"
-
-
-def _iso(t: dt.datetime) -> str:
-    return t.isoformat(timespec="seconds") + "Z"
 
 
 def latency_table(timings: list[dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -36,44 +27,12 @@ def latency_table(timings: list[dict[str, float]]) -> dict[str, dict[str, float]
             for k, v in stages.items()}
 
 
-def collection_names(catalogue: Catalogue) -> list[str]:
-    with catalogue.session() as s:
-        return [n for n in s.scalars(select(Collection.name).order_by(Collection.name))
-                if not n.startswith(REBUILD_PREFIX)]
-
-
-@dataclass(frozen=True)
-class DocumentInfo:
-    id: int
-    path: str
-    type: str | None  # MIME type
-    pages: int | None
-    chunks: int
-    status: str  # indexed | failed
-    error: str | None
-    sha256: str | None
-    size: int | None
-    indexed_at: str  # ISO 8601, UTC
-
-
 @dataclass(frozen=True)
 class QueryMetrics:
     queries: int  # logged questions read (the last `last`)
     not_found: int
     queries_per_minute: float  # over the last hour
     latency: dict[str, dict[str, float]]  # stage -> {"p50_ms", "p95_ms"}
-
-
-def documents(catalogue: Catalogue, collection: str, failed_only: bool = False) -> list[DocumentInfo]:
-    with catalogue.session() as s:
-        col = catalogue.collection(s, collection, create=False)
-        if col is None:
-            return []
-        q = select(Document).where(Document.collection_id == col.id)
-        if failed_only:
-            q = q.where(Document.status == "failed")
-        return [DocumentInfo(d.id, d.path, d.mime, d.pages, d.chunk_count, d.status, d.error, d.sha256, d.size,
-                             _iso(d.indexed_at)) for d in s.scalars(q.order_by(Document.path))]
 
 
 class QueryLogWriter:
@@ -136,27 +95,3 @@ def query_metrics(catalogue: Catalogue, collection: str, last: int = 1000) -> Qu
     span_min = max(1.0, (now - min(r.asked_at for r in recent)).total_seconds() / 60) if recent else 1.0
     return QueryMetrics(len(rows), sum(1 for r in rows if not r.found), round(len(recent) / span_min, 2),
                         latency_table([r.timings for r in rows if r.timings]))
-
-
-def record_evaluation(catalogue: Catalogue, collection: str, metrics: dict, qa_file: str, corpus: str | None) -> None:
-    with catalogue.session() as s:
-        col = catalogue.collection(s, collection)
-        s.add(Evaluation(collection_id=col.id, qa_file=qa_file, corpus=corpus, metrics=metrics))
-
-
-def history(catalogue: Catalogue, collection: str) -> tuple[dict | None, dict | None]:
-    """The collection's last ingest run and last evaluation (None when there is none)."""
-    with catalogue.session() as s:
-        col = catalogue.collection(s, collection, create=False)
-        if col is None:
-            return None, None
-        run = s.scalar(select(IngestRun).where(IngestRun.collection_id == col.id).order_by(IngestRun.id.desc()).limit(1))
-        ev = s.scalar(select(Evaluation).where(Evaluation.collection_id == col.id)
-                      .order_by(Evaluation.id.desc()).limit(1))
-        last_run = None if run is None else {
-            "command": run.command, "started_at": _iso(run.started_at), "finished": run.finished_at is not None,
-            "seconds": run.seconds, "counts": run.counts}
-        last_evaluation = None if ev is None else {
-            "finished_at": _iso(ev.finished_at), "qa_file": ev.qa_file, "corpus": ev.corpus,
-            **{k: v for k, v in ev.metrics.items() if k != "latency"}}
-        return last_run, last_evaluation
