@@ -15,6 +15,7 @@ import atexit
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
 from ingest.writing import Writes
@@ -25,6 +26,8 @@ IDLE_S = 30.0  # the thread ends after this long with nothing asked
 
 
 class Upkeep:
+    every: weakref.WeakSet[Upkeep] = weakref.WeakSet()  # this process's, for `finish_all`
+
     def __init__(self, writes: Callable[[], Writes]):
         self._writes = writes  # made on first use: a reader that never needs upkeep loads no writer
         self._cv = threading.Condition()
@@ -33,7 +36,7 @@ class Upkeep:
         self._running: str | None = None
         self._running_kind = ""
         self._thread: threading.Thread | None = None
-        atexit.register(self.finish)
+        Upkeep.every.add(self)
 
     def request(self, collection: str, kind: str) -> None:
         """Ask for a collection's upkeep ("repair" or "catch_up"); returns at once."""
@@ -81,7 +84,13 @@ class Upkeep:
         with self._cv:
             return self._cv.wait_for(lambda: not self._wanted and self._running is None, timeout)
 
-    def finish(self) -> None:
-        """At exit: let a running repair end (a repair cut short is redone by the next process)."""
-        if self._thread is not None:
-            self.wait(600)
+    @classmethod
+    def finish_all(cls, timeout: float = 600) -> None:
+        """Let what this process's upkeeps were asked for end: at exit (a repair cut short would be redone
+        by the next process) and at the end of a one-shot `kb` command."""
+        for upkeep in list(cls.every):
+            if upkeep._thread is not None:
+                upkeep.wait(timeout)
+
+
+atexit.register(Upkeep.finish_all)

@@ -209,7 +209,7 @@ def test_token_creation_and_revocation_are_audited(access):
 
 
 def test_kb_grant_none_denies_and_prints_the_level_it_leaves(settings, capsys):
-    from app.cli import _parser, main
+    from app.cli import commands, main
 
     kb = KnowledgeBase(settings=settings)
     kb.access.add_user("dave", None)
@@ -223,4 +223,5 @@ def test_kb_grant_none_denies_and_prints_the_level_it_leaves(settings, capsys):
     assert main([*home, "revoke", "dave", "hr"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "dave on 'hr' now: read"
     assert [r["action"] for r in kb.access.audit_log()][:2] == ["revoke", "grant"]
-    assert _parser().parse_args(["ui"]).host == "127.0.0.1"  # `kb ui` listens on this machine unless told
+    host = next(p for p in commands.commands["ui"].params if p.name == "host")
+    assert host.default == "127.0.0.1"  # `kb ui` listens on this machine unless told
