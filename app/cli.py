@@ -91,6 +91,9 @@ def command(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201
             _configure_logging(r.home_path, r.verbose)
             try:
                 return f(r, **params)
+            except BrokenPipeError:  # `kb search --json | head`: the reader has what it wanted (before
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # click makes it exit 1)
+                return 0
             finally:
                 from ingest.upkeep import Upkeep
 
@@ -611,9 +614,6 @@ def main(argv: list[str] | None = None) -> int:
     except KBError as exc:
         _say(f"error: {exc}")
         return 1
-    except BrokenPipeError:  # `kb search --json | head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
     except OSError as exc:
         if exc.errno != errno.ENOSPC:
             raise
