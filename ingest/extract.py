@@ -418,7 +418,8 @@ def _check_zip(z: zipfile.ZipFile, kind: str, max_unpacked: int | None) -> None:
     total = sum(i.file_size for i in infos)
     if max_unpacked is not None and total > max_unpacked:
         raise ExtractionError(TOO_LARGE + " when unpacked",
-                              f"{total / 1e6:,.0f} MB unpacked > limit {max_unpacked / 1e6:,.0f} MB")
+                              f"{total / 1e6:,.0f} MB unpacked > limit {max_unpacked / 1e6:,.0f} MB",
+                              ("max_unpacked_mb", max_unpacked / 1e6))
     worst = max(infos, key=lambda i: i.file_size / max(1, i.compress_size), default=None)
     if worst is not None and worst.file_size > 1_000_000 and worst.file_size / max(1, worst.compress_size) > MAX_ZIP_RATIO:
         raise ExtractionError(TOO_LARGE + " when unpacked",
@@ -466,7 +467,8 @@ def extract(path: Path, pdf_password: str | None = None, limits: Limits = Limits
     if size == 0:
         raise ExtractionError(EMPTY, "0 bytes")
     if limits.max_bytes is not None and size > limits.max_bytes:
-        raise ExtractionError(TOO_LARGE, f"{size / 1e6:.1f} MB > limit {limits.max_bytes / 1e6:.1f} MB")
+        raise ExtractionError(TOO_LARGE, f"{size / 1e6:.1f} MB > limit {limits.max_bytes / 1e6:.1f} MB",
+                              ("max_file_mb", limits.max_bytes / 1e6))
     _check_content(path, suffix, limits.max_unpacked_bytes)
     result = FORMATS[suffix].extract(path, pdf_password, limits)
     if not result.blocks:

@@ -146,11 +146,11 @@ def _serve() -> None:
             doc = extract(Path(request["path"]), request["password"], Limits(**request["limits"]))
             answer = {"ok": _to_message(doc)}
         except ExtractionError as exc:
-            answer = {"error": [exc.reason, exc.detail]}
+            answer = {"error": [exc.reason, exc.detail, exc.limit]}
         except MemoryError:  # the machine's memory, not kb's limit: worth another try
-            answer = {"error": [READER_STOPPED, "the machine ran out of memory while reading it"]}
+            answer = {"error": [READER_STOPPED, "the machine ran out of memory while reading it", None]}
         except Exception as exc:  # noqa: BLE001 - a parser bug on hostile input is this file's failure
-            answer = {"error": [CORRUPT, f"{type(exc).__name__}: {exc}"]}
+            answer = {"error": [CORRUPT, f"{type(exc).__name__}: {exc}", None]}
         answer["log"] = records[:]
         records.clear()
         _send(out, answer)
@@ -180,7 +180,8 @@ class _Worker:
         a crash the worker is dead (`alive` is False) and the error says which limit and by how much."""
         try:
             _send(self.proc.stdin.fileno(), {"path": str(path), "password": password, "limits": limits.__dict__})
-            self._wait(time.monotonic() + LOAD_TIMEOUT_S, None, time.monotonic(), f"limit {LOAD_TIMEOUT_S} s")
+            self._wait(time.monotonic() + LOAD_TIMEOUT_S, None, time.monotonic(), f"limit {LOAD_TIMEOUT_S} s",
+                       LOAD_TIMEOUT_S)
             self._answer()  # {"started": true}: the parser is imported
         except (OSError, ExtractionError) as exc:
             self.kill()
@@ -190,7 +191,8 @@ class _Worker:
         try:
             while True:
                 self._wait(deadline, wl.memory_bytes, t0, f"limit {wl.seconds:,g} s" + (
-                    f" + {wl.ocr_page_seconds:,g} s for each of {ocr_pages} OCR pages" if ocr_pages else ""))
+                    f" + {wl.ocr_page_seconds:,g} s for each of {ocr_pages} OCR pages" if ocr_pages else ""),
+                    wl.seconds)
                 answer = self._answer(max_bytes=max(limits.max_bytes or 0, 50_000_000) * 8, deadline=deadline)
                 if answer.get("progress") != "ocr page" or ocr_pages >= limits.max_ocr_pages:
                     break
@@ -201,8 +203,10 @@ class _Worker:
                     {"name": str(name), "levelno": int(level), "levelname": logging.getLevelName(int(level)),
                      "msg": str(message)}))
             if "error" in answer:
-                reason, detail = answer["error"]
-                raise ExtractionError(str(reason), str(detail))
+                reason, detail, limit = answer["error"]
+                if limit is not None:  # checked: the worker read a hostile file
+                    limit = (str(limit[0]), float(limit[1]))
+                raise ExtractionError(str(reason), str(detail), limit)
             return _from_message(answer["ok"])
         except ExtractionError:
             raise
@@ -210,8 +214,9 @@ class _Worker:
             self.kill()
             raise ExtractionError(READER_STOPPED, f"the reader process gave an unreadable answer ({exc})") from exc
 
-    def _wait(self, deadline: float, memory_bytes: int | None, t0: float, limit: str) -> None:
-        """Until the worker answers; past `deadline` or `memory_bytes` it is killed and the file fails."""
+    def _wait(self, deadline: float, memory_bytes: int | None, t0: float, limit: str, limit_s: float) -> None:
+        """Until the worker answers; past `deadline` or `memory_bytes` it is killed and the file fails
+        (`limit`: the time limit in words; `limit_s`: the file_timeout_s it came from)."""
         last = self._rss()
         while not select.select([self.proc.stdout], [], [], POLL_S)[0]:
             waited = time.monotonic() - t0
@@ -223,10 +228,12 @@ class _Worker:
                 raise ExtractionError(TOO_LARGE + " when unpacked",
                                       f"needed more than {memory_bytes / 1e6:,g} MB of memory while being read "
                                       f"(at {rss / 1e6:,.0f} MB and growing {growth / 1e6:,.0f} MB every "
-                                      f"{POLL_S * 1000:.0f} ms, after {waited:.1f} s; limit {memory_bytes / 1e6:,g} MB)")
+                                      f"{POLL_S * 1000:.0f} ms, after {waited:.1f} s; limit {memory_bytes / 1e6:,g} MB)",
+                                      ("max_memory_mb", memory_bytes / 1e6))
             if time.monotonic() > deadline:
                 self.kill()
-                raise ExtractionError(TIMED_OUT, f"still reading after {waited:,.0f} s ({limit})")
+                raise ExtractionError(TIMED_OUT, f"still reading after {waited:,.0f} s ({limit})",
+                                      ("file_timeout_s", limit_s))
 
     def _answer(self, max_bytes: int = 1 << 20, deadline: float | None = None) -> dict:
         fd = self.proc.stdout.fileno()

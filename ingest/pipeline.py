@@ -12,7 +12,6 @@ import errno
 import hashlib
 import logging
 import os
-import re
 import stat
 import time
 from collections.abc import Callable, Iterable
@@ -177,12 +176,10 @@ def _link_problem(link: Path, roots: list[Path]) -> str | None:
 
 
 REPEATED = "the second time on the same bytes: not read again until the file changes"
-
-
-def _limit_in(error: str) -> float:
-    """The limit a failure recorded: "... (limit 2,000 MB)" -> 2000.0 (inf when it names none)."""
-    found = re.findall(r"limit ([\d,.]*\d)", error)
-    return float(found[-1].replace(",", "")) if found else float("inf")
+STOPPED_TWICE = READER_STOPPED + " twice"  # the reason of a file that stopped its reader twice
+UNREADABLE, CHANGED = "unreadable", "changed"  # reasons of files that could not be read whole this time
+NEVER_BETTER = (CORRUPT, EMPTY, NO_TEXT, UNSUPPORTED, STOPPED_TWICE, TOO_LARGE, TOO_LARGE + " when unpacked",
+                TIMED_OUT)  # the same bytes fail the same way, unless a limit recorded with them was raised
 
 
 class IndexWriter:
@@ -245,7 +242,7 @@ class IndexWriter:
             s.add(run)
             s.flush()
             run_id = run.id
-            known = {d.path: (d.sha256, d.status, d.error)
+            known = {d.path: (d.sha256, d.status, d.error, d.error_code, d.limit_setting, d.limit_value)
                      for d in s.scalars(select(Document).where(Document.collection_id == col.id))}
         roots = [str(Path(p).resolve()) for p in paths]
         gone: list[str] = []
@@ -279,7 +276,7 @@ class IndexWriter:
                 self.on_event("unchanged", path, "")
                 continue
             if prev is not None and prev[:2] == (sha, "failed") and not retry_failed \
-                    and not self._worth_retrying(prev[2], before.st_size):
+                    and not self._worth_retrying(prev[3], prev[4], prev[5]):
                 report.still_failed.append((path, prev[2] or "failed"))
                 self.on_event("unchanged", path, "failed before")
                 continue
@@ -287,10 +284,12 @@ class IndexWriter:
             item = self._prepare(f, sha, before.st_size, report)
             item.action = action
             if not item.error and not _same_file(f, before):  # swapped (for a link?) while being read
-                item.drafts, item.vectors, item.error = [], None, "changed while being indexed; the next run retries"
-            if item.error and item.error.startswith(READER_STOPPED) and prev is not None and prev[:2] == (sha, "failed") \
-                    and (prev[2] or "").startswith(READER_STOPPED):  # twice on the same bytes: the file's doing
+                item.drafts, item.vectors = [], None
+                item.error, item.error_code = "changed while being indexed; the next run retries", CHANGED
+            if item.error_code == READER_STOPPED and prev is not None and prev[:2] == (sha, "failed") \
+                    and prev[3] in (READER_STOPPED, STOPPED_TWICE):  # twice on the same bytes: the file's doing
                 item.error = f"{item.error.split(';')[0]}; {REPEATED} (--retry-failed reads it again)"
+                item.error_code = STOPPED_TWICE
             pending.append(item)
             pending_chunks += len(item.drafts)
             if item.error:
@@ -319,25 +318,18 @@ class IndexWriter:
                 [{"path": p, "reason": r, "indexed": True} for p, r in report.warnings]
         return report
 
-    def _worth_retrying(self, error: str | None, size: int) -> bool:
-        """Whether the same bytes that failed may succeed now: a PDF password configured since, a size limit
-        raised, a file that was unreadable or changing. Corrupt, empty, textless or unsupported files fail
-        the same way again, so an unchanged one is not read again (`--retry-failed` forces it)."""
-        error = error or ""
+    def _worth_retrying(self, code: str | None, setting: str | None, value: float | None) -> bool:
+        """Whether the same bytes that failed may succeed now, from the failure's recorded reason and limit:
+        a PDF password configured since, the limit it hit (time, memory, size, unpacked size) raised past
+        the value recorded, a file that was unreadable or changing, a reader stopped once (a kill from
+        outside, the machine's memory). Corrupt, empty, textless or unsupported files, and a fixed limit
+        (a zip's ratio or part count), fail the same way again: not read again (`--retry-failed` forces it)."""
         cfg = self.settings.ingest
-        if error.startswith(ENCRYPTED):
+        if code == ENCRYPTED:
             return cfg.pdf_password is not None
-        if error.startswith(TIMED_OUT):  # it cost the whole limit: again only once the limit was raised
-            return cfg.file_timeout_s > _limit_in(error)
-        if error.startswith(TOO_LARGE + " when unpacked"):  # worth it only once the limit it hit was raised
-            if "of memory" in error:
-                return cfg.max_memory_mb > _limit_in(error)
-            return "MB unpacked" in error and cfg.max_unpacked_mb > _limit_in(error)  # ratio, parts: fixed
-        if error.startswith(TOO_LARGE):
-            return size <= self.settings.ingest.max_file_mb * 1e6
-        if error.startswith(READER_STOPPED):
-            return REPEATED not in error  # once more (a kill from outside, the machine's memory), not forever
-        return not error.startswith((CORRUPT, EMPTY, NO_TEXT, UNSUPPORTED))
+        if setting is not None and value is not None:
+            return float(getattr(cfg, setting, 0) or 0) > value
+        return code not in NEVER_BETTER
 
     def limits(self) -> Limits:
         cfg = self.settings.ingest
@@ -362,9 +354,11 @@ class IndexWriter:
                 self._english_vectors(s, drafts)
             return DocumentWrite(str(f), sha, size, mime, doc.pages, drafts, vectors)
         except ExtractionError as exc:
-            return DocumentWrite(str(f), sha, size, mime, None, [], None, error=str(exc))
+            return DocumentWrite(str(f), sha, size, mime, None, [], None, error=str(exc), error_code=exc.reason,
+                                 limit=exc.limit)
         except OSError as exc:  # deleted or made unreadable while being indexed
-            return DocumentWrite(str(f), sha, size, mime, None, [], None, error=f"unreadable: {exc.strerror or exc}")
+            return DocumentWrite(str(f), sha, size, mime, None, [], None, error=f"unreadable: {exc.strerror or exc}",
+                                 error_code=UNREADABLE)
 
     def remove(self, paths: list[str]) -> int:
         return self.store.remove(paths)

@@ -95,7 +95,10 @@ class Document(Base):
     size: Mapped[int | None] = mapped_column(BigInteger)
     mime: Mapped[str | None] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(20))  # indexed | failed
-    error: Mapped[str | None] = mapped_column(FreeText)
+    error: Mapped[str | None] = mapped_column(FreeText)  # the failure in words
+    error_code: Mapped[str | None] = mapped_column(String(40))  # the failure's reason (ingest/extract.py)
+    limit_setting: Mapped[str | None] = mapped_column(String(40))  # the ingest setting it hit, and its value then
+    limit_value: Mapped[float | None] = mapped_column(Float)
     pages: Mapped[int | None] = mapped_column(Integer)
     chunk_count: Mapped[int] = mapped_column(Integer, default=0)
     indexed_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

@@ -60,7 +60,9 @@ class DocumentWrite:
     pages: int | None
     drafts: Sequence[ChunkDraft]
     vectors: np.ndarray | None
-    error: str | None = None
+    error: str | None = None  # the failure in words
+    error_code: str | None = None  # its reason (ingest/extract.py)
+    limit: tuple[str, float] | None = None  # the ingest setting it hit and that setting's value then
     action: str = "added"
 
 
@@ -187,7 +189,8 @@ class ChunkStore:
                     s.execute(delete(Chunk).where(Chunk.document_id == doc.id))
                 doc.sha256, doc.size, doc.mime, doc.pages = p.sha, p.size, p.mime, p.pages
                 doc.status = "failed" if p.error else "indexed"
-                doc.error = p.error
+                doc.error, doc.error_code = p.error, p.error_code if p.error else None
+                doc.limit_setting, doc.limit_value = p.limit if p.error and p.limit else (None, None)
                 doc.chunk_count = len(p.drafts)
                 doc.indexed_at = utcnow()
                 s.flush()

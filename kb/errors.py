@@ -18,11 +18,14 @@ class MissingDependencyError(ConfigError):
 
 
 class ExtractionError(KBError):
-    """A file could not be turned into text (corrupt, encrypted, empty, unsupported)."""
+    """A file could not be turned into text (corrupt, encrypted, empty, unsupported). `reason` is the
+    failure's code (kept in the catalogue); `limit` the setting it hit and that setting's value then
+    (e.g. ("file_timeout_s", 120.0)): raising the setting past it makes the file worth reading again."""
 
-    def __init__(self, reason: str, detail: str = ""):
+    def __init__(self, reason: str, detail: str = "", limit: tuple[str, float] | None = None):
         self.reason = reason
         self.detail = detail
+        self.limit = limit
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 

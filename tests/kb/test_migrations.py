@@ -14,9 +14,9 @@ from sqlalchemy import MetaData, create_engine, inspect, insert, select, text
 from sqlalchemy.pool import NullPool
 
 from kb import migrations
-from kb.catalogue import Base, Catalogue
+from kb.catalogue import Base, Catalogue, Document
 from kb.home import Home
-from kb.settings import EmbeddingSettings, Settings
+from kb.settings import EmbeddingSettings, IngestSettings, Settings
 from tests.conftest import ROOT
 
 RELEASE = ROOT / "tests" / "data" / "release-0.1-home"
@@ -109,3 +109,43 @@ def test_a_catalogue_from_before_the_ocr_column_gains_it(tmp_path):
     settings = Settings(home=home, embedding=EmbeddingSettings(model="hash-384"))
     found = Home(settings).collection().search(QUESTION, log=False)
     assert found and not any(c.ocr for c in found)  # old rows read as "not OCR"
+
+
+def test_failures_written_before_0003_get_their_reason_and_limit_and_are_retried_by_them(tmp_path):
+    """A timed-out file recorded by the release (its limit only in the error's words) is, after the
+    upgrade, skipped while the limit stays and read again once file_timeout_s is raised past it."""
+    import hashlib
+    import sqlite3
+
+    home = _release_home(tmp_path)
+    slow = tmp_path / "docs" / "slow.md"
+    slow.parent.mkdir()
+    slow.write_text("# Slow\n\nA file that once took too long to read.\n")
+    corrupt = slow.with_name("bad.md")
+    corrupt.write_text("# Bad\n\nSaid to be corrupt once.\n")
+    db = sqlite3.connect(home / "catalogue.sqlite3")
+    (collection,) = db.execute("SELECT id FROM collections WHERE name = 'default'").fetchone()
+    for path, error in ((slow, "timed out: still reading after 120 s (limit 120 s)"),
+                        (corrupt, "corrupt: binary content in a text file")):
+        db.execute("INSERT INTO documents (collection_id, path, sha256, size, status, error, chunk_count, indexed_at)"
+                   " VALUES (?, ?, ?, ?, 'failed', ?, 0, '2026-01-01 00:00:00')",
+                   (collection, str(path), hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_size, error))
+    db.commit()
+    db.close()
+
+    def sync(timeout_s: float):  # noqa: ANN202
+        settings = Settings(home=home, embedding=EmbeddingSettings(model="hash-384"),
+                            ingest=IngestSettings(file_timeout_s=timeout_s))
+        return Home(settings).collection().ingest([slow.parent])
+
+    first = sync(120)
+    assert {p.rsplit("/", 1)[-1] for p, _ in first.still_failed} == {"slow.md", "bad.md"}
+    catalogue = Catalogue(f"sqlite:///{home / 'catalogue.sqlite3'}")
+    with catalogue.session() as s:
+        rows = {d.path.rsplit("/", 1)[-1]: (d.error_code, d.limit_setting, d.limit_value)
+                for d in s.scalars(select(Document).where(Document.status == "failed"))}
+    catalogue.engine.dispose()
+    assert rows == {"slow.md": ("timed out", "file_timeout_s", 120.0), "bad.md": ("corrupt", None, None)}
+    again = sync(300)  # the limit it hit, raised: worth reading; a corrupt file is not
+    assert [p.rsplit("/", 1)[-1] for p in again.added + again.updated] == ["slow.md"]
+    assert [p.rsplit("/", 1)[-1] for p, _ in again.still_failed] == ["bad.md"]
