@@ -154,8 +154,7 @@ def _print_report(report, as_json: bool) -> None:
 
 
 def _print_contexts(contexts, as_json: bool) -> None:
-    rows = [{"rank": r, "source": c.source, "page": c.page, "heading": c.heading, "score": round(c.score, 4),
-             "chunk_id": c.chunk_id, "text": c.text, "ocr": c.ocr} for r, c in enumerate(contexts, 1)]
+    rows = [{"rank": r, "source": c.source, **c.to_dict()} for r, c in enumerate(contexts, 1)]
     if as_json:
         print(json.dumps(rows, ensure_ascii=False, indent=2))
         return
@@ -167,10 +166,6 @@ def _print_contexts(contexts, as_json: bool) -> None:
         if r["heading"]:
             print(f"    § {r['heading']}")
         print("    " + r["text"][:400].replace("\n", "\n    "))
-
-
-def _context_json(c) -> dict:  # noqa: ANN001 - retrieval.retriever.Context
-    return {"source": c.source, "page": c.page, "text": c.text, "score": round(c.score, 5), "chunk_id": c.chunk_id}
 
 
 def _print_status(st, as_json: bool) -> None:  # noqa: ANN001 - kb.status.Status
@@ -273,7 +268,7 @@ def _search_batch(kb, queries: Path, top_k: int | None, documents: list[str] | N
             _say(f"{queries}:{n}: expected {{\"id\", \"question\"}} ({exc})")
             return 2
         contexts = kb.search(question, top_k, documents)
-        print(json.dumps({"id": qid, "contexts": [_context_json(c) for c in contexts]}, ensure_ascii=False), flush=True)
+        print(json.dumps({"id": qid, "contexts": [{"source": c.source, **c.to_dict()} for c in contexts]}, ensure_ascii=False), flush=True)
     return 0
 
 

@@ -28,6 +28,7 @@ from ingest.extract import (CORRUPT, EMPTY, ENCRYPTED, MIME, NO_TEXT, READER_STO
 from ingest.extraction_worker import POOL, Extractor, WorkerLimits
 from kb.catalogue import Document, IngestRun, utcnow
 from kb.chunk_store import ChunkStore, DocumentWrite
+from kb.files import is_under
 from kb.embeddings import Embedder, english_embedder, english_failed, text_hash
 from kb.errors import EmbeddingError, ExtractionError
 from kb.settings import Settings
@@ -87,10 +88,6 @@ def file_sha256(path: Path) -> str:
 
 # Reason prefix of a folder (or given root) that could not be read: nothing under it is removed.
 UNREACHABLE = "folder not searched, nothing under it removed: "
-
-
-def _under(path: Path, roots: list[Path]) -> bool:
-    return any(path == r or r in path.parents for r in roots)
 
 
 def discover(paths: Iterable[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -170,7 +167,7 @@ def _link_problem(link: Path, roots: list[Path]) -> str | None:
     except (RuntimeError, OSError) as exc:  # RuntimeError: "Symlink loop" on Python 3.11
         return "link loop" if "loop" in str(exc).lower() or getattr(exc, "errno", None) == errno.ELOOP \
             else f"unreadable link ({exc})"
-    if not _under(target, roots):
+    if not is_under(target, roots):
         return f"link outside the indexed folders (-> {target}), not followed"
     return None  # a folder link's files are indexed where they really are (os.walk does not follow it)
 
@@ -251,9 +248,8 @@ class IndexWriter:
             # A folder that could not be read (unmounted share, permissions) is not an empty folder.
             kept = [str(p) for p, reason in skipped if reason.startswith(UNREACHABLE)]
             for path in known:
-                under = any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
-                shielded = any(path.startswith(k.rstrip("/") + "/") for k in kept)
-                if under and not shielded and path not in present:
+                shielded = any(path.startswith(k.rstrip("/") + "/") for k in kept)  # strictly below: a given
+                if is_under(path, roots) and not shielded and path not in present:  # file that is gone goes
                     gone.append(path)
 
         pending: list[DocumentWrite] = []

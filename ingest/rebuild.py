@@ -19,7 +19,7 @@ from sqlalchemy import delete, select
 from ingest.pipeline import Event, IndexWriter, SyncReport
 from kb.catalogue import Catalogue, Collection, Document, IngestRun
 from kb.errors import ConfigError, IndexCorruptError, IndexMismatchError
-from kb.files import atomic_write
+from kb.files import atomic_write, is_under as under
 from kb.document_lookup import REBUILD_PREFIX
 from kb.vector_index import FaissIndex
 
@@ -35,10 +35,6 @@ class CollectionLayout:
 
     def folder(self, name: str | None = None) -> Path:
         return self.collections_dir / (name or self.collection)
-
-
-def under(path: str, roots: list[str]) -> bool:
-    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
 
 
 def held_paths(catalogue: Catalogue, collection: str) -> dict[str, int]:

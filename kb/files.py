@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -31,3 +32,9 @@ def atomic_write(path: Path, data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def is_under(path: str | Path, roots: Iterable[str | Path]) -> bool:
+    """The path is one of the roots or lies below one (by their absolute names, no file system access)."""
+    path = str(path)
+    return any(path == str(r) or path.startswith(str(r).rstrip("/") + "/") for r in roots)

@@ -17,6 +17,12 @@ class Context:
     signals: dict[str, float] = field(default_factory=dict)  # fused, dense cosine, bm25, english cosine, rerank
     ocr: bool = False  # read by OCR from a scanned page: may hold misread characters
 
+    def to_dict(self) -> dict:
+        """The one JSON shape of a context (CLI, API, batch search)."""
+        return {"document": self.source.rsplit("/", 1)[-1], "path": self.source, "page": self.page,
+                "heading": self.heading, "score": round(self.score, 5), "chunk_id": self.chunk_id,
+                "text": self.text, "ocr": self.ocr}
+
 
 @dataclass
 class Retrieval:

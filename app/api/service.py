@@ -106,8 +106,7 @@ class Service:
 
 
 def context_json(c: Context, n: int | None = None) -> dict:
-    return {**({"n": n} if n else {}), "document": Path(c.source).name, "path": c.source, "page": c.page,
-            "heading": c.heading, "score": round(c.score, 5), "chunk_id": c.chunk_id, "text": c.text, "ocr": c.ocr}
+    return {**({"n": n} if n else {}), **c.to_dict()}
 
 
 def answer_json(a: Answer) -> dict:

@@ -148,7 +148,8 @@ def test_search_batch_mode_writes_one_json_row_per_question(tmp_path, corpus, mo
     assert [r["id"] for r in rows] == ["q1", 7]
     assert rows[0]["contexts"][0]["source"].endswith("pasta.md")
     assert rows[1]["contexts"][0]["source"].endswith("backup.md")
-    assert set(rows[0]["contexts"][0]) == {"source", "page", "text", "score", "chunk_id"}
+    assert set(rows[0]["contexts"][0]) == {"source", "document", "path", "page", "heading", "score", "chunk_id",
+                                           "text", "ocr"}  # the one JSON shape of a context (Context.to_dict)
     assert all(len(r["contexts"]) <= 2 for r in rows)
     queries.write_text('{"question": "no id"}\n')
     assert cli(["--home", home, "search", "--queries", str(queries), "--json"]) == 2
