@@ -117,3 +117,20 @@ def test_the_cli_searches_several_collections_or_all(keyword_settings, tmp_path,
         assert {r["source"].rsplit("/", 1)[-1] for r in json.loads(capsys.readouterr().out)} == {"x.md", "y.md"}
     assert cli(["--home", home, "--collection", "a,b", "reindex"]) == 2
     assert "only search and ask" in capsys.readouterr().err
+
+
+def test_the_extractor_is_injected_into_the_writer(tmp_path):
+    """A Home given `InProcess` reads files without the worker pool (no process started for them), and
+    indexes the same chunks as the pool does."""
+    from ingest.extraction_worker import POOL, InProcess
+
+    docs = _write(tmp_path / "docs", {"a.md": "# Pumps\n\nThe pump P4 needs a new seal.\n",
+                                      "b.md": "# Fans\n\nThe fan F2 hums when dusty.\n"})
+    started = POOL.started
+    settings = Settings(home=tmp_path / "in", embedding=EmbeddingSettings(model="hash-384"))
+    inprocess = Home(settings, extractor=InProcess()).collection()
+    assert len(inprocess.sync([docs]).added) == 2 and POOL.started == started
+    pooled = Home(settings.model_copy(update={"home": tmp_path / "pool"})).collection()
+    assert len(pooled.sync([docs]).added) == 2
+    texts = lambda kb: sorted(c.text for c in kb.search("pump seal", top_k=5, log=False))  # noqa: E731
+    assert texts(inprocess) == texts(pooled) and texts(inprocess)
