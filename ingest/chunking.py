@@ -10,8 +10,6 @@ import re
 from dataclasses import dataclass
 from itertools import groupby
 
-from langchain_text_splitters import RecursiveCharacterTextSplitter
-
 from ingest.extract import Extracted
 from kb.embeddings import Embedder
 from kb.settings import ChunkingSettings
@@ -66,9 +64,12 @@ def _fit_heading(heading: str | None, embedder: Embedder) -> str | None:
 
 
 def chunk_document(doc: Extracted, embedder: Embedder, cfg: ChunkingSettings) -> list[ChunkDraft]:
+    # Imported here: it brings langchain_core (~1 s), which a `kb` command that only reads never needs.
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
+
     chunks: list[ChunkDraft] = []
     offset = 0
-    splitters: dict[int, RecursiveCharacterTextSplitter] = {}
+    splitters: dict[int, RecursiveCharacterTextSplitter] = {}  # by token budget
     ocr_pages = set(doc.ocr_pages)
     for (page, heading), group in groupby(doc.blocks, key=lambda b: (b.page, b.heading)):
         section = "\n".join(b.text for b in group)
