@@ -80,9 +80,10 @@ def commands(ctx: click.Context, home: str | None, collection: str | None, verbo
     ctx.obj = Run(settings, home, collection, bool(verbose))
 
 
-def command(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+def command(*args, service: bool = False, **kwargs):  # noqa: ANN002, ANN003, ANN201
     """A subcommand taking the global options too; it is called with the Run they make, and what it
-    returns is the exit status."""
+    returns is the exit status. `service`: a server meeting a damaged catalogue or bad settings at start
+    says so in one line and exits 2."""
     def wrap(f):  # noqa: ANN001, ANN202
         @functools.wraps(f)  # carries click's parameters of `f`
         def run(home: str | None, collection: str | None, verbose: bool | None, **params) -> int:  # noqa: ANN003
@@ -91,6 +92,13 @@ def command(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201
             _configure_logging(r.home_path, r.verbose)
             try:
                 return f(r, **params)
+            except Unavailable:
+                raise
+            except KBError as exc:
+                if not service:
+                    raise
+                _say(str(exc))
+                return 2
             except BrokenPipeError:  # `kb search --json | head`: the reader has what it wanted (before
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # click makes it exit 1)
                 return 0
@@ -242,8 +250,9 @@ def remove(run: Run, doc: str) -> int:
 def rebuild_catalogue(run: Run, paths: tuple[str, ...], force: bool, as_json: bool) -> int:
     """PATHS: folders of --collection (default: the folders it was synced from)."""
     from kb.home import Home
+    from kb.settings import check_collection_name
 
-    collection = run.collection or run.settings.collection
+    collection = check_collection_name(run.collection or run.settings.collection)  # before anything is moved
     sources = {collection: [str(Path(p).resolve()) for p in paths]} if paths else None
     reports = Home(run.settings, home=run.home).rebuild_catalogue(sources, sys.stderr.isatty(), force)
     if not reports:
@@ -359,12 +368,12 @@ def evaluate(run: Run, qa: Path, corpus: Path | None, backend: str | None, answe
                           f"unchanged, {kb.catalogue.counts(kb.collection)['chunks']} chunks, {report.seconds:.1f}s",
                           file=sys.stderr)
             report = kb.evaluate(qa, backend, answers, results, progress)
+        target.record_evaluation(report, str(qa.resolve()), str(corpus.resolve()) if corpus else None)
     except Unavailable:
         raise
     except (ValueError, KBError) as exc:
         _say(str(exc))
         return 2
-    target.record_evaluation(report, str(qa.resolve()), str(corpus.resolve()) if corpus else None)
     if as_json:
         print(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
         return 0
@@ -410,7 +419,7 @@ def _first_admin(run: Run, home: Path, shown: str) -> None:
               "or set KB_ADMIN_PASSWORD before the first start)", flush=True)
 
 
-@command("ui", help="start the web UI (Streamlit) on http://localhost:8501")
+@command("ui", service=True, help="start the web UI (Streamlit) on http://localhost:8501")
 @click.option("--port", type=int, default=8501, show_default=True)
 @click.option("--host", default="127.0.0.1",
               help="address to listen on (default: this machine only; 0.0.0.0 opens it to the network)")
@@ -435,7 +444,7 @@ def ui(run: Run, port: int, host: str) -> int:
         return 0
 
 
-@command("serve", help="start the HTTP API (REST + OpenAI-compatible) with a job worker")
+@command("serve", service=True, help="start the HTTP API (REST + OpenAI-compatible) with a job worker")
 @click.option("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--workers", type=int, default=1, show_default=True, help="server processes (each also runs queued jobs)")
@@ -460,7 +469,7 @@ def serve(run: Run, host: str, port: int, workers: int, no_jobs: bool) -> int:
     return 0
 
 
-@command("worker", help="run queued upload/re-index jobs (for deployments)")
+@command("worker", service=True, help="run queued upload/re-index jobs (for deployments)")
 @click.option("--once", is_flag=True, help="run the jobs waiting now, then exit")
 def worker(run: Run, once: bool) -> int:
     from app.worker import Worker
@@ -598,8 +607,8 @@ def main(argv: list[str] | None = None) -> int:
     except click.UsageError as exc:
         exc.show()
         return 2
-    except click.Abort:
-        return 1
+    except click.Abort:  # Ctrl-C or end of input at a prompt
+        return 130
     except Unavailable as exc:
         _say(str(exc))
         return 3

@@ -324,7 +324,7 @@ class IndexWriter:
         if code == ENCRYPTED:
             return cfg.pdf_password is not None
         if setting is not None and value is not None:
-            return float(getattr(cfg, setting, 0) or 0) > value
+            return float(getattr(cfg, setting, 0) or 0) > value + 1e-6  # recorded from bytes: rounded
         return code not in NEVER_BETTER
 
     def limits(self) -> Limits:

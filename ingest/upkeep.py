@@ -48,14 +48,20 @@ class Upkeep:
             if self._wanted.get(collection) != "repair":
                 self._wanted[collection] = kind
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="kb-upkeep", daemon=True)
-                self._thread.start()
+                thread = threading.Thread(target=self._run, name="kb-upkeep", daemon=True)
+                thread.start()  # first: a thread that could not start must not count as running
+                self._thread = thread
             self._cv.notify_all()
 
     def pending(self, collection: str) -> bool:
         """A repair of this collection is asked for or running."""
         with self._cv:
             return self._wanted.get(collection) == "repair" or self._running == collection
+
+    def failed(self, collection: str) -> bool:
+        """Its last upkeep failed a moment ago (not asked again before RETRY_S): nothing to wait for."""
+        with self._cv:
+            return time.monotonic() - self._failed.get(collection, -RETRY_S) < RETRY_S
 
     def _run(self) -> None:
         while True:
@@ -71,6 +77,8 @@ class Upkeep:
             try:
                 writes = self._writes()
                 done = writes.repair(collection) if kind == "repair" else writes.catch_up(collection)
+                with self._cv:
+                    self._failed.pop(collection, None)
                 if kind == "repair":
                     log.info("%s: indexes repaired from the catalogue: %s", collection, done)
             except Exception as exc:  # noqa: BLE001 - logged; readers go on answering from what is consistent
@@ -79,10 +87,16 @@ class Upkeep:
                 with self._cv:
                     self._failed[collection] = time.monotonic()
 
-    def wait(self, timeout: float | None = None) -> bool:
-        """Until nothing is asked for or running (True), or the timeout passed (False)."""
+    def wait(self, timeout: float | None = None, collections: list[str] | None = None) -> bool:
+        """Until nothing (for these collections; None: any) is asked for or running (True), or the
+        timeout passed (False)."""
+        def settled() -> bool:
+            if collections is None:
+                return not self._wanted and self._running is None
+            return not any(c in self._wanted for c in collections) and self._running not in collections
+
         with self._cv:
-            return self._cv.wait_for(lambda: not self._wanted and self._running is None, timeout)
+            return self._cv.wait_for(settled, timeout)
 
     @classmethod
     def finish_all(cls, timeout: float = 600) -> None:

@@ -43,7 +43,8 @@ BUILD_WAIT_S = 120.0
 class Upkeep(Protocol):
     def request(self, collection: str, kind: str) -> None: ...
     def pending(self, collection: str) -> bool: ...
-    def wait(self, timeout: float | None = None) -> bool: ...
+    def failed(self, collection: str) -> bool: ...
+    def wait(self, timeout: float | None = None, collections: list[str] | None = None) -> bool: ...
 
 
 class IndexStore:
@@ -127,6 +128,9 @@ class IndexStore:
         if left_ahead(self.home, self.index_dir(collection)) or writer_died(self.home):
             return [f"{collection}: its indexes are being repaired after an interrupted write; passages "
                     "changed by that write may be missing from these results"]
+        if self.position(collection) < self._last_change(collection):
+            return [f"{collection}: this node is catching up with changes written elsewhere; the newest "
+                    "may be missing from these results"]
         return []
 
     def _cached(self, key: tuple[str, str], stamp_file: Path, opener: Callable):  # noqa: ANN202
@@ -134,8 +138,10 @@ class IndexStore:
         ahead of the catalogue, a damaged keyword index, a killed writer) or catching up (another node's
         writes) is asked of the upkeep; meanwhile the reader answers from what is consistent (the
         retriever leaves out ids the catalogue lacks; a damaged keyword index leaves the question to the
-        dense side). It waits only when it has nothing to answer from."""
+        dense side; an unreadable new version leaves the last good one). It waits only when it has
+        nothing to answer from, and never past one deadline; a repair that failed is not waited for."""
         collection = key[1]
+        deadline = time.monotonic() + BUILD_WAIT_S
         damaged = KeywordIndex.damaged_mark(self.keyword_dir(collection))
         if damaged.exists() and not writer_active(self.home):
             self.upkeep.request(collection, "repair")
@@ -149,8 +155,8 @@ class IndexStore:
             if self._last_change(collection) > self.position(collection):
                 self.upkeep.request(collection, "catch_up")
                 if not (self.index_dir(collection) / "manifest.json").exists():  # a fresh node: nothing yet
-                    self.upkeep.wait(BUILD_WAIT_S)
-        deadline = time.monotonic() + BUILD_WAIT_S
+                    self.upkeep.wait(BUILD_WAIT_S, [collection])
+        failures = 0
         while True:
             stamp = _stamp(stamp_file)
             with self._lock:
@@ -169,11 +175,19 @@ class IndexStore:
                         self._readers[key] = (stamp, index)
                         return index
                     # no file: set aside by the upkeep rebuilding it, not an empty collection
-            if time.monotonic() >= deadline:
-                return opener(collection)  # still unreadable: raise its error
+            if time.monotonic() >= deadline or self.upkeep.failed(collection):
+                return opener(collection)  # still unreadable, or set aside: its error, or the empty index
             if index is None:
-                time.sleep(0.2)  # a writer may be between renaming an index and its manifest
-                if _stamp(stamp_file) != stamp:
+                failures += 1
+                if failures == 1:  # a writer may be between renaming an index and its manifest
+                    time.sleep(0.2)
                     continue
-                self.upkeep.request(collection, "repair")  # damaged, not mid-rename
-            self.upkeep.wait(max(0.0, deadline - time.monotonic()))
+                if hit is not None:  # the last good version answers until the new one settles
+                    if not writer_active(self.home):
+                        self.upkeep.request(collection, "repair")
+                    return hit[1]
+                if writer_active(self.home):  # the running writer saves or repairs it itself
+                    time.sleep(0.2)
+                    continue
+                self.upkeep.request(collection, "repair")
+            self.upkeep.wait(max(0.0, deadline - time.monotonic()), [collection])

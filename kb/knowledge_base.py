@@ -230,10 +230,9 @@ class KnowledgeBase:
         `record`: a search of its own (audited and logged; an answer records itself)."""
         names = self._read_scope("search" if record else None, question=question)
         doc_ids = set().union(*(documents_named(self.catalogue, c, documents) for c in names)) if documents else None
-        retriever = self.retriever()
-        r = retriever.search(question, top_k, doc_ids)
-        if any(sh.notes for sh in retriever.shards) and len(r.contexts) < (top_k or self.settings.retrieval.top_k) \
-                and self.house.upkeep.wait(BUILD_WAIT_S):  # indexes ahead with too little left to answer:
+        r = self.retriever().search(question, top_k, doc_ids)
+        if r.orphans and len(r.contexts) < (top_k or self.settings.retrieval.top_k) \
+                and self.house.upkeep.wait(BUILD_WAIT_S, names):  # indexes ahead, too little left to answer:
             r = self.retriever().search(question, top_k, doc_ids)  # the repair the reader asked for, waited for
         for c in names:
             self.indexes.after_search(c)

@@ -163,6 +163,7 @@ class Retriever:
         # a few more than needed: an orphan or a damaged chunk left out below still leaves top_k
         rows = self.catalogue.chunks_by_ids(order[: max(2 * top_k, cfg.rerank_candidates if self.reranker else 0)],
                                             self.collections)
+        orphans = sum(1 for i in order[: max(2 * top_k, cfg.rerank_candidates if self.reranker else 0)] if i not in rows)
         order = [i for i in order if i in rows]  # an id not in this collection's catalogue is an orphan
         garbled = [i for i in order if not chunk_intact(rows[i].heading, rows[i].text, rows[i].embed_sha256)]
         if garbled:  # text changed since it was embedded (a damaged page of the catalogue): never served
@@ -187,7 +188,7 @@ class Retriever:
             for i in order[:top_k]
         ]
         notes = [n for sh in self.shards for n in sh.notes] + hits.notes
-        return Retrieval(question, contexts if relevant else [], relevant and bool(contexts), timings, notes)
+        return Retrieval(question, contexts if relevant else [], relevant and bool(contexts), timings, notes, orphans)
 
     def english_ranking(self, question: str, dense: list[tuple[int, float]],
                         keyword: list[tuple[int, float]]) -> list[tuple[int, float]]:

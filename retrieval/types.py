@@ -31,3 +31,4 @@ class Retrieval:
     relevant: bool  # False: nothing in the collection passed the relevance floor
     timings: dict[str, float]  # seconds per stage
     notes: list[str] = field(default_factory=list)  # what limited this search (a part left out, and why)
+    orphans: int = 0  # candidates left out because the catalogue has no row for them (an index ahead)

@@ -94,3 +94,39 @@ def test_servers_meeting_a_damaged_catalogue_at_start_say_so_in_one_line(tmp_pat
                            timeout=120)
         assert r.returncode == 2 and "Traceback" not in r.stderr, (command, r.stderr)
         assert "kb rebuild-catalogue" in r.stderr and len(r.stderr.strip().splitlines()) == 1, (command, r.stderr)
+
+
+def test_rebuild_catalogue_checks_the_collection_name_before_moving_anything(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KB_EMBEDDING__MODEL", "hash-384")
+    home = tmp_path / "home"
+    assert cli(["--home", str(home), "reindex", str(_docs(tmp_path / "d", ["pump"]))]) == 0
+    before = sorted(p.name for p in home.iterdir())
+    assert cli(["--home", str(home), "--collection", "../x", "rebuild-catalogue", "--force", str(tmp_path / "d")]) == 2
+    assert "invalid collection name" in capsys.readouterr().err
+    assert sorted(p.name for p in home.iterdir()) == before  # the catalogue was not moved aside
+    assert (home / "collections" / "default" / "index.faiss").exists()  # nor an index dropped
+
+
+def test_a_vector_index_whose_repair_fails_is_an_error_at_once(tmp_path, monkeypatch):
+    """The reader waits for the upkeep's repair, but not for one that has just failed: the question gets
+    the index's error in seconds, not after the 120 s a repair may take."""
+    import time
+
+    from ingest.writing import Writes
+    from kb.errors import IndexCorruptError
+    from kb.home import Home
+    from kb.settings import EmbeddingSettings, Settings
+
+    settings = Settings(home=tmp_path / "home", embedding=EmbeddingSettings(model="hash-384"))
+    Home(settings).collection().sync([_docs(tmp_path / "d", ["pump", "fan"])])
+    index = settings.home / "collections" / "default" / "index.faiss"
+    index.write_bytes(index.read_bytes()[:-64] + bytes(64))
+
+    def refused(self, collection, on_wait=None):  # noqa: ANN001, ANN202 - a FAKE failing repair
+        raise RuntimeError("no repair today")
+
+    monkeypatch.setattr(Writes, "repair", refused)
+    t0 = time.monotonic()
+    with pytest.raises(IndexCorruptError, match="checksum"):
+        Home(settings).collection().search("pump blocked", log=False)
+    assert time.monotonic() - t0 < 15

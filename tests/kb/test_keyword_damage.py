@@ -85,8 +85,8 @@ def test_while_a_writer_works_a_damaged_keyword_index_does_not_hold_questions(ho
     from filelock import FileLock
 
     _garble(home, ".fast", at=8)
-    assert Home(home).collection().retrieve("E1277").notes  # found, and marked for a rebuild
     with FileLock(str(home.home / "writer.lock")):  # a long upload elsewhere
+        assert Home(home).collection().retrieve("E1277").notes  # found, and marked for a rebuild
         t0 = time.monotonic()
         r = Home(home).collection().retrieve("Error E1277 on unit U12")
         assert time.monotonic() - t0 < 5 and r.contexts and "dense search alone" in r.notes[0]
