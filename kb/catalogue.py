@@ -163,6 +163,41 @@ class QueryLog(Base):
     citations: Mapped[list] = mapped_column(JSON, default=list)  # [{"n", "chunk_id", "page"}]
 
 
+class Conversation(Base):
+    """A user's chat with one collection (None: every collection the user may read), newest first."""
+
+    __tablename__ = "conversations"
+    __table_args__ = (Index("ix_conversations_owner_updated", "user_id", "updated_at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    collection: Mapped[str | None] = mapped_column(String(200))  # by name, like a grant
+    title: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ConversationTurn(Base):
+    """One question of a conversation: what was typed, what was searched for it, what kb answered from
+    which chunks, and what the user thought of it."""
+
+    __tablename__ = "conversation_turns"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"), index=True)
+    asked_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    question: Mapped[str] = mapped_column(FreeText)
+    standalone: Mapped[str | None] = mapped_column(FreeText)  # the question searched, when not the one typed
+    answer: Mapped[str] = mapped_column(FreeText, default="")
+    found: Mapped[bool] = mapped_column(Boolean, default=True)
+    citations: Mapped[list] = mapped_column(JSON, default=list)  # answer_json's citations
+    retrieved: Mapped[list] = mapped_column(JSON, default=list)  # [{"chunk_id", "score"}]
+    backend: Mapped[str | None] = mapped_column(String(50))
+    model: Mapped[str | None] = mapped_column(String(500))
+    timings: Mapped[dict] = mapped_column(JSON, default=dict)  # seconds per stage
+    rating: Mapped[int | None] = mapped_column(Integer, index=True)  # 1: 👍, -1: 👎, None: not rated
+    comment: Mapped[str | None] = mapped_column(FreeText)
+    rated_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
 class Evaluation(Base):
     """A `kb eval` run: what was measured and the metrics, shown on the UI's status page."""
 

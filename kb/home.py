@@ -21,6 +21,7 @@ from ingest.writing import Writes
 from kb import document_lookup, query_log
 from kb.access import AccessControl
 from kb.catalogue import Catalogue
+from kb.conversations import Conversations
 from kb.embeddings import Embedder, english_embedder, make_embedder
 from kb.index_store import IndexStore
 from kb.jobs import JobQueue
@@ -96,6 +97,10 @@ class Home:
     @once
     def access(self) -> AccessControl:
         return AccessControl(self.catalogue)
+
+    @once
+    def conversations(self) -> Conversations:
+        return Conversations(self.catalogue)
 
     @once
     def jobs(self) -> JobQueue:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from ingest.pipeline import Event, SyncReport
@@ -17,6 +18,7 @@ from ingest.uploads import Upload, UploadSink, store_uploads, uploads_dir
 from ingest.writing import Wait
 from kb import document_lookup, history, query_log
 from kb.access import Identity
+from kb.conversations import Turn
 from kb.errors import CatalogueError, ConfigError, IndexCorruptError, KBError, LockedError, PermissionDeniedError
 from kb.home import Home
 from kb.index_store import BUILD_WAIT_S
@@ -24,8 +26,9 @@ from kb.jobs import Job
 from kb.keyword_index import KeywordIndex
 from kb.settings import Settings, check_collection_name
 from kb.status import Status, collection_status, integrity_problems
-from retrieval.answer import Answer, AnswerStream, query_log_row
+from retrieval.answer import Answer, AnswerStream, query_log_row, turn_row
 from retrieval.evaluation import EvalReport, evaluate, load_qa
+from retrieval.followup import condense, recent, search_with_history, stands_alone
 from retrieval.generators import GENERATORS, Generator, choose_backend, make_generator
 from retrieval.retriever import Retriever, Shard, documents_named
 from retrieval.types import Context, Retrieval
@@ -225,15 +228,38 @@ class KnowledgeBase:
                          self.house.english())
 
     def retrieve(self, question: str, top_k: int | None = None, documents: list[str] | None = None,
-                 record: bool = False) -> Retrieval:
+                 record: bool = False, history: Sequence[Turn] = (), backend: str | None = None) -> Retrieval:
         """The hybrid retriever's result: contexts (top-k), whether anything relevant was found, timings.
-        `record`: a search of its own (audited and logged; an answer records itself)."""
+        `record`: a search of its own (audited and logged; an answer records itself). `history`: the
+        conversation's earlier turns; a follow-up that leans on them is condensed by the language model
+        of `backend` (the configured one by default), or searched with the previous question by the
+        extractive backend (retrieval/followup.py); `Retrieval.standalone` then says what was searched."""
         names = self._read_scope("search" if record else None, question=question)
         doc_ids = set().union(*(documents_named(self.catalogue, c, documents) for c in names)) if documents else None
-        r = self.retriever().search(question, top_k, doc_ids)
-        if r.orphans and len(r.contexts) < (top_k or self.settings.retrieval.top_k) \
-                and self.house.upkeep.wait(BUILD_WAIT_S, names):  # indexes ahead, too little left to answer:
-            r = self.retriever().search(question, top_k, doc_ids)  # the repair the reader asked for, waited for
+        retriever = self.retriever()
+
+        def search(text: str, k: int | None) -> Retrieval:
+            nonlocal retriever
+            r = retriever.search(text, k, doc_ids)
+            if r.orphans and len(r.contexts) < (k or self.settings.retrieval.top_k) \
+                    and self.house.upkeep.wait(BUILD_WAIT_S, names):  # indexes ahead, too little left to answer:
+                retriever = self.retriever()  # the repair the reader asked for, waited for
+                r = retriever.search(text, k, doc_ids)
+            return r
+
+        history = list(history)
+        if history and not stands_alone(question):
+            generator = self.generator(backend)
+            if generator.backend == "extractive":
+                r = search_with_history(search, question, history, top_k or self.settings.retrieval.top_k)
+            else:
+                t0 = time.perf_counter()
+                text = condense(generator, question, history)
+                spent = time.perf_counter() - t0
+                r = search(text, top_k)
+                r.question, r.standalone, r.timings = question, text, {"condense": spent, **r.timings}
+        else:
+            r = search(question, top_k)
         for c in names:
             self.indexes.after_search(c)
         if record:
@@ -252,18 +278,49 @@ class KnowledgeBase:
         return self.retrieve(question, top_k, documents, record=log).contexts
 
     def ask_stream(self, question: str, backend: str | None = None, top_k: int | None = None,
-                   documents: list[str] | None = None) -> AnswerStream:
-        """Iterate for the answer text as it streams; `.answer` (an Answer) is set at the end and logged."""
+                   documents: list[str] | None = None, history: Sequence[Turn] = (),
+                   on_done: Callable[[Answer, Retrieval], None] | None = None) -> AnswerStream:
+        """Iterate for the answer text as it streams; `.answer` (an Answer) is set at the end and logged.
+        With `history`, the follow-up is resolved before retrieval (`retrieve`) and the prompt quotes the
+        recent turns, so an answer can refer back to them."""
         self._read_scope("ask", question=question)
         generator = self.generator(backend)  # a backend the caller may not use is refused before any work
-        r = self.retrieve(question, top_k, documents)
-        return AnswerStream(question, r, generator, self.settings.retrieval.context_chars,
-                            on_done=lambda a: self._log("ask", question, r, a))
+        r = self.retrieve(question, top_k, documents, history=history, backend=backend)
+
+        def done(a: Answer) -> None:
+            self._log("ask", question, r, a)
+            if on_done is not None:
+                on_done(a, r)
+
+        return AnswerStream(question, r, generator, self.settings.retrieval.context_chars, on_done=done,
+                            history=recent(list(history)))
 
     def ask(self, question: str, backend: str | None = None, top_k: int | None = None,
-            documents: list[str] | None = None) -> Answer:
+            documents: list[str] | None = None, history: Sequence[Turn] = ()) -> Answer:
         """The answer text, its citations (document, page, chunk), the contexts and the time per stage."""
-        return self.ask_stream(question, backend, top_k, documents).result()
+        return self.ask_stream(question, backend, top_k, documents, history).result()
+
+    # -- conversations (kb/conversations.py): a signed-in user's chats, kept ------------------------
+    def converse(self, question: str, conversation: int | None = None, backend: str | None = None,
+                 top_k: int | None = None, documents: list[str] | None = None) -> AnswerStream:
+        """`ask_stream` within one of the caller's conversations (None: a new one, titled from the
+        question): its earlier turns are the history, and the answered turn is kept in it
+        (`stream.conversation_id`, and `stream.turn_id` once the answer is done)."""
+        if self.caller is None:
+            raise ConfigError("conversations belong to a signed-in user")
+        convs = self.house.conversations
+        history = convs.history(self.caller, conversation)[1] if conversation is not None else []
+        if conversation is None:
+            conversation = convs.start(self.caller, None if len(self.scope) > 1 else self.collection, question)
+        holder: dict = {}
+
+        def keep(a: Answer, r: Retrieval) -> None:
+            holder["turn"] = convs.add_turn(self.caller, conversation, turn_row(a, r))
+            stream.turn_id = holder["turn"]
+
+        stream = self.ask_stream(question, backend, top_k, documents, history, on_done=keep)
+        stream.conversation_id, stream.turn_id = conversation, None
+        return stream
 
     def downloadable(self, path: str) -> bool:
         """Whether `original(path)` would serve the file (checked without reading it)."""

@@ -47,6 +47,7 @@ class Answer:
     timings: dict[str, float] = field(default_factory=dict)
     usage: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what limited the search (Retrieval.notes)
+    standalone: str | None = None  # what was searched for a follow-up, when not the question itself
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -58,8 +59,11 @@ class AnswerStream:
     """Iterate to receive the answer text as it is generated; `.answer` holds the result afterwards."""
 
     def __init__(self, question: str, retrieval: Retrieval, generator: Generator, context_chars: int = 1500,
-                 on_done: Callable[[Answer], None] | None = None):
+                 on_done: Callable[[Answer], None] | None = None, history: list | None = None):
         self.question = question
+        self.history = history or []  # earlier turns the prompt quotes (kb.conversations.Turn)
+        self.conversation_id: int | None = None  # set by KnowledgeBase.converse
+        self.turn_id: int | None = None
         self.retrieval = retrieval
         self.generator = generator
         self.context_chars = context_chars
@@ -85,9 +89,9 @@ class AnswerStream:
             text = NOT_FOUND[lang]
             yield text
             self.answer = Answer(self.question, text, False, gen.backend, gen.model, self._label(lang), [], [],
-                                 timings=timings, notes=r.notes)
+                                 timings=timings, notes=r.notes, standalone=r.standalone)
             return
-        prompt = build_prompt(self.question, r.contexts, self.context_chars)
+        prompt = build_prompt(self.question, r.contexts, self.context_chars, self.history, r.standalone or "")
         splitter = ThinkSplitter(gen.starts_in_reasoning(prompt))
         usage: dict = {}
         answer_parts: list[str] = []
@@ -140,6 +144,7 @@ class AnswerStream:
             unsupported=[s.text for s in parsed.sentences if s.supported is False],
             uncited=[s.text for s in parsed.sentences if s.supported is None] if found else [],
             dropped_markers=parsed.dropped_markers, timings=timings, usage=usage, notes=self.retrieval.notes,
+            standalone=self.retrieval.standalone,
         )
 
     def result(self) -> Answer:
@@ -166,3 +171,17 @@ def query_log_row(kind: str, question: str, r: Retrieval, answer: Answer | None)
         completion_tokens=(answer.usage or {}).get("completion_tokens") if answer else None,
         answer=answer.text if answer else None,
         citations=[{"n": c.n, "chunk_id": c.chunk_id, "page": c.page} for c in answer.citations] if answer else [])
+
+
+def citation_json(c: Citation) -> dict:
+    """The one JSON shape of a citation (API, page, a conversation's turn)."""
+    return {"n": c.n, "document": Path(c.source).name, "path": c.source, "page": c.page, "heading": c.heading,
+            "chunk_id": c.chunk_id, "text": c.text, "sentences": c.sentences, "ocr": c.ocr}
+
+
+def turn_row(a: Answer, r: Retrieval) -> dict:
+    """What a conversation keeps of an answered question (kb/conversations.py)."""
+    return dict(question=a.question, standalone=r.standalone, answer=a.text, found=a.found,
+                citations=[citation_json(c) for c in a.citations],
+                retrieved=[{"chunk_id": c.chunk_id, "score": round(c.score, 5)} for c in r.contexts],
+                backend=a.backend, model=a.model, timings={k: round(v, 5) for k, v in a.timings.items()})

@@ -114,7 +114,7 @@ class ExtractiveGenerator(_Generate):
 
     def pick(self, prompt: Prompt) -> list[tuple[int, int, str]]:
         """(context number, position, sentence) of the best sentences, in reading order."""
-        q = self._match_keys(prompt.question)
+        q = self._match_keys(prompt.searched or prompt.question)
         best_score = max((c.score for c in prompt.contexts), default=0.0) or 1.0
         scored = []
         for n, ctx in enumerate(prompt.contexts, 1):

@@ -57,9 +57,26 @@ class Prompt:
     contexts: list[Context]
     language: str
     messages: list[dict[str, str]]  # chat messages: system + user
+    searched: str = ""  # what was searched for a follow-up (its terms pick the extractive answer's sentences)
 
 
-def build_prompt(question: str, contexts: list[Context], context_chars: int = 1500) -> Prompt:
+HISTORY_HEAD = {"zh": "此前的对话（只用于理解问题，不是资料来源）：", "en": "The conversation so far (only to understand "
+                "the question; it is not a source):"}
+
+
+def history_block(history: list, lang: str) -> str:  # list[kb.conversations.Turn]
+    """The earlier turns, quoted for the model: it may refer back to them but answers from the contexts."""
+    if not history:
+        return ""
+    q, a = ("问", "答") if lang == "zh" else ("Q", "A")
+    lines = [HISTORY_HEAD[lang]]
+    for t in history:
+        lines += [f"{q}: {defused(t.question)}", f"{a}: {defused(t.answer[:600])}"]
+    return "\n".join(lines) + "\n\n"
+
+
+def build_prompt(question: str, contexts: list[Context], context_chars: int = 1500, history: list = (),
+                 searched: str = "") -> Prompt:
     lang = language(question)
     blocks = []
     for n, c in enumerate(contexts, 1):
@@ -68,9 +85,10 @@ def build_prompt(question: str, contexts: list[Context], context_chars: int = 15
             head += f" — {c.heading}"
         blocks.append(f'<context n="{n}">\n{defused(head)}\n{defused(c.text[:context_chars])}\n</context>')
     body = "\n\n".join(blocks)
+    earlier = history_block(list(history), lang)
     if lang == "zh":
-        user = f"根据以下上下文回答：\n\n{body}\n\n问题：{question}"
+        user = f"{earlier}根据以下上下文回答：\n\n{body}\n\n问题：{question}"
     else:
-        user = f"Answer from the following contexts:\n\n{body}\n\nQuestion: {question}"
+        user = f"{earlier}Answer from the following contexts:\n\n{body}\n\nQuestion: {question}"
     return Prompt(question, contexts, lang,
-                  [{"role": "system", "content": SYSTEM[lang]}, {"role": "user", "content": user}])
+                  [{"role": "system", "content": SYSTEM[lang]}, {"role": "user", "content": user}], searched)

@@ -32,3 +32,4 @@ class Retrieval:
     timings: dict[str, float]  # seconds per stage
     notes: list[str] = field(default_factory=list)  # what limited this search (a part left out, and why)
     orphans: int = 0  # candidates left out because the catalogue has no row for them (an index ahead)
+    standalone: str | None = None  # what was searched for a follow-up, when not the question itself

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 from fastapi import Header, Request
 from fastapi.concurrency import iterate_in_threadpool
@@ -21,7 +20,7 @@ from kb.errors import NotFoundError, PermissionDeniedError
 from kb.home import Home
 from kb.knowledge_base import KnowledgeBase
 from kb.settings import Settings
-from retrieval.answer import Answer, AnswerStream
+from retrieval.answer import Answer, AnswerStream, citation_json
 from retrieval.types import Context
 
 MAX_ID = 2 ** 63 - 1  # ids are 64-bit in the catalogue: a larger one is a bad request, not a server error
@@ -112,10 +111,7 @@ def context_json(c: Context, n: int | None = None) -> dict:
 def answer_json(a: Answer) -> dict:
     return {"question": a.question, "answer": a.text, "found": a.found, "backend": a.backend, "model": a.model,
             "label": a.label,
-            "citations": [{"n": c.n, "document": Path(c.source).name, "path": c.source, "page": c.page,
-                           "heading": c.heading, "chunk_id": c.chunk_id, "text": c.text, "sentences": c.sentences,
-                           "ocr": c.ocr}
-                          for c in a.citations],
+            "standalone": a.standalone, "citations": [citation_json(c) for c in a.citations],
             "unsupported": a.unsupported, "timings_ms": {k: round(v * 1000, 2) for k, v in a.timings.items()},
             "usage": a.usage, "notes": a.notes}
 
