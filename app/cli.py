@@ -266,18 +266,25 @@ def rebuild_catalogue(run: Run, paths: tuple[str, ...], force: bool, as_json: bo
 
 # -- reads -------------------------------------------------------------------------------------------
 def _search_batch(kb, queries: Path, top_k: int | None, documents: list[str] | None) -> int:  # noqa: ANN001
-    """One JSON row per question, the models loaded once; a bad line is reported with its number."""
+    """One JSON row per question, the models loaded once; a bad line is reported with its number. A row
+    may carry `history` (earlier turns, {"question", "answer"}): a follow-up is resolved with it, and the
+    row written says what was searched (`standalone`)."""
+    from kb.conversations import Turn
+
     for n, line in enumerate(queries.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
             q = json.loads(line)
             qid, question = q["id"], q["question"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            _say(f"{queries}:{n}: expected {{\"id\", \"question\"}} ({exc})")
+            history = [Turn.of(t) for t in q.get("history") or []]
+        except (json.JSONDecodeError, KeyError, TypeError, ConfigError) as exc:
+            _say(f"{queries}:{n}: expected {{\"id\", \"question\", \"history\"?: [{{\"question\", \"answer\"}}]}} ({exc})")
             return 2
-        contexts = kb.search(question, top_k, documents)
-        print(json.dumps({"id": qid, "contexts": [{"source": c.source, **c.to_dict()} for c in contexts]}, ensure_ascii=False), flush=True)
+        r = kb.retrieve(question, top_k, documents, record=True, history=history)
+        print(json.dumps({"id": qid, **({"standalone": r.standalone} if r.standalone else {}),
+                          "contexts": [{"source": c.source, **c.to_dict()} for c in (r.contexts if r.relevant else [])]},
+                         ensure_ascii=False), flush=True)
     return 0
 
 
@@ -586,6 +593,42 @@ def token(run: Run, action: str, value: str) -> int:
     n = access.revoke_token(value)
     print(f"revoked {n} token(s)")
     return 0 if n else 1
+
+
+@command("feedback", help="rated answers: list (the 👎 ones by default) | export FILE (the 👍 ones as a `kb eval` "
+                        "file: their cited passages are the expected hits)")
+@click.argument("action", type=click.Choice(["list", "export"]))
+@click.argument("file", required=False, type=click.Path(path_type=Path))
+@click.option("--rating", type=click.Choice(["up", "down", "all"]), help="list: which (default down); export: up")
+def feedback(run: Run, action: str, file: Path | None, rating: str | None) -> int:
+    convs = run.kb().house.conversations
+    if action == "list":
+        for row in convs.rated({"up": 1, "down": -1, "all": None}[rating or "down"]):
+            print(json.dumps(row, ensure_ascii=False))
+        return 0
+    if file is None:
+        _say("give the file to write: kb feedback export FILE.jsonl")
+        return 2
+    from kb.files import atomic_write
+
+    rows, left_out = feedback_eval_rows(convs.rated(1)), len(convs.rated(-1))
+    atomic_write(file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+    _say(f"wrote {len(rows)} question(s) answered well to {file} (check them with `kb eval {file}`); "
+         f"{left_out} answer(s) marked 👎 are in `kb feedback list`")
+    return 0
+
+
+def feedback_eval_rows(rated: list[dict]) -> list[dict]:
+    """`kb eval` rows from 👍 answers: the question (with its earlier turns), and the first passage its
+    answer cited as the expected hit (its text and document)."""
+    rows = []
+    for t in rated:
+        if not t["citations"]:
+            continue
+        c = t["citations"][0]
+        rows.append({"id": f"feedback-{t['id']}", "question": t["question"], "answer": c["text"],
+                     "source": c["document"], "history": t.get("history") or [], "collection": t["collection"]})
+    return rows
 
 
 @command("audit", help="who asked, uploaded, deleted or re-indexed what (JSONL)")

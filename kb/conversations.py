@@ -152,7 +152,7 @@ class Conversations:
 
     def rated(self, rating: int | None = None, limit: int = 1000) -> list[dict]:
         """Rated answers, the latest first (`rating` 1 or -1: only those): question, answer, citations,
-        retrieved chunks, comment, who and where."""
+        retrieved chunks, comment, who and where, and the turns before it (a follow-up's history)."""
         with self.catalogue.session() as s:
             q = (select(ConversationTurn, User.name, Conversation.collection)
                  .join(Conversation, Conversation.id == ConversationTurn.conversation_id)
@@ -161,7 +161,14 @@ class Conversations:
             if rating is not None:
                 q = q.where(ConversationTurn.rating == rating)
             rows = s.execute(q.order_by(ConversationTurn.rated_at.desc(), ConversationTurn.id.desc()).limit(limit)).all()
-            return [{**_turn(t), "user": u, "collection": c} for t, u, c in rows]
+            out = []
+            for t, u, c in rows:
+                earlier = s.scalars(select(ConversationTurn).where(ConversationTurn.conversation_id == t.conversation_id,
+                                                                   ConversationTurn.id < t.id)
+                                    .order_by(ConversationTurn.id.desc()).limit(3)).all()
+                out.append({**_turn(t), "user": u, "collection": c,
+                            "history": [{"question": e.question, "answer": e.answer} for e in reversed(earlier)]})
+            return out
 
 
 def _summary(c: Conversation, turns: int | None) -> dict:

@@ -17,7 +17,9 @@ from tqdm import tqdm
 from kb.query_log import latency_table
 from kb.settings import RetrievalSettings
 from kb.text import CJK, squashed
+from kb.conversations import Turn
 from retrieval.answer import AnswerStream
+from retrieval.followup import search_with_history
 from retrieval.generators import Generator
 from retrieval.retriever import Retriever
 from retrieval.types import Retrieval
@@ -115,7 +117,8 @@ def evaluate(retriever: Retriever, qa: list[dict], cfg: RetrievalSettings, gener
     scores, timings, rows, retrievals = RetrievalScores(), [], [], []
     t0 = time.perf_counter()
     for q in tqdm(qa, desc="retrieving", unit="q", disable=not progress or None):
-        r = retriever.search(q["question"], top_k=max(10, top_k))
+        history = [Turn.of(t) for t in q.get("history") or []]  # a follow-up (`kb feedback export`)
+        r = search_with_history(retriever.search, q["question"], history, max(10, top_k))
         timings.append(r.timings)
         scores.add([hit(c.source, c.text[:chars], q["source"], q["answer"]) for c in r.contexts])
         rows.append({"id": q["id"], "contexts": [

@@ -61,7 +61,9 @@ def search_with_history(search: Search, question: str, history: list[Turn], top_
     prev = history[-1]
     text = joined(question, prev)
     alone, both = search(question, max(top_k, POOL)), search(text, max(top_k, POOL))
-    answered = set(prev.chunk_ids)
+    # the passages the previous answer came from; a client that sends only the text of earlier turns
+    # (an OpenAI client) gets them back by searching the previous question again
+    answered = set(prev.chunk_ids) or {c.chunk_id for c in search(prev.searched, top_k).contexts}
     documents = {c.document_id for c in alone.contexts + both.contexts if c.chunk_id in answered}
     by_id: dict[int, Context] = {c.chunk_id: c for c in both.contexts + alone.contexts}
     score = {c.chunk_id: c.score for c in alone.contexts}
@@ -114,10 +116,11 @@ def condense_messages(question: str, history: list[Turn]) -> list[dict[str, str]
 
 def condensed(reply: str, question: str) -> str:
     """The model's rewritten question, cleaned; the question itself when the reply is no use."""
-    text = reply.strip().strip('"“”「」').splitlines()[0].strip() if reply.strip() else ""
+    text = reply.strip().splitlines()[0].strip() if reply.strip() else ""
     for prefix in ("Rewritten question:", "Question:", "改写后的问题：", "问题：", "Q:"):
         if text.startswith(prefix):
             text = text[len(prefix):].strip()
+    text = text.strip('"“”「」').strip()
     return text if 2 <= len(text) <= 4 * len(question) + 200 else question
 
 

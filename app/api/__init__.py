@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 
-from app.api import admin, answers, documents
+from app.api import admin, answers, conversations, documents
 from app.api.service import ForbiddenCollection, Service, error
 from app.api.telemetry import Measured, Outage, Telemetry
 from app.worker import Worker
@@ -93,7 +93,7 @@ def create_app(settings: Settings | None = None, run_worker: bool = True) -> Fas
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         return error(str(exc.detail), exc.status_code)
 
-    for feature in (answers, documents, admin):
+    for feature in (answers, conversations, documents, admin):
         app.include_router(feature.router(svc))
     app.state.worker = worker
     return app

@@ -14,8 +14,9 @@ from fastapi.responses import StreamingResponse
 from app.api.service import (ALL_COLLECTIONS, AskRequest, ChatRequest, SearchRequest, Service, answer_json,
                              context_json, sse, streamed)
 from kb.access import Identity
+from kb.conversations import Turn
 from kb.errors import KBError
-from retrieval.answer import Answer
+from retrieval.answer import Answer, AnswerStream
 
 
 def router(svc: Service) -> APIRouter:
@@ -24,31 +25,17 @@ def router(svc: Service) -> APIRouter:
 
     @routes.post("/v1/search")
     def search(req: SearchRequest, who: Identity = Depends(caller)) -> dict:
-        r = reader(who, req.collection).retrieve(req.question, req.top_k, req.documents, record=True)
+        r = reader(who, req.collection).retrieve(req.question, req.top_k, req.documents, record=True,
+                                                 history=req.turns())
         telemetry.observe_stages(r.timings)
-        return reply(who, {"question": req.question, "relevant": r.relevant, "notes": r.notes,
+        return reply(who, {"question": req.question, "standalone": r.standalone, "relevant": r.relevant,
+                           "notes": r.notes,
                            "contexts": [context_json(c, n) for n, c in enumerate(r.contexts, 1)],
                            "timings_ms": {k: round(v * 1000, 2) for k, v in r.timings.items()}})
 
     @routes.post("/v1/ask", response_model=None)
     def ask(req: AskRequest, who: Identity = Depends(caller)) -> dict | StreamingResponse:
-        stream = svc.answer_stream(who, req)
-        if not req.stream:
-            answer = stream.result()
-            telemetry.observe_stages(answer.timings)
-            return reply(who, answer_json(answer))
-
-        def events() -> Iterator[str]:
-            try:
-                for piece in stream:
-                    yield sse("token", {"text": piece})
-            except KBError as exc:
-                yield sse("error", {"error": {"message": reply(who, str(exc)), "type": type(exc).__name__}})
-                return
-            telemetry.observe_stages(stream.answer.timings)
-            yield sse("answer", reply(who, answer_json(stream.answer)))
-
-        return streamed(events(), stream)
+        return answered(svc, who, svc.answer_stream(who, req), req.stream)
 
     # -- OpenAI-compatible: a collection is a model -----------------------------------------------
     @routes.get("/v1/models")
@@ -58,9 +45,9 @@ def router(svc: Service) -> APIRouter:
 
     @routes.post("/v1/chat/completions", response_model=None)
     def chat(req: ChatRequest, who: Identity = Depends(caller)) -> dict | StreamingResponse:
-        question = _last_user_text(req.messages)
+        question, history = _conversation(req.messages)
         named = None if req.model == ALL_COLLECTIONS else req.model
-        stream = svc.answer_stream(who, AskRequest(question=question, collection=named))
+        stream = svc.reader(who, named).ask_stream(question, history=history)
         cid, created = f"chatcmpl-kb-{uuid.uuid4().hex[:24]}", int(time.time())
         head = {"id": cid, "created": created, "model": req.model}
         if not req.stream:
@@ -95,22 +82,59 @@ def router(svc: Service) -> APIRouter:
     return routes
 
 
-def _last_user_text(messages: list[dict]) -> str:
-    for m in reversed(messages):
-        if not isinstance(m, dict):
-            raise HTTPException(400, "each message must be an object with `role` and `content`")
-        if m.get("role") == "user":
-            content = m.get("content")
-            if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
-                texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type", "text") == "text"]
-                if not all(isinstance(t, str) for t in texts):
-                    raise HTTPException(400, "a text part of a message must be {\"type\": \"text\", \"text\": STRING}")
-                content = " ".join(texts)
-            if isinstance(content, str) and content.strip():
-                if len(content) > 4000:
-                    raise HTTPException(400, "the last user message is longer than 4000 characters")
-                return content.strip()
-    raise HTTPException(400, "no user message with text in `messages`")
+def _text(m: dict) -> str:
+    if not isinstance(m, dict):
+        raise HTTPException(400, "each message must be an object with `role` and `content`")
+    content = m.get("content")
+    if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+        texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type", "text") == "text"]
+        if not all(isinstance(t, str) for t in texts):
+            raise HTTPException(400, "a text part of a message must be {\"type\": \"text\", \"text\": STRING}")
+        content = " ".join(texts)
+    return content.strip() if isinstance(content, str) else ""
+
+
+def _conversation(messages: list[dict]) -> tuple[str, list[Turn]]:
+    """The last user message, and the earlier user/assistant exchanges as the conversation's history
+    (an OpenAI client sends the whole chat every time)."""
+    texts = [(m.get("role") if isinstance(m, dict) else None, _text(m)) for m in messages]
+    last = next((i for i in range(len(texts) - 1, -1, -1) if texts[i][0] == "user" and texts[i][1]), None)
+    if last is None:
+        raise HTTPException(400, "no user message with text in `messages`")
+    if len(texts[last][1]) > 4000:
+        raise HTTPException(400, "the last user message is longer than 4000 characters")
+    history: list[Turn] = []
+    for i, (role, text) in enumerate(texts[:last]):
+        if role == "user" and text:
+            following = texts[i + 1]
+            history.append(Turn(text[:4000], following[1][:20000] if following[0] == "assistant" else ""))
+    return texts[last][1], history
+
+
+def answered(svc: Service, who: Identity, stream: AnswerStream, streaming: bool) -> dict | StreamingResponse:
+    """An answer as JSON, or as server-sent events: (`conversation`,) `token` pieces, then one `answer`
+    event; an answer in a conversation carries its `conversation_id` and `turn_id` (for feedback)."""
+    def final() -> dict:
+        ids = {"conversation_id": stream.conversation_id, "turn_id": stream.turn_id} if stream.conversation_id else {}
+        return {**svc.reply(who, answer_json(stream.answer)), **ids}
+
+    if not streaming:
+        svc.telemetry.observe_stages(stream.result().timings)
+        return final()
+
+    def events() -> Iterator[str]:
+        if stream.conversation_id:
+            yield sse("conversation", {"conversation_id": stream.conversation_id})
+        try:
+            for piece in stream:
+                yield sse("token", {"text": piece})
+        except KBError as exc:
+            yield sse("error", {"error": {"message": svc.reply(who, str(exc)), "type": type(exc).__name__}})
+            return
+        svc.telemetry.observe_stages(stream.answer.timings)
+        yield sse("answer", final())
+
+    return streamed(events(), stream)
 
 
 def _usage(a: Answer) -> dict:

@@ -9,12 +9,15 @@ from collections.abc import Iterator
 from fastapi import Header, Request
 from fastapi.concurrency import iterate_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 from app.api.telemetry import Telemetry
 from app.reader_paths import ReaderPaths
 from app.worker import Worker
 from kb.access import Identity
+from kb.conversations import Turn
 from kb.document_lookup import collection_names
 from kb.errors import NotFoundError, PermissionDeniedError
 from kb.home import Home
@@ -31,16 +34,45 @@ class ForbiddenCollection(NotFoundError):
     """A collection the caller may not read: answered exactly like a missing one, and audited."""
 
 
+class EarlierTurn(BaseModel):
+    question: str = Field(min_length=1, max_length=4000)
+    answer: str = Field("", max_length=20000)
+
+
 class SearchRequest(BaseModel):
     question: str = Field(min_length=1, max_length=4000)
     collection: str | None = None
     top_k: int | None = Field(None, ge=1, le=50)
     documents: list[str] | None = Field(None, description="Limit to these documents (ids, paths or file names).")
+    history: list[EarlierTurn] = Field(default_factory=list, max_length=50,
+                                       description="Earlier turns, oldest first: a follow-up is resolved with them.")
+
+    def turns(self) -> list[Turn]:
+        return [Turn(t.question, t.answer) for t in self.history]
 
 
 class AskRequest(SearchRequest):
     backend: str | None = None
     stream: bool = Field(False, description="Server-sent events: `token` pieces, then one `answer` event.")
+
+
+class ConverseRequest(BaseModel):
+    question: str = Field(min_length=1, max_length=4000)
+    collection: str | None = Field(None, description="A new conversation's collection (none: every readable one).")
+    backend: str | None = None
+    top_k: int | None = Field(None, ge=1, le=50)
+    documents: list[str] | None = None
+    stream: bool = False
+
+
+class RenameRequest(BaseModel):
+    title: str = Field(min_length=1, max_length=200)
+
+
+class FeedbackRequest(BaseModel):
+    turn_id: int = Field(ge=1, le=2 ** 31 - 1)
+    rating: Literal["up", "down"]
+    comment: str | None = Field(None, max_length=4000)
 
 
 class ReindexRequest(BaseModel):
@@ -96,7 +128,8 @@ class Service:
         return self.home.collection(names[0]).for_caller(who).reading(names)
 
     def answer_stream(self, who: Identity, req: AskRequest) -> AnswerStream:
-        return self.reader(who, req.collection).ask_stream(req.question, req.backend, req.top_k, req.documents)
+        return self.reader(who, req.collection).ask_stream(req.question, req.backend, req.top_k, req.documents,
+                                                           req.turns())
 
     def queued(self, job) -> dict:  # noqa: ANN001 - kb.jobs.Job
         if self.worker is not None:
