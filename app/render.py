@@ -54,3 +54,11 @@ def highlight(passage: str, sentences: list[str]) -> str:
         pos = end
     out.append(md_escape(text[pos:]))
     return "".join(out)
+
+
+_MARKER = re.compile(r"\\\[(\d+)\\\]")  # an escaped [n]
+
+
+def linked_markers(escaped: str, anchor: str) -> str:
+    """Each escaped [n] of an answer as a link to its source's anchor (`{anchor}-{n}`) on the page."""
+    return _MARKER.sub(lambda m: f"[\\[{m.group(1)}\\]](#{anchor}-{m.group(1)})", escaped)

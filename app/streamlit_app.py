@@ -9,7 +9,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from app.render import highlight, label_escape, md_escape
+from app.page_image import cited_page_png
+from app.render import highlight, label_escape, linked_markers, md_escape
 from app.worker import Worker
 from ingest.extract import MIME
 from kb.access import Identity
@@ -18,7 +19,6 @@ from kb.home import Home
 from kb.knowledge_base import KnowledgeBase
 from kb.document_lookup import collection_names
 from kb.settings import Settings
-from retrieval.answer import Answer
 
 
 @st.cache_resource(show_spinner="Loading the knowledge base…")
@@ -31,64 +31,153 @@ def wait_notice(msg: str) -> None:
     st.info(f"Waiting for another indexing job to finish ({label_escape(msg)})…")
 
 
-def render_sources(kb: KnowledgeBase, answer: Answer, key: str) -> None:
-    for c in answer.citations:
-        name = Path(c.source).name
-        title = f"[{c.n}] {name}" + (f" — page {c.page}" if c.page else "") + (f" — {c.heading}" if c.heading else "")
-        with st.expander(label_escape(title + (" — read by OCR" if c.ocr else ""))):  # titles render Markdown
-            if c.ocr:
+@st.cache_data(show_spinner=False, max_entries=64)
+def page_picture(path: str, mtime: float, page: int, sentences: tuple[str, ...]) -> tuple[bytes, int] | None:
+    return cited_page_png(Path(path), page, list(sentences))  # mtime: a changed file is drawn again
+
+
+def render_sources(kb: KnowledgeBase, citations: list[dict], key: str) -> None:
+    """Each cited passage (citation_json's shape), its sentences highlighted; a PDF's cited page can be
+    shown as it is printed, the sentences marked on it; the original can be downloaded."""
+    for c in citations:
+        name, n = c["document"], c["n"]
+        title = f"[{n}] {name}" + (f" — page {c['page']}" if c["page"] else "") + (f" — {c['heading']}" if c["heading"] else "")
+        st.markdown(f'<span id="{key}-{int(n)}"></span>', unsafe_allow_html=True)  # where the answer's [n] links to
+        with st.expander(label_escape(title + (" — read by OCR" if c.get("ocr") else ""))):  # titles render Markdown
+            if c.get("ocr"):
                 st.caption("This page is a scan: its text was read by OCR and may hold misread characters. "
                            "Check the original.")
-            st.markdown(highlight(c.text, c.sentences))
-            if kb.downloadable(c.source):  # read only when clicked (files may be 200 MB; every rerun would read them)
-                st.download_button(label_escape(f"Open {name}"), data=lambda src=c.source: kb.original(src) or b"",
-                                   file_name=name,
-                                   mime=MIME.get(Path(c.source).suffix.lower(), "application/octet-stream"),
-                                   key=f"dl-{key}-{c.n}")
-    for sent in answer.unsupported:
-        st.warning("Not supported by its cited source: " + md_escape(sent))
+            st.markdown(highlight(c["text"], c["sentences"]))
+            if not kb.downloadable(c["path"]):  # read only when clicked (files may be 200 MB; every rerun would read them)
+                continue
+            if c["page"] and c["path"].lower().endswith(".pdf") and \
+                    st.toggle(label_escape(f"Show page {c['page']}"), key=f"page-{key}-{n}"):
+                picture = page_picture(c["path"], Path(c["path"]).stat().st_mtime, c["page"], tuple(c["sentences"]))
+                if picture:
+                    st.image(picture[0], caption=label_escape(f"{name}, page {c['page']}"
+                                                              + ("" if picture[1] else " (the cited sentences were not found on its text layer)")))
+            st.download_button(label_escape(f"Download {name}"), data=lambda src=c["path"]: kb.original(src) or b"",
+                               file_name=name, mime=MIME.get(Path(c["path"]).suffix.lower(), "application/octet-stream"),
+                               key=f"dl-{key}-{n}")
 
 
-def render_answer(kb: KnowledgeBase, answer: Answer, key: str) -> None:
-    if not answer.found:
-        st.info(md_escape(answer.text))
+def rate(turn_id: int, key: str) -> None:
+    """The 👍/👎 widget (and the comment after 👎) of an answer changed: stored with its turn."""
+    who, value = st.session_state.get("who"), st.session_state.get(f"fb-{key}")
+    if who is None or value is None:
         return
-    st.caption(md_escape(answer.label))
-    st.markdown(md_escape(answer.text))
-    render_sources(kb, answer, key)
+    conversations().rate(who, turn_id, "up" if value == 1 else "down", st.session_state.get(f"note-{key}"))
+    st.toast("Thanks: your rating was saved")
+
+
+def conversations():  # noqa: ANN201 - kb.conversations.Conversations
+    return data_home(str(Path(Settings().home).resolve())).conversations
+
+
+def render_turn(kb: KnowledgeBase, turn: dict, last: bool) -> None:
+    """One kept question and its answer: what was searched, the answer with linked [n], its sources,
+    and 👍/👎, copy, and (the last one) regenerate."""
+    key = f"t{turn['id']}"
+    with st.chat_message("user"):
+        st.markdown(md_escape(turn["question"]))
+    with st.chat_message("assistant"):
+        if turn["standalone"]:
+            st.caption(label_escape(f"Searched for: {turn['standalone']}"))
+        if not turn["found"]:
+            st.info(md_escape(turn["answer"]))
+        else:
+            st.markdown(linked_markers(md_escape(turn["answer"]), f"src-{key}"))
+            render_sources(kb, turn["citations"], f"src-{key}")
+        cols = st.columns([2, 1, 1, 6])
+        with cols[0]:
+            st.feedback("thumbs", key=f"fb-{key}", default={"up": 1, "down": 0}.get(turn["rating"]),
+                        on_change=rate, args=(turn["id"], key))
+        with cols[1], st.popover("Copy", help="the answer as text, with a copy button"):
+            st.code(turn["answer"], language=None, wrap_lines=True)
+        if last:
+            with cols[2]:
+                if st.button("Regenerate", key=f"again-{key}", help="ask the same question again"):
+                    st.session_state["ask"] = turn["question"]
+                    st.rerun()
+        if st.session_state.get(f"fb-{key}") == 0 or turn["rating"] == "down":
+            st.text_input("What was wrong? (optional)", key=f"note-{key}", value=turn["comment"] or "",
+                          on_change=rate, args=(turn["id"], key))
+
+
+def first_visit_hint(kb: KnowledgeBase) -> None:
+    docs = kb.documents()
+    if not docs:
+        st.info("This collection holds no documents yet: add some on the Documents page.")
+        return
+    names = ", ".join(Path(d.path).name for d in docs[:5]) + (" …" if len(docs) > 5 else "")
+    st.caption(label_escape(f"Ask anything about the {len(docs)} documents of {kb.collection} ({names}). "
+                            "Follow-up questions are understood; every answer cites its sources."))
 
 
 def chat(kb: KnowledgeBase) -> None:
-    history = st.session_state.setdefault(("history", kb.collection), [])
-    for i, (question, answer) in enumerate(history):
+    """The open conversation (kept in the catalogue: it survives a reload and another browser), and
+    the question box, pinned at the bottom of the page."""
+    cid = st.session_state.get("conversation")
+    turns = []
+    if cid is not None:
+        try:
+            turns = conversations().get(kb.caller, cid)["turns"]
+        except NotFoundError:  # deleted meanwhile (another tab)
+            st.session_state.pop("conversation", None)
+            cid = None
+    if not turns:
+        first_visit_hint(kb)
+    for i, turn in enumerate(turns):
+        render_turn(kb, turn, i == len(turns) - 1)
+    if stopped := st.session_state.pop("stopped", None):
         with st.chat_message("user"):
-            st.markdown(md_escape(question))
+            st.markdown(md_escape(stopped[0]))
         with st.chat_message("assistant"):
-            render_answer(kb, answer, f"h{i}")
-    question = st.chat_input("Ask a question about your documents")
-    if not question:
-        return
+            st.markdown(md_escape(stopped[1]) if stopped[1] else "")
+            st.caption("Stopped: this answer was not kept.")
+    question = st.chat_input("Ask a question about your documents") or st.session_state.pop("ask", None)
+    if question:
+        answer_now(kb, question, cid)
+
+
+def answer_now(kb: KnowledgeBase, question: str, cid: int | None) -> None:
+    """Stream the answer (a spinner until its first words; Stop ends it), keep it in the conversation,
+    then show the page again from what was kept."""
     with st.chat_message("user"):
         st.markdown(md_escape(question))
     with st.chat_message("assistant"):
+        st.button("Stop", key="stop", help="stop this answer")  # a click reruns the page, which ends the stream
         try:
-            stream = kb.ask_stream(question)
-            if stream.retrieval.relevant:
-                st.caption(md_escape(stream.label))
-                # The whole text so far is escaped at each piece: a URL split across pieces is still defused.
-                shown, text = st.empty(), ""
-                for piece in stream:
-                    text += piece
-                    shown.markdown(md_escape(text))
-                answer = stream.answer
-                render_sources(kb, answer, f"h{len(history)}")
-            else:
-                answer = stream.result()
-                st.info(md_escape(answer.text))
+            with st.spinner("Searching the documents…"):
+                stream = kb.converse(question, cid)
+                # kept before the next Streamlit call: a question sent meanwhile interrupts this run there
+                st.session_state["conversation"] = stream.conversation_id
         except KBError as exc:
             st.error(f"Could not answer: {md_escape(str(exc))}")
             return
-    history.append((question, answer))
+        if stream.retrieval.standalone:
+            st.caption(label_escape(f"Searched for: {stream.retrieval.standalone}"))
+        if stream.retrieval.relevant:
+            st.caption(md_escape(stream.label))
+        shown, text, done = st.empty(), "", False
+        try:
+            pieces = iter(stream)
+            with st.spinner("Writing the answer…"):
+                text = next(pieces, "")
+            shown.markdown(md_escape(text))
+            for piece in pieces:
+                text += piece
+                # The whole text so far is escaped at each piece: a URL split across pieces is still defused.
+                shown.markdown(md_escape(text))
+            done = True
+        except KBError as exc:
+            st.error(f"Could not answer: {md_escape(str(exc))}")
+            return
+        finally:
+            if not done:  # Stop (or the page left): the generator is told to stop; nothing is kept
+                stream.close()
+                st.session_state["stopped"] = (question, text)
+    st.rerun()
 
 
 @st.cache_resource(show_spinner=False)
@@ -209,6 +298,7 @@ def end_session() -> None:
     """Forget everything of the signed-in user in this browser session (conversation, sources, uploads
     list, selections): the next person at this computer starts empty."""
     st.session_state.clear()
+    st.query_params.clear()  # the page in the address too: the next person starts on the chat
 
 
 def signed_in(kb: KnowledgeBase) -> Identity | None:
@@ -283,6 +373,40 @@ def admin(kb: KnowledgeBase) -> None:
                        file_name="kb-audit.jsonl", mime="application/jsonl")
 
 
+PAGES = {"chat": "💬 Chat", "documents": "📄 Documents", "status": "📈 Status", "admin": "🔑 Admin"}
+
+
+def conversation_list(who: Identity) -> None:
+    """The sidebar's chats: new, the caller's conversations (latest first), rename or delete the open one."""
+    convs = conversations()
+    if st.button("New chat", icon="➕", width="stretch"):
+        st.session_state.pop("conversation", None)
+        st.rerun()
+    listed = convs.list(who)
+    current = st.session_state.get("conversation")
+    for c in listed[:100]:
+        if st.button(label_escape(c["title"]), key=f"conv-{c['id']}", width="stretch",
+                     type="primary" if c["id"] == current else "tertiary"):
+            st.session_state["conversation"] = c["id"]
+            if c["collection"]:  # applied before the collection box is drawn again
+                st.session_state["open_collection"] = c["collection"]
+            st.rerun()
+    mine = next((c for c in listed if c["id"] == current), None)
+    if mine is None:
+        return
+    with st.popover("Rename or delete this chat", width="stretch"):
+        with st.form("rename", border=False):
+            title = st.text_input("Title", value=mine["title"], max_chars=200)
+            if st.form_submit_button("Rename") and title.strip():
+                convs.rename(who, mine["id"], title)
+                st.rerun()
+        sure = st.checkbox("Yes, delete this chat and its answers", key=f"sure-{mine['id']}")
+        if st.button("Delete chat", type="primary", disabled=not sure):
+            convs.delete(who, mine["id"])
+            st.session_state.pop("conversation", None)
+            st.rerun()
+
+
 def main() -> None:
     st.set_page_config(page_title="Knowledge base", page_icon="📚", layout="wide")
     settings = Settings()
@@ -297,6 +421,9 @@ def main() -> None:
         st.error(label_escape(str(exc)))
         return
     collections = who.readable(sorted(set(known) | {settings.collection}))
+    pages = [p for p in PAGES if p != "admin" or who.admin]
+    if st.session_state.get("page") not in pages:  # a new session: the page in the address (a reload stays there)
+        st.session_state["page"] = st.query_params.get("page") if st.query_params.get("page") in pages else "chat"
     with st.sidebar:
         st.title("Knowledge base")
         st.caption(label_escape(f"Signed in as {who.name}" + (" (admin)" if who.admin else "")))
@@ -306,22 +433,20 @@ def main() -> None:
         if not collections:
             st.info("No collection is shared with you yet; ask an administrator.")
             return
-        default = collections.index(settings.collection) if settings.collection in collections else 0
-        collection = st.selectbox("Collection", collections, index=default)
+        page = st.radio("Page", pages, format_func=PAGES.get, label_visibility="collapsed", key="page")
+        st.query_params["page"] = page
+        if (wanted := st.session_state.pop("open_collection", None)) in collections:
+            st.session_state["collection"] = wanted
+        if st.session_state.get("collection") not in collections:
+            st.session_state["collection"] = settings.collection if settings.collection in collections else collections[0]
+        collection = st.selectbox("Collection", collections, key="collection")
     kb = data_home(home).collection(collection).for_caller(who)
     with st.sidebar:
         st.caption(md_escape(f"Answers by {kb.generator().label}"))
-    names = ["Chat", "Documents", "Status"] + (["Admin"] if who.admin else [])
-    tabs = dict(zip(names, st.tabs(names), strict=True))
-    with tabs["Chat"]:
-        guarded(chat, kb)
-    with tabs["Documents"]:
-        guarded(documents, kb)
-    with tabs["Status"]:
-        guarded(status, kb)
-    if who.admin:
-        with tabs["Admin"]:
-            guarded(admin, kb)
+        if page == "chat":
+            st.divider()
+            guarded(lambda _: conversation_list(who), kb)
+    guarded({"chat": chat, "documents": documents, "status": status, "admin": admin}[page], kb)
 
 
 main()

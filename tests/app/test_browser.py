@@ -33,13 +33,13 @@ UI_ENV = {"KB_ADMIN_PASSWORD": ADMIN_PASSWORD, "KB_EMBEDDING__MODEL": FAST_MODEL
 
 
 @contextmanager
-def running_ui(home: Path, log_path: Path):
+def running_ui(home: Path, log_path: Path, env: dict | None = None):
     """`kb --home HOME ui` on a free port in its own session (process group); yields the URL once healthy.
     `kb ui` runs Streamlit as a child process: the whole group is stopped."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with running([sys.executable, "-m", "app.cli", "--home", str(home), "ui", "--port", str(port), "--host",
-                  "127.0.0.1"], url + "/_stcore/health", log_path, UI_ENV, cwd=ROOT, timeout_s=90):
+                  "127.0.0.1"], url + "/_stcore/health", log_path, {**UI_ENV, **(env or {})}, cwd=ROOT, timeout_s=90):
         yield url
 
 
@@ -93,12 +93,26 @@ def sign_in(browser, url: str, user: str = "admin", password: str = ADMIN_PASSWO
     wait_for(browser, lambda d: f"Signed in as {user}" in d.find_element(By.TAG_NAME, "body").text)
 
 
+def open_page(browser, name: str) -> None:
+    """Click the page's name among the sidebar's pages (Chat, Documents, Status, Admin)."""
+    from selenium.webdriver.common.by import By
+
+    wait_for(browser, lambda d: next((p for p in d.find_elements(By.CSS_SELECTOR, "[data-testid=stRadio] label")
+                                      if name in p.text), None)).click()
+
+
+def page_names(browser) -> list[str]:  # noqa: ANN001
+    from selenium.webdriver.common.by import By
+
+    return [p.text for p in browser.find_elements(By.CSS_SELECTOR, "[data-testid=stRadio] label")]
+
+
 def ask_in_chat(browser, question: str):  # noqa: ANN201 - the first source's <summary> element
-    """Ask in the Chat tab; returns the title of source [1] once the answer has streamed."""
+    """Ask on the Chat page; returns the title of source [1] once the answer has streamed."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    next(t for t in browser.find_elements(By.CSS_SELECTOR, "[role=tab]") if "Chat" in t.text).click()
+    open_page(browser, "Chat")
     box = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "textarea"))[0]
     box.send_keys(question)
     box.send_keys(Keys.ENTER)
@@ -112,9 +126,7 @@ def test_upload_ask_and_open_the_cited_page(server, browser, tmp_path):
 
     pdf = SAMPLES / "debian-faq-en-chapters-1-2.pdf"
     sign_in(browser, server)
-    tab = wait_for(browser, lambda d: next((t for t in d.find_elements(By.CSS_SELECTOR, "[role=tab]")
-                                            if "Documents" in t.text), None))
-    tab.click()
+    open_page(browser, "Documents")
     wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "input[type=file]"))[0].send_keys(str(pdf))
     add = wait_for(browser, lambda d: next((b for b in d.find_elements(By.TAG_NAME, "button")
                                             if "Add to the knowledge base" in b.text), None))
@@ -124,14 +136,14 @@ def test_upload_ask_and_open_the_cited_page(server, browser, tmp_path):
     with FileLock(str(home / "writer.lock")):
         add.click()
         wait_for(browser, lambda d: "another kb writer is running" in d.find_element(By.TAG_NAME, "body").text)
-        next(t for t in browser.find_elements(By.CSS_SELECTOR, "[role=tab]") if "Chat" in t.text).click()
+        open_page(browser, "Chat")
         box = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "textarea"))[0]
         box.send_keys("Who created the Debian project?")
         box.send_keys(Keys.ENTER)
         wait_for(browser, lambda d: "does not contain information" in d.find_element(By.TAG_NAME, "body").text,
                  timeout=60)
         assert KnowledgeBase(home=home).jobs.recent()[0].status == "running"
-    tab.click()
+    open_page(browser, "Documents")
     wait_for(browser, lambda d: "1 documents" in d.find_element(By.TAG_NAME, "body").text, timeout=300)
     job = KnowledgeBase(home=home).jobs.recent()[0]
     assert (job.kind, job.status, job.result["added"]) == ("upload", "done", 1)
@@ -161,8 +173,7 @@ def test_a_scanned_pdf_uploaded_in_the_page_is_answered_citing_its_page_read_by_
 
     scan = scanned_pdf(tmp_path / "scanned-guide.pdf", SAMPLES / "maint-guide-zh-cn-chapter-1-2.pdf", [8, 9])
     sign_in(browser, server)
-    wait_for(browser, lambda d: next((t for t in d.find_elements(By.CSS_SELECTOR, "[role=tab]")
-                                      if "Documents" in t.text), None)).click()
+    open_page(browser, "Documents")
     wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "input[type=file]"))[0].send_keys(str(scan))
     wait_for(browser, lambda d: next((b for b in d.find_elements(By.TAG_NAME, "button")
                                       if "Add to the knowledge base" in b.text), None)).click()
@@ -229,13 +240,13 @@ def test_markdown_in_a_document_name_and_heading_shows_as_text(settings, browser
         # literal text, no stray backslashes (bare URLs carry an invisible word joiner that stops autolinking)
         label = summary.text.splitlines()[-1].replace(WORD_JOINER, "")  # after the expander's icon
         assert label == f"[1] {HOSTILE_NAME} — {HOSTILE_HEADING}", label
-        assert download[0].text.strip() == f"Open {HOSTILE_NAME}"
+        assert download[0].text.strip() == f"Download {HOSTILE_NAME}"
         body = browser.find_element(By.TAG_NAME, "body").text
         assert "30 June" in body and "phish" in body
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(str(ARTIFACTS / "browser_hostile_heading.png"))
 
-        next(t for t in browser.find_elements(By.CSS_SELECTOR, "[role=tab]") if "Documents" in t.text).click()
+        open_page(browser, "Documents")
         wait_for(browser, lambda d: "1 documents" in d.find_element(By.TAG_NAME, "body").text)
         select = wait_for(browser, lambda d: [s for s in d.find_elements(By.CSS_SELECTOR, "[data-testid=stSelectbox]")
                                               if "Document" in s.text])[0]
@@ -256,7 +267,7 @@ def test_markdown_in_a_document_name_and_heading_shows_as_text(settings, browser
         options = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "[role=option]"))
         assert [o.text.strip() for o in options] == ["default"]
         collection.find_element(By.CSS_SELECTOR, "button[aria-haspopup=listbox]").click()
-        assert "Admin" not in [t.text for t in browser.find_elements(By.CSS_SELECTOR, "[role=tab]")]
+        assert page_names(browser) and not any("Admin" in p for p in page_names(browser))
         box = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "textarea"))[0]
         box.send_keys("How big is the falcon bonus pool in zorkmids?")
         box.send_keys(Keys.ENTER)
@@ -270,3 +281,54 @@ def test_markdown_in_a_document_name_and_heading_shows_as_text(settings, browser
         time.sleep(2)
         assert "falcon bonus pool" not in browser.find_element(By.TAG_NAME, "body").text
         assert not browser.find_elements(By.CSS_SELECTOR, "[data-testid=stChatMessage]")
+
+
+def test_a_conversation_is_followed_up_kept_through_a_reload_reopened_and_rated(settings, browser, tmp_path):
+    """Issue 25, as a person uses it: ask, follow up with "that" (understood: the right passage), reload
+    (sign in again), the chat is listed in the sidebar and reopens with both answers, 👎 is recorded."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from kb.settings import ChunkingSettings
+    from tests.kb.test_conversations import FIRST, FOLLOW_UP, write_office_docs
+
+    settings = settings.model_copy(update={"chunking": ChunkingSettings(chunk_tokens=40, overlap_tokens=0)})
+    kb = KnowledgeBase(settings=settings)
+    kb.sync([write_office_docs(tmp_path / "docs")])
+    kb.access.add_user("admin", ADMIN_PASSWORD, admin=True)
+
+    def body() -> str:
+        return browser.find_element(By.TAG_NAME, "body").text
+
+    def ask(question: str, answers: int) -> None:
+        box = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "textarea"))[0]
+        box.send_keys(question, Keys.ENTER)
+        wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "[data-testid=stFeedback]")) == answers)
+        # ^ the answers as kept (each with its rating), not the one still streaming
+
+    env = {"KB_CHUNKING__CHUNK_TOKENS": "40", "KB_CHUNKING__OVERLAP_TOKENS": "0"}
+    with running_ui(settings.home, tmp_path / "ui.log", env) as url:
+        sign_in(browser, url)
+        ask(FIRST, 1)
+        ask(FOLLOW_UP, 2)
+        wait_for(browser, lambda d: f"Searched for: {FIRST} {FOLLOW_UP}" in body())
+        assert "30 days" in body()  # the expense report's time limit, not the VPN certificate's deadline
+        browser.refresh()  # a reload: signed out (issue 26), the conversation kept
+        sign_in(browser, url)
+        assert not browser.find_elements(By.CSS_SELECTOR, "[data-testid=stChatMessage]")
+        listed = wait_for(browser, lambda d: next((b for b in d.find_elements(By.CSS_SELECTOR, "[data-testid=stSidebar] button")
+                                                   if b.text == FIRST), None))
+        listed.click()
+        wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "[data-testid=stChatMessage]")) == 4)
+        assert "30 days" in body() and "Concur portal" in body()
+        # 👎 on the follow-up's answer (the second rating widget), then a comment
+        thumbs = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid=stFeedback] button"))
+        thumbs[3].click()  # [up, down] per answer
+        note = wait_for(browser, lambda d: next((i for i in d.find_elements(By.CSS_SELECTOR, "input[type=text]")
+                                                 if i.get_attribute("aria-label") == "What was wrong? (optional)"), None))
+        note.send_keys("it should name the manager", Keys.ENTER)
+        wait_for(browser, lambda d: [r["comment"] for r in kb.house.conversations.rated(-1)] == ["it should name the manager"])
+        rated = kb.house.conversations.rated(-1)
+        assert [r["question"] for r in rated] == [FOLLOW_UP] and rated[0]["user"] == "admin"
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "browser_conversation.png"))

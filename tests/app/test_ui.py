@@ -80,7 +80,7 @@ def test_a_heading_and_file_name_holding_markdown_are_escaped_in_the_source_expa
     assert label == label_escape(f"[1] {name} — {heading}")
     assert "](" not in label and "\\[phish\\]" in label and "\\!\\[p\\]" in label and "\\[click\\]" in label
     button = at.get("download_button")[0]
-    assert button.proto.label == label_escape(f"Open {name}")
+    assert button.proto.label == label_escape(f"Download {name}")
 
 
 def test_a_cited_original_is_read_only_when_its_download_is_clicked(indexed, monkeypatch):
@@ -97,12 +97,15 @@ def test_a_cited_original_is_read_only_when_its_download_is_clicked(indexed, mon
     assert reads == []
 
 
-def test_documents_and_status_tabs_show_the_collection(indexed):
+def test_documents_and_status_pages_show_the_collection(indexed):
     at = signed_in()
     at.chat_input[0].set_value("When do nightly backups run?").run()
-    assert at.subheader[0].value == "1 documents"
+    at.sidebar.radio[0].set_value("documents").run()
+    assert at.query_params["page"] == ["documents"] or at.query_params["page"] == "documents"  # kept in the address
+    assert at.subheader[0].value == "1 documents" and not at.chat_input
     names = at.dataframe[0].value["name"].tolist()
     assert names == ["backup.txt"]
+    at.sidebar.radio[0].set_value("status").run()
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Documents"] == "1" and metrics["Logged"] == "1"
     assert at.sidebar.selectbox[0].value == "default"
@@ -189,20 +192,22 @@ def test_sign_in_is_required_and_a_user_sees_only_granted_collections(indexed, t
     access.add_member("eng", "bob")
     access.grant("eng", "default", "read")
     at = AppTest.from_file(APP, default_timeout=120).run()
-    assert not at.chat_input and not at.tabs  # nothing but the sign-in form
+    assert not at.chat_input and not at.radio  # nothing but the sign-in form
     at.text_input[0].input("bob")
     at.text_input[1].input("wrong password")
     at.button[0].click().run()
-    assert at.error[0].value.startswith("wrong user name or password") and not at.tabs
+    assert at.error[0].value.startswith("wrong user name or password") and not at.radio
     bob = signed_in("bob", "bob-password")
     assert bob.sidebar.selectbox[0].options == ["default"]  # hr exists, but is not his
-    assert [t.label for t in bob.tabs] == ["Chat", "Documents", "Status"]  # no Admin tab
+    assert bob.sidebar.radio[0].options == ["💬 Chat", "📄 Documents", "📈 Status"]  # no Admin page
+    bob.sidebar.radio[0].set_value("documents").run()
     assert not bob.get("file_uploader")  # read access: no upload
+    bob.sidebar.radio[0].set_value("chat").run()
     bob.chat_input[0].set_value("How big is the bonus pool?").run()
     assert "4.2" not in " ".join(m.value for m in bob.markdown)
     admin = signed_in()
     assert sorted(admin.sidebar.selectbox[0].options) == ["default", "hr"]
-    assert [t.label for t in admin.tabs][-1] == "Admin"
+    assert admin.sidebar.radio[0].options[-1] == "🔑 Admin"
     assert any(r["actor"] == "bob" and r["action"] == "ask" for r in access.audit_log())
 
 
@@ -211,12 +216,15 @@ def test_signing_out_or_a_changed_password_ends_the_session_and_clears_the_page(
     indexed.access.grant("bob", "default", "read")
     bob = signed_in("bob", "bob-password")
     bob.chat_input[0].set_value("When do the nightly backups run?").run()
-    assert "nightly backups" in repr(bob.session_state) and bob.chat_message
+    assert bob.chat_message and "When do the nightly backups run?" in [b.label for b in bob.sidebar.button]
     indexed.access.set_password("bob", "a new password")  # an administrator resets it
     bob.run()
-    assert not bob.chat_message and not bob.tabs and "nightly backups" not in repr(bob.session_state)
+    assert not bob.chat_message and not bob.radio and "nightly backups" not in repr(bob.session_state)
     again = signed_in("bob", "a new password")
-    again.chat_input[0].set_value("When do the nightly backups run?").run()
+    assert not again.chat_message  # his chat is kept (listed in the sidebar), not left open on the screen
+    listed = next(b for b in again.sidebar.button if b.label == "When do the nightly backups run?")
+    listed.click().run()
+    assert len(again.chat_message) == 2 and "02\\:00" in " ".join(m.value for m in again.markdown)
     next(b for b in again.sidebar.button if b.label == "Sign out").click().run()
     assert not again.chat_message and "who" not in again.session_state
     assert "nightly backups" not in repr(again.session_state) and "bob" not in repr(again.session_state)
