@@ -3,6 +3,7 @@ documents; status and monitoring. Every action is one KnowledgeBase call; all te
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -159,24 +160,27 @@ def answer_now(kb: KnowledgeBase, question: str, cid: int | None) -> None:
             st.caption(label_escape(f"Searched for: {stream.retrieval.standalone}"))
         if stream.retrieval.relevant:
             st.caption(md_escape(stream.label))
-        shown, text, done = st.empty(), "", False
+        # What has arrived is kept in the session before each Streamlit call: Stop (or a new question)
+        # interrupts this run at such a call, and the next run shows it as stopped.
+        st.session_state["stopped"] = (question, "")
+        shown, text = st.empty(), ""
+        pieces = iter(stream)
         try:
-            pieces = iter(stream)
             with st.spinner("Writing the answer…"):
-                text = next(pieces, "")
-            shown.markdown(md_escape(text))
-            for piece in pieces:
+                first = next(pieces, "")
+            for piece in itertools.chain([first], pieces):
                 text += piece
+                st.session_state["stopped"] = (question, text)
                 # The whole text so far is escaped at each piece: a URL split across pieces is still defused.
                 shown.markdown(md_escape(text))
-            done = True
         except KBError as exc:
+            st.session_state.pop("stopped", None)
             st.error(f"Could not answer: {md_escape(str(exc))}")
             return
         finally:
-            if not done:  # Stop (or the page left): the generator is told to stop; nothing is kept
+            if stream.answer is None:  # interrupted: the generator is told to stop; nothing is kept
                 stream.close()
-                st.session_state["stopped"] = (question, text)
+        st.session_state.pop("stopped", None)
     st.rerun()
 
 

@@ -332,3 +332,41 @@ def test_a_conversation_is_followed_up_kept_through_a_reload_reopened_and_rated(
         assert [r["question"] for r in rated] == [FOLLOW_UP] and rated[0]["user"] == "admin"
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(str(ARTIFACTS / "browser_conversation.png"))
+
+
+def test_stop_ends_a_streaming_answer_and_keeps_nothing_of_it(settings, browser, tmp_path):
+    """A long answer (a tiny random Qwen2 that never stops on its own, the transformers backend) is
+    stopped from the page: the text stops growing, the page says it was not kept, no turn is stored."""
+    from selenium.webdriver.common.by import By
+
+    from tests.tiny_models import build_qwen2
+
+    model = build_qwen2(tmp_path / "qwen2")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "backup.md").write_text("# Backups\n\nNightly backups of the file server run at 02:00.\n", encoding="utf-8")
+    kb = KnowledgeBase(settings=settings)
+    kb.sync([docs])
+    kb.access.add_user("admin", ADMIN_PASSWORD, admin=True)
+    env = {"KB_GENERATOR__BACKEND": "transformers", "KB_GENERATOR__MODEL": str(model), "KB_GENERATOR__TEMPERATURE": "0",
+           "KB_GENERATOR__MAX_NEW_TOKENS": "4000"}
+
+    def answer_text() -> str:
+        messages = browser.find_elements(By.CSS_SELECTOR, "[data-testid=stChatMessage]")
+        return messages[-1].text if len(messages) >= 2 else ""
+
+    with running_ui(settings.home, tmp_path / "ui.log", env) as url:
+        sign_in(browser, url)
+        box = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "textarea"))[0]
+        box.send_keys("When do the nightly backups run?\n")
+        stop = wait_for(browser, lambda d: next((b for b in d.find_elements(By.TAG_NAME, "button") if b.text == "Stop"
+                                                 and len(answer_text()) > 40), None), timeout=180)
+        stop.click()
+        wait_for(browser, lambda d: "Stopped: this answer was not kept." in d.find_element(By.TAG_NAME, "body").text)
+        shown = answer_text()
+        time.sleep(2)
+        assert answer_text() == shown  # nothing more arrives
+        assert not any(b.text == "Stop" for b in browser.find_elements(By.TAG_NAME, "button"))
+    convs = kb.house.conversations
+    who = kb.access.identity("admin")
+    assert [c["turns"] for c in convs.list(who)] == [0]  # the chat was begun; the stopped answer is not in it
