@@ -611,7 +611,7 @@ def feedback(run: Run, action: str, file: Path | None, rating: str | None) -> in
         return 2
     from kb.files import atomic_write
 
-    rows, left_out = feedback_eval_rows(convs.rated(1)), len(convs.rated(-1))
+    rows, left_out = feedback_eval_rows(convs.rated(1, limit=None)), convs.count_rated(-1)
     atomic_write(file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
     _say(f"wrote {len(rows)} question(s) answered well to {file} (check them with `kb eval {file}`); "
          f"{left_out} answer(s) marked 👎 are in `kb feedback list`")

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 SCALE = 1.6  # ≈ 115 dpi: small print readable, a page ~200 KB as PNG
+MAX_SIDE = 2400  # pixels: a page with a huge media box is drawn smaller, never gigabytes of pixels
 MARK = (255, 190, 0, 90)  # translucent amber
 _PIECE = 60  # sentences are searched in pieces of this many characters: PDF text breaks lines and hyphens
 
@@ -44,8 +45,9 @@ def cited_page_png(pdf: Path, page: int, sentences: list[str]) -> tuple[bytes, i
         if not 1 <= page <= len(doc):
             return None
         p = doc[page - 1]
-        height = p.get_height()
-        image = p.render(scale=SCALE).to_pil().convert("RGBA")
+        width, height = p.get_width(), p.get_height()
+        scale = min(SCALE, MAX_SIDE / max(width, height, 1))
+        image = p.render(scale=scale).to_pil().convert("RGBA")
         overlay = Image.new("RGBA", image.size, (0, 0, 0, 0))  # marks blended over the page, not painted on it
         layer = ImageDraw.Draw(overlay)
         text, found = p.get_textpage(), 0
@@ -58,7 +60,7 @@ def cited_page_png(pdf: Path, page: int, sentences: list[str]) -> tuple[bytes, i
                 start, count = hit
                 for i in range(text.count_rects(start, count)):
                     left, bottom, right, top = text.get_rect(i)
-                    layer.rectangle([left * SCALE, (height - top) * SCALE, right * SCALE, (height - bottom) * SCALE],
+                    layer.rectangle([left * scale, (height - top) * scale, right * scale, (height - bottom) * scale],
                                     fill=MARK)
         out = io.BytesIO()
         Image.alpha_composite(image, overlay).convert("RGB").save(out, "PNG", optimize=True)

@@ -53,7 +53,11 @@ def render_sources(kb: KnowledgeBase, citations: list[dict], key: str) -> None:
                 continue
             if c["page"] and c["path"].lower().endswith(".pdf") and \
                     st.toggle(label_escape(f"Show page {c['page']}"), key=f"page-{key}-{n}"):
-                picture = page_picture(c["path"], Path(c["path"]).stat().st_mtime, c["page"], tuple(c["sentences"]))
+                try:
+                    mtime = Path(c["path"]).stat().st_mtime
+                except OSError:  # removed since the answer
+                    mtime = None
+                picture = page_picture(c["path"], mtime, c["page"], tuple(c["sentences"])) if mtime else None
                 if picture:
                     st.image(picture[0], caption=label_escape(f"{name}, page {c['page']}"
                                                               + ("" if picture[1] else " (the cited sentences were not found on its text layer)")))
@@ -67,7 +71,11 @@ def rate(turn_id: int, key: str) -> None:
     who, value = st.session_state.get("who"), st.session_state.get(f"fb-{key}")
     if who is None or value is None:
         return
-    conversations().rate(who, turn_id, "up" if value == 1 else "down", st.session_state.get(f"note-{key}"))
+    try:
+        conversations().rate(who, turn_id, "up" if value == 1 else "down", st.session_state.get(f"note-{key}"))
+    except KBError as exc:  # a callback: nothing above it would catch this (the chat deleted in another tab)
+        st.toast(label_escape(f"The rating was not saved: {exc}"))
+        return
     st.toast("Thanks: your rating was saved")
 
 
@@ -97,8 +105,8 @@ def render_turn(kb: KnowledgeBase, turn: dict, last: bool) -> None:
             st.code(turn["answer"], language=None, wrap_lines=True)
         if last:
             with cols[2]:
-                if st.button("Regenerate", key=f"again-{key}", help="ask the same question again"):
-                    st.session_state["ask"] = turn["question"]
+                if st.button("Regenerate", key=f"again-{key}", help="answer this question again, in its place"):
+                    st.session_state["ask"] = (turn["question"], turn["id"])
                     st.rerun()
         if st.session_state.get(f"fb-{key}") == 0 or turn["rating"] == "down":
             st.text_input("What was wrong? (optional)", key=f"note-{key}", value=turn["comment"] or "",
@@ -122,8 +130,11 @@ def chat(kb: KnowledgeBase) -> None:
     turns = []
     if cid is not None:
         try:
-            turns = conversations().get(kb.caller, cid)["turns"]
-        except NotFoundError:  # deleted meanwhile (another tab)
+            conversation = conversations().get(kb.caller, cid)
+            if conversation["collection"] != kb.collection:
+                raise NotFoundError("another collection was chosen: a new chat begins")
+            turns = conversation["turns"]
+        except NotFoundError:  # deleted meanwhile (another tab), or the collection box changed
             st.session_state.pop("conversation", None)
             cid = None
     if not turns:
@@ -136,12 +147,14 @@ def chat(kb: KnowledgeBase) -> None:
         with st.chat_message("assistant"):
             st.markdown(md_escape(stopped[1]) if stopped[1] else "")
             st.caption("Stopped: this answer was not kept.")
-    question = st.chat_input("Ask a question about your documents") or st.session_state.pop("ask", None)
+    question, regenerate = st.chat_input("Ask a question about your documents"), None
+    if not question and "ask" in st.session_state:
+        question, regenerate = st.session_state.pop("ask")
     if question:
-        answer_now(kb, question, cid)
+        answer_now(kb, question, cid, regenerate)
 
 
-def answer_now(kb: KnowledgeBase, question: str, cid: int | None) -> None:
+def answer_now(kb: KnowledgeBase, question: str, cid: int | None, regenerate: int | None = None) -> None:
     """Stream the answer (a spinner until its first words; Stop ends it), keep it in the conversation,
     then show the page again from what was kept."""
     with st.chat_message("user"):
@@ -150,7 +163,7 @@ def answer_now(kb: KnowledgeBase, question: str, cid: int | None) -> None:
         st.button("Stop", key="stop", help="stop this answer")  # a click reruns the page, which ends the stream
         try:
             with st.spinner("Searching the documents…"):
-                stream = kb.converse(question, cid)
+                stream = kb.converse(question, cid, regenerate=regenerate)
                 # kept before the next Streamlit call: a question sent meanwhile interrupts this run there
                 st.session_state["conversation"] = stream.conversation_id
         except KBError as exc:

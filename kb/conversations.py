@@ -37,8 +37,11 @@ class Turn:
         """From the API's / CLI's JSON: {"question", "answer"?, "standalone"?, "chunk_ids"?}."""
         if not isinstance(d, dict) or not isinstance(d.get("question"), str) or not d["question"].strip():
             raise ConfigError('each earlier turn is {"question": TEXT, "answer": TEXT}')
-        return cls(d["question"].strip(), str(d.get("answer") or ""), d.get("standalone") or None,
-                   tuple(int(i) for i in d.get("chunk_ids") or ()))
+        try:
+            ids = tuple(int(i) for i in d.get("chunk_ids") or ())
+        except (TypeError, ValueError):
+            raise ConfigError("an earlier turn's chunk_ids are whole numbers") from None
+        return cls(d["question"].strip(), str(d.get("answer") or ""), d.get("standalone") or None, ids)
 
 
 def title_of(question: str) -> str:
@@ -72,11 +75,14 @@ class Conversations:
     def list(self, who: Identity) -> list[dict]:
         """The caller's conversations, the latest active first."""
         with self.catalogue.session() as s:
+            uid = self._user_id(s, who)
             turns = (select(ConversationTurn.conversation_id, func.count().label("n"))
+                     .join(Conversation, Conversation.id == ConversationTurn.conversation_id)
+                     .where(Conversation.user_id == uid)
                      .group_by(ConversationTurn.conversation_id).subquery())
             rows = s.execute(select(Conversation, func.coalesce(turns.c.n, 0))
                              .outerjoin(turns, turns.c.conversation_id == Conversation.id)
-                             .where(Conversation.user_id == self._user_id(s, who))
+                             .where(Conversation.user_id == uid)
                              .order_by(Conversation.updated_at.desc(), Conversation.id.desc())).all()
             return [_summary(c, n) for c, n in rows]
 
@@ -88,12 +94,14 @@ class Conversations:
                               .order_by(ConversationTurn.id)).all()
             return {**_summary(c, len(turns)), "turns": [_turn(t) for t in turns]}
 
-    def history(self, who: Identity, conversation_id: int) -> tuple[str | None, list[Turn]]:
-        """The conversation's collection and its latest turns, oldest first."""
+    def history(self, who: Identity, conversation_id: int, before: int | None = None) -> tuple[str | None, list[Turn]]:
+        """The conversation's collection and its latest turns (those before turn `before`), oldest first."""
         with self.catalogue.session() as s:
             c = self._own(s, who, conversation_id)
-            rows = s.scalars(select(ConversationTurn).where(ConversationTurn.conversation_id == c.id)
-                             .order_by(ConversationTurn.id.desc()).limit(MAX_TURNS)).all()
+            q = select(ConversationTurn).where(ConversationTurn.conversation_id == c.id)
+            if before is not None:
+                q = q.where(ConversationTurn.id < before)
+            rows = s.scalars(q.order_by(ConversationTurn.id.desc()).limit(MAX_TURNS)).all()
             return c.collection, [Turn(t.question, t.answer, t.standalone,
                                        tuple(r["chunk_id"] for r in t.retrieved[:3]))
                                   for t in reversed(rows)]
@@ -115,10 +123,14 @@ class Conversations:
             s.delete(c)
             s.commit()
 
-    def add_turn(self, who: Identity, conversation_id: int, row: dict) -> int:
-        """Record an answered question (`row`: the turn's columns) and move the conversation to the top."""
+    def add_turn(self, who: Identity, conversation_id: int, row: dict, replacing: int | None = None) -> int:
+        """Record an answered question (`row`: the turn's columns) and move the conversation to the top;
+        `replacing`: a regenerated answer takes the place (and the rating) of that earlier turn."""
         with self.catalogue.session() as s:
             c = self._own(s, who, conversation_id)
+            if replacing is not None:
+                s.execute(delete(ConversationTurn).where(ConversationTurn.id == replacing,
+                                                         ConversationTurn.conversation_id == c.id))
             t = ConversationTurn(conversation_id=c.id, **row)
             s.add(t)
             c.updated_at = utcnow()
@@ -150,9 +162,10 @@ class Conversations:
                              .group_by(User.name).order_by(User.name)).all()
             return [{"user": u, "conversations": c, "turns": t} for u, c, t in rows]
 
-    def rated(self, rating: int | None = None, limit: int = 1000) -> list[dict]:
+    def rated(self, rating: int | None = None, limit: int | None = 1000) -> list[dict]:
         """Rated answers, the latest first (`rating` 1 or -1: only those): question, answer, citations,
-        retrieved chunks, comment, who and where, and the turns before it (a follow-up's history)."""
+        retrieved chunks, comment, who and where, and the questions asked before it in its conversation
+        (a follow-up needs them to be replayed; their answers are not shown: nobody rated those)."""
         with self.catalogue.session() as s:
             q = (select(ConversationTurn, User.name, Conversation.collection)
                  .join(Conversation, Conversation.id == ConversationTurn.conversation_id)
@@ -161,14 +174,21 @@ class Conversations:
             if rating is not None:
                 q = q.where(ConversationTurn.rating == rating)
             rows = s.execute(q.order_by(ConversationTurn.rated_at.desc(), ConversationTurn.id.desc()).limit(limit)).all()
-            out = []
-            for t, u, c in rows:
-                earlier = s.scalars(select(ConversationTurn).where(ConversationTurn.conversation_id == t.conversation_id,
-                                                                   ConversationTurn.id < t.id)
-                                    .order_by(ConversationTurn.id.desc()).limit(3)).all()
-                out.append({**_turn(t), "user": u, "collection": c,
-                            "history": [{"question": e.question, "answer": e.answer} for e in reversed(earlier)]})
-            return out
+            earlier: dict[int, list[tuple[int, str]]] = {}
+            ids = sorted({t.conversation_id for t, _, _ in rows})
+            for start in range(0, len(ids), 500):  # one query per 500 conversations, not one per answer
+                for cid, tid, question in s.execute(
+                        select(ConversationTurn.conversation_id, ConversationTurn.id, ConversationTurn.question)
+                        .where(ConversationTurn.conversation_id.in_(ids[start:start + 500]))
+                        .order_by(ConversationTurn.id)):
+                    earlier.setdefault(cid, []).append((tid, question))
+            return [{**_turn(t), "user": u, "collection": c,
+                     "history": [{"question": q} for tid, q in earlier.get(t.conversation_id, []) if tid < t.id][-3:]}
+                    for t, u, c in rows]
+
+    def count_rated(self, rating: int) -> int:
+        with self.catalogue.session() as s:
+            return s.scalar(select(func.count()).select_from(ConversationTurn).where(ConversationTurn.rating == rating))
 
 
 def _summary(c: Conversation, turns: int | None) -> dict:

@@ -19,7 +19,8 @@ from ingest.writing import Wait
 from kb import document_lookup, history, query_log
 from kb.access import Identity
 from kb.conversations import Turn
-from kb.errors import CatalogueError, ConfigError, IndexCorruptError, KBError, LockedError, PermissionDeniedError
+from kb.errors import (CatalogueError, ConfigError, GeneratorError, IndexCorruptError, KBError, LockedError,
+                       PermissionDeniedError)
 from kb.home import Home
 from kb.index_store import BUILD_WAIT_S
 from kb.jobs import Job
@@ -254,10 +255,18 @@ class KnowledgeBase:
                 r = search_with_history(search, question, history, top_k or self.settings.retrieval.top_k)
             else:
                 t0 = time.perf_counter()
-                text = condense(generator, question, history)
+                try:
+                    text = condense(generator, question, history)
+                except GeneratorError as exc:  # the model is out of reach: its answer will say so; search anyway
+                    log.warning("condensing a follow-up failed (%s); searched with the previous question", exc)
+                    text = None
                 spent = time.perf_counter() - t0
-                r = search(text, top_k)
-                r.question, r.standalone, r.timings = question, text, {"condense": spent, **r.timings}
+                if text is None:
+                    r = search_with_history(search, question, history, top_k or self.settings.retrieval.top_k)
+                else:
+                    r = search(text, top_k)
+                    r.question, r.standalone = question, text
+                r.timings = {"condense": spent, **r.timings}
         else:
             r = search(question, top_k)
         for c in names:
@@ -302,24 +311,27 @@ class KnowledgeBase:
 
     # -- conversations (kb/conversations.py): a signed-in user's chats, kept ------------------------
     def converse(self, question: str, conversation: int | None = None, backend: str | None = None,
-                 top_k: int | None = None, documents: list[str] | None = None) -> AnswerStream:
+                 top_k: int | None = None, documents: list[str] | None = None,
+                 regenerate: int | None = None) -> AnswerStream:
         """`ask_stream` within one of the caller's conversations (None: a new one, titled from the
-        question): its earlier turns are the history, and the answered turn is kept in it
-        (`stream.conversation_id`, and `stream.turn_id` once the answer is done)."""
+        question, made once the question is checked and searched): its earlier turns are the history, and
+        the answered turn is kept in it (`stream.conversation_id`, and `stream.turn_id` once the answer is
+        done). `regenerate`: that turn is answered again, from the turns before it, and replaced."""
         if self.caller is None:
             raise ConfigError("conversations belong to a signed-in user")
-        convs = self.house.conversations
-        history = convs.history(self.caller, conversation)[1] if conversation is not None else []
-        if conversation is None:
-            conversation = convs.start(self.caller, None if len(self.scope) > 1 else self.collection, question)
-        holder: dict = {}
+        convs, history = self.house.conversations, []
+        if conversation is not None:
+            collection, history = convs.history(self.caller, conversation, before=regenerate)
+            if (collection is None) != bool(self.scope) or (collection is not None and collection != self.collection):
+                raise ConfigError(f"this conversation is about {collection or 'every readable collection'!r}, "
+                                  f"not {', '.join(self.scope) or self.collection!r}")
 
         def keep(a: Answer, r: Retrieval) -> None:
-            holder["turn"] = convs.add_turn(self.caller, conversation, turn_row(a, r))
-            stream.turn_id = holder["turn"]
+            stream.turn_id = convs.add_turn(self.caller, stream.conversation_id, turn_row(a, r), regenerate)
 
         stream = self.ask_stream(question, backend, top_k, documents, history, on_done=keep)
-        stream.conversation_id, stream.turn_id = conversation, None
+        stream.conversation_id = conversation if conversation is not None else \
+            convs.start(self.caller, None if self.scope else self.collection, question)
         return stream
 
     def downloadable(self, path: str) -> bool:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from kb.conversations import Turn
 from retrieval.generators import Generator
 from retrieval.prompt import Prompt, language
+from retrieval.retriever import scaled
 from retrieval.think import ThinkSplitter
 from retrieval.types import Context, Retrieval
 
@@ -47,9 +48,28 @@ def stands_alone(question: str) -> bool:
 Search = Callable[[str, int], Retrieval]
 
 
+JOINED_CHARS = 300  # of the previous turn's searched text: a chain of follow-ups does not snowball
+
+
 def joined(question: str, previous: Turn) -> str:
-    """The question after the previous turn's searched question (the naive follow-up query)."""
-    return f"{previous.searched} {question}"
+    """The question after the previous turn's searched question (the naive follow-up query); of a
+    long one (a follow-up of follow-ups), its last words."""
+    before = previous.searched
+    if len(before) > JOINED_CHARS:
+        before = before[-JOINED_CHARS:].split(" ", 1)[-1]
+    return f"{before} {question}"
+
+
+def relative(ranking: list[tuple[int, float]], weight: float) -> dict[int, float]:
+    """weight × score / the best score: each ranking on one scale, however its scores run (fused
+    scores near 1, RRF's near 0.03), keeping how far apart they are; min-max scaled when scores go
+    below zero (a cross-encoder's logits)."""
+    if not ranking:
+        return {}
+    top, low = ranking[0][1], min(sc for _, sc in ranking)
+    if low < 0 or top <= 0:
+        return scaled(ranking, weight)
+    return {i: weight * sc / top for i, sc in ranking}
 
 
 def search_with_history(search: Search, question: str, history: list[Turn], top_k: int) -> Retrieval:
@@ -66,10 +86,10 @@ def search_with_history(search: Search, question: str, history: list[Turn], top_
     answered = set(prev.chunk_ids) or {c.chunk_id for c in search(prev.searched, top_k).contexts}
     documents = {c.document_id for c in alone.contexts + both.contexts if c.chunk_id in answered}
     by_id: dict[int, Context] = {c.chunk_id: c for c in both.contexts + alone.contexts}
-    score = {c.chunk_id: c.score for c in alone.contexts}
-    for c in both.contexts:
-        if c.chunk_id not in answered:
-            score[c.chunk_id] = score.get(c.chunk_id, 0.0) + JOINED_WEIGHT * c.score
+    score = relative([(c.chunk_id, c.score) for c in alone.contexts], 1.0)
+    for i, s in relative([(c.chunk_id, c.score) for c in both.contexts if c.chunk_id not in answered],
+                         JOINED_WEIGHT).items():
+        score[i] = score.get(i, 0.0) + s
     for i in score:
         if by_id[i].document_id in documents:
             score[i] += SAME_DOCUMENT_PRIOR

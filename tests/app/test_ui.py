@@ -228,3 +228,15 @@ def test_signing_out_or_a_changed_password_ends_the_session_and_clears_the_page(
     next(b for b in again.sidebar.button if b.label == "Sign out").click().run()
     assert not again.chat_message and "who" not in again.session_state
     assert "nightly backups" not in repr(again.session_state) and "bob" not in repr(again.session_state)
+
+
+def test_a_cited_pdf_page_is_drawn_with_its_sentences_marked():
+    from app.page_image import cited_page_png
+
+    pdf = ROOT / "sample_docs" / "debian-faq-en-chapters-1-2.pdf"
+    cited = "The Debian Project was created by Ian Murdock in 1993, initially under the sponsorship of the Free " \
+            "Software Foundation’s GNU project."
+    png, found = cited_page_png(pdf, 10, [cited + "[1]"])
+    assert png.startswith(b"\x89PNG") and found == 3  # three pieces of the sentence found and marked
+    assert cited_page_png(pdf, 10, ["words that are on no page of it"])[1] == 0
+    assert cited_page_png(pdf, 999, [cited]) is None and cited_page_png(ROOT / "README.md", 1, [cited]) is None

@@ -11,7 +11,7 @@ import pytest
 
 from app.cli import main
 from kb.conversations import Turn
-from kb.errors import ConfigError, NotFoundError
+from kb.errors import ConfigError, NotFoundError, PermissionDeniedError
 from kb.knowledge_base import KnowledgeBase
 from kb.settings import ChunkingSettings, GeneratorSettings
 from retrieval.followup import condensed, stands_alone
@@ -22,6 +22,14 @@ EXPENSES = """# Expense reports
 ## Submitting a report
 
 Employees submit an expense report in the Concur portal, attaching a photo of every receipt. The line manager approves it in the portal.
+
+## What can be claimed
+
+Train tickets, hotel nights and meals on business trips can be claimed; private costs cannot.
+
+## Company credit cards
+
+Spending on a company credit card is imported into the portal and only needs a receipt.
 
 ## Time limits
 
@@ -186,3 +194,36 @@ def test_a_condensed_reply_is_cleaned_or_refused():
     assert condensed("改写后的问题：报销单的截止日期是什么？", "那截止日期呢？") == "报销单的截止日期是什么？"
     assert condensed("", "What about that?") == "What about that?"
     assert condensed("word " * 400, "Why?") == "Why?"  # an answer, not a question
+
+
+def test_regenerate_replaces_the_answer_and_refusals_leave_no_conversation(office):
+    ann = office.for_caller(office.access.sign_in("ann", "ann-password"))
+    convs = office.house.conversations
+    with pytest.raises(PermissionDeniedError):  # a backend a reader may not choose: refused before any row
+        ann.converse(FIRST, backend="transformers")
+    assert convs.list(ann.caller) == []
+    s1 = ann.converse(FIRST, backend="extractive")
+    s1.result()
+    cid = s1.conversation_id
+    s2 = ann.converse(FOLLOW_UP, cid, backend="extractive")
+    s2.result()
+    convs.rate(ann.caller, s2.turn_id, "down")
+    again = ann.converse(FOLLOW_UP, cid, backend="extractive", regenerate=s2.turn_id)
+    assert again.retrieval.standalone == f"{FIRST} {FOLLOW_UP}"  # from the turns before it, not after itself
+    again.result()
+    turns = convs.get(ann.caller, cid)["turns"]
+    assert [t["id"] for t in turns] == [s1.turn_id, again.turn_id] and turns[1]["rating"] is None
+    with pytest.raises(ConfigError, match="about 'default'"):  # a conversation stays on its collection
+        ann.reading(["default"]).converse("And then?", cid)
+    s3 = ann.converse("And who approves it?", cid, backend="extractive")
+    s3.result()
+    convs.rate(ann.caller, s3.turn_id, "up")
+    rated = convs.rated(1)[0]
+    assert rated["history"] == [{"question": FIRST}, {"question": FOLLOW_UP}]  # no unrated answer's text
+
+
+def test_a_long_chain_of_follow_ups_does_not_snowball():
+    from retrieval.followup import JOINED_CHARS, joined
+
+    turn = Turn("and " * 200 + "then?", standalone="x " * 400)
+    assert len(joined("What about it?", turn)) <= JOINED_CHARS + len("What about it?") + 1
