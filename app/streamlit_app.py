@@ -382,6 +382,23 @@ def admin(kb: KnowledgeBase) -> None:
                 access.grant(principal, collection, level)
                 access.audit(kb.caller.name, "grant", collection, principal=principal, level=level)
             st.success(label_escape(f"{principal} on {collection} now: {access.effective(principal, collection)}"))
+    st.subheader("Answers marked 👎")
+    convs = conversations()
+    down = convs.rated(-1, limit=200)
+    if not down:
+        st.caption("No answer has been marked 👎 yet.")
+    for t in down:
+        with st.expander(label_escape(f"{t['question']} — {t['user']}, {t['rated_at']}")):
+            if t["comment"]:
+                st.markdown("**Comment:** " + md_escape(t["comment"]))
+            if t["history"]:
+                st.caption(label_escape("Asked after: " + " / ".join(h["question"] for h in t["history"])))
+            if t["standalone"]:
+                st.caption(label_escape(f"Searched for: {t['standalone']}"))
+            st.markdown(md_escape(t["answer"]))
+            st.dataframe([{"chunk": r["chunk_id"], "score": r["score"]} for r in t["retrieved"]], hide_index=True)
+    st.caption(label_escape("Conversations per user (no text): " + ", ".join(
+        f"{c['user']} {c['conversations']} ({c['turns']} answers)" for c in convs.counts()) or "none yet"))
     st.subheader("Audit log")
     rows = access.audit_log(200)
     st.dataframe(rows, hide_index=True, width="stretch")

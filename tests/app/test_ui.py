@@ -223,8 +223,17 @@ def test_signing_out_or_a_changed_password_ends_the_session_and_clears_the_page(
     again = signed_in("bob", "a new password")
     assert not again.chat_message  # his chat is kept (listed in the sidebar), not left open on the screen
     listed = next(b for b in again.sidebar.button if b.label == "When do the nightly backups run?")
+    other = signed_in()  # another user (an admin) in another browser: bob's chat is not listed for them
+    assert "When do the nightly backups run?" not in [b.label for b in other.sidebar.button]
     listed.click().run()
     assert len(again.chat_message) == 2 and "02\\:00" in " ".join(m.value for m in again.markdown)
+    cid = again.session_state["conversation"]
+    turn = indexed.house.conversations.get(indexed.access.identity("bob"), cid)["turns"][0]
+    indexed.house.conversations.rate(indexed.access.identity("bob"), turn["id"], "down", "too vague")
+    other.sidebar.radio[0].set_value("admin").run()  # the admin sees the 👎 answer and its comment
+    titles = [e.label for e in other.expander]
+    assert any(t.startswith(label_escape("When do the nightly backups run? — bob")) for t in titles), titles
+    assert any("too vague" in m.value for m in other.markdown)
     next(b for b in again.sidebar.button if b.label == "Sign out").click().run()
     assert not again.chat_message and "who" not in again.session_state
     assert "nightly backups" not in repr(again.session_state) and "bob" not in repr(again.session_state)

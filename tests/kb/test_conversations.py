@@ -227,3 +227,20 @@ def test_a_long_chain_of_follow_ups_does_not_snowball():
 
     turn = Turn("and " * 200 + "then?", standalone="x " * 400)
     assert len(joined("What about it?", turn)) <= JOINED_CHARS + len("What about it?") + 1
+
+
+def test_kb_search_queries_take_earlier_turns(office, capsys, tmp_path, monkeypatch):
+    for name, value in (("EMBEDDING__MODEL", office.settings.embedding.model), ("CHUNKING__CHUNK_TOKENS", "40"),
+                        ("CHUNKING__OVERLAP_TOKENS", "0")):
+        monkeypatch.setenv(f"KB_{name}", value)
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(json.dumps({"id": "alone", "question": FOLLOW_UP}) + "\n"
+                       + json.dumps({"id": "follow", "question": FOLLOW_UP, "history": [{"question": FIRST}]}) + "\n")
+    capsys.readouterr()
+    assert main(["--home", str(office.settings.home), "search", "--queries", str(queries)]) == 0
+    rows = {r["id"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert rows["alone"]["contexts"][0]["document"] == "vpn.md" and "standalone" not in rows["alone"]
+    assert rows["follow"]["contexts"][0]["document"] == "expenses.md"
+    assert rows["follow"]["standalone"] == f"{FIRST} {FOLLOW_UP}"
+    queries.write_text(json.dumps({"id": "bad", "question": "x", "history": [{"answer": "no question"}]}) + "\n")
+    assert main(["--home", str(office.settings.home), "search", "--queries", str(queries)]) == 2
