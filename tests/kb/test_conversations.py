@@ -69,6 +69,14 @@ def office(settings, tmp_path):
     return kb
 
 
+@pytest.fixture
+def cli(office, monkeypatch):
+    """`kb` commands run in this process read the office's home with its settings."""
+    for name, value in (("EMBEDDING__MODEL", office.settings.embedding.model), ("CHUNKING__CHUNK_TOKENS", "40"),
+                        ("CHUNKING__OVERLAP_TOKENS", "0")):
+        monkeypatch.setenv(f"KB_{name}", value)
+
+
 def top_heading(r) -> str:  # noqa: ANN001
     return f"{Path(r.contexts[0].source).name}: {r.contexts[0].heading}"
 
@@ -136,10 +144,7 @@ def test_conversations_belong_to_their_owner(office, catalogue_backend):
     assert convs.counts() == []
 
 
-def test_feedback_becomes_an_eval_file_that_kb_eval_checks(office, capsys, tmp_path, monkeypatch):
-    for name, value in (("EMBEDDING__MODEL", office.settings.embedding.model), ("CHUNKING__CHUNK_TOKENS", "40"),
-                        ("CHUNKING__OVERLAP_TOKENS", "0")):
-        monkeypatch.setenv(f"KB_{name}", value)  # the CLI below reads the home with the office's settings
+def test_feedback_becomes_an_eval_file_that_kb_eval_checks(office, cli, capsys, tmp_path):
     ann = office.for_caller(office.access.sign_in("ann", "ann-password"))
     convs = office.house.conversations
     s1 = ann.converse(FIRST, backend="extractive")
@@ -229,10 +234,7 @@ def test_a_long_chain_of_follow_ups_does_not_snowball():
     assert len(joined("What about it?", turn)) <= JOINED_CHARS + len("What about it?") + 1
 
 
-def test_kb_search_queries_take_earlier_turns(office, capsys, tmp_path, monkeypatch):
-    for name, value in (("EMBEDDING__MODEL", office.settings.embedding.model), ("CHUNKING__CHUNK_TOKENS", "40"),
-                        ("CHUNKING__OVERLAP_TOKENS", "0")):
-        monkeypatch.setenv(f"KB_{name}", value)
+def test_kb_search_queries_take_earlier_turns(office, cli, capsys, tmp_path):
     queries = tmp_path / "q.jsonl"
     queries.write_text(json.dumps({"id": "alone", "question": FOLLOW_UP}) + "\n"
                        + json.dumps({"id": "follow", "question": FOLLOW_UP, "history": [{"question": FIRST}]}) + "\n")
